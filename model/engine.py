@@ -1,0 +1,108 @@
+"""The engine host: the one vLLM `AsyncLLM` of this process.
+
+Every backbone generates through `EngineHost.stream()`, which streams `RequestOutputKind.DELTA`
+outputs and aborts the engine request as soon as its consumer goes away (cancellation is the
+only stop signal). Requests carry a priority: with `scheduling_policy="priority"` vLLM serves
+lower numbers first, so live realtime turns (priority 0) go ahead of REST work.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncIterator
+from contextlib import aclosing, asynccontextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import BaseModel, Field
+
+if TYPE_CHECKING:
+    from vllm import SamplingParams
+    from vllm.outputs import RequestOutput
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+log = logging.getLogger(__name__)
+
+
+class EngineConfig(BaseModel):
+    """vLLM engine settings (nested under `VOXGATE_ENGINE__*`)."""
+
+    kv_cache_gib: float = Field(1.0, gt=0)
+    """KV-cache size in GiB. vLLM-CPU's default memory check fails on small machines."""
+    max_num_seqs: int = Field(8, ge=1)
+    """Requests the engine runs at once; more wait (in priority order)."""
+    max_model_len: int = Field(2048, ge=256)
+    """Longest prompt + answer in tokens. The realtime context budget must fit inside it."""
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
+    """float32 on CPU: bf16 prefill is ~4x slower on AVX2-only machines."""
+    enforce_eager: bool = True
+    """Skip torch.compile: it starts faster and gains nothing for small models on CPU."""
+    cpu_threads_bind: str | None = None
+    """VLLM_CPU_OMP_THREADS_BIND for the worker (e.g. "0-1"); None leaves vLLM's choice."""
+    log_stats: bool = True
+    """Keep vLLM's own Prometheus metrics (`vllm:*`) on."""
+
+
+class EngineHost:
+    """Owns one `AsyncLLM`; build it with `EngineHost.start()`."""
+
+    def __init__(self, engine: AsyncLLM, model_dir: Path) -> None:
+        self._engine = engine
+        self.model_dir = model_dir
+
+    @classmethod
+    @asynccontextmanager
+    async def start(cls, model_dir: Path, config: EngineConfig) -> AsyncIterator[EngineHost]:
+        if config.cpu_threads_bind is not None:
+            # Read by the engine's worker process, which inherits this environment.
+            os.environ["VLLM_CPU_OMP_THREADS_BIND"] = config.cpu_threads_bind
+            os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+        from vllm import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        args = AsyncEngineArgs(
+            model=str(model_dir),
+            dtype=config.dtype,
+            enforce_eager=config.enforce_eager,
+            max_model_len=config.max_model_len,
+            max_num_seqs=config.max_num_seqs,
+            kv_cache_memory_bytes=int(config.kv_cache_gib * (1 << 30)),
+            scheduling_policy="priority",
+            disable_log_stats=not config.log_stats,
+        )
+        log.info("starting vLLM engine for %s", model_dir)
+        engine = AsyncLLM.from_engine_args(args)
+        try:
+            yield cls(engine, model_dir)
+        finally:
+            log.info("shutting down vLLM engine")
+            engine.shutdown()
+
+    @property
+    def is_healthy(self) -> bool:
+        return not self._engine.errored
+
+    async def stream(
+        self,
+        prompt_token_ids: list[int],
+        params: SamplingParams,
+        request_id: str,
+        priority: int = 0,
+    ) -> AsyncIterator[RequestOutput]:
+        """Stream delta outputs of one request; closing or cancelling the iterator aborts it."""
+        from vllm.inputs import TokensPrompt
+        from vllm.sampling_params import RequestOutputKind
+
+        params.output_kind = RequestOutputKind.DELTA
+        request = self._engine.generate(
+            TokensPrompt(prompt_token_ids=prompt_token_ids),
+            params,
+            request_id=request_id,
+            priority=priority,
+        )
+        # vLLM aborts the request when its generator is cancelled or closed; aclosing makes
+        # closing this wrapper close vLLM's generator at once instead of at garbage collection.
+        async with aclosing(request):
+            async for output in request:
+                yield output

@@ -1,0 +1,124 @@
+"""The handful of domain types that cross the `model` boundary.
+
+Audio inside voxgate is mono float32 in [-1, 1]. Input to a backbone is always at
+`INPUT_SAMPLE_RATE`; output chunks carry their own rate (the streaming layer resamples
+them to whatever the client asked for).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Literal
+
+import numpy as np
+
+INPUT_SAMPLE_RATE = 16_000
+"""Every backbone hears 16 kHz mono float32."""
+
+
+@dataclass(frozen=True, slots=True)
+class AudioChunk:
+    """A piece of synthesised speech: mono float32 samples at `sample_rate`."""
+
+    samples: np.ndarray
+    sample_rate: int
+
+    @property
+    def duration_s(self) -> float:
+        return len(self.samples) / self.sample_rate
+
+
+@dataclass(frozen=True, slots=True)
+class TextDelta:
+    """Text of the answer, sent just before the audio that speaks it."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseEnd:
+    """The last item of every `respond()` stream that was not cancelled."""
+
+    finish_reason: Literal["stop", "length"]
+    input_tokens: int
+    output_tokens: int
+
+
+ResponseOutput = TextDelta | AudioChunk | ResponseEnd
+
+
+@dataclass(frozen=True, slots=True)
+class Transcription:
+    text: str
+    duration_s: float
+    language: str | None = None
+
+
+class Role(StrEnum):
+    USER = "user"
+    ASSISTANT = "assistant"
+    SYSTEM = "system"
+    """Extra instructions placed in the conversation (the persona itself is separate)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    """One message of the conversation as the backbone sees it (the persona is separate)."""
+
+    role: Role
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Voice:
+    name: str
+    language: str
+    sample_rate: int
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseOptions:
+    request_id: str
+    """Unique per engine request; the engine aborts by this id."""
+    instructions: str
+    """The persona / system prompt."""
+    voice: str
+    audio: bool = True
+    """False for text-only responses (no TTS at all)."""
+    max_output_tokens: int = 256
+    speed: float = 1.0
+    temperature: float = 0.7
+    priority: int = 0
+    """vLLM priority: lower is served first. Realtime turns use 0."""
+
+
+@dataclass(slots=True)
+class TurnTrace:
+    """Monotonic timestamps of the stages of one response, filled as they happen.
+
+    The session marks the turn's edges, the backbone marks its own stages; the first
+    mark of a name wins, so stages that repeat per sentence record their first time.
+    """
+
+    marks: dict[str, float] = field(default_factory=dict)
+
+    def mark(self, name: str, at: float | None = None) -> None:
+        self.marks.setdefault(name, time.monotonic() if at is None else at)
+
+    def span(self, start: str, end: str) -> float | None:
+        """Seconds from `start` to `end`, or None if either is missing."""
+        if start in self.marks and end in self.marks:
+            return self.marks[end] - self.marks[start]
+        return None
+
+
+class BackboneError(Exception):
+    """A backbone could not serve a request (the message is safe to show a client)."""
+
+
+class UnknownVoiceError(BackboneError):
+    def __init__(self, voice: str, known: list[str]) -> None:
+        super().__init__(f"unknown voice {voice!r}; this server has: {', '.join(known)}")
+        self.voice = voice

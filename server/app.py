@@ -1,0 +1,111 @@
+"""The FastAPI app factory. The lifespan owns the backbone (and with it the vLLM engine)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
+
+from fastapi import FastAPI
+
+from voxgate.model import artifacts
+from voxgate.model.artifacts import SILERO_VAD
+from voxgate.model.backbone import Backbone
+from voxgate.server import routes
+from voxgate.server.realtime import realtime_endpoint
+from voxgate.server.settings import Settings
+from voxgate.streaming.config import SessionConfig, Transcription
+from voxgate.streaming.vad import SileroModel, SileroVad
+
+log = logging.getLogger(__name__)
+
+BackboneFactory = Callable[[Settings], AbstractAsyncContextManager[Backbone]]
+
+
+class SessionSlots:
+    """Counts live realtime sessions against `max_sessions`."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.active = 0
+        self._lock = threading.Lock()
+
+    def try_acquire(self) -> bool:
+        with self._lock:
+            if self.active >= self.limit:
+                return False
+            self.active += 1
+            return True
+
+    def release(self) -> None:
+        with self._lock:
+            self.active -= 1
+
+
+@dataclass
+class Services:
+    """What the routes need, built once by the lifespan and kept in `app.state.services`."""
+
+    settings: Settings
+    backbone: Backbone
+    vad_model: SileroModel
+    sessions: SessionSlots
+
+    @property
+    def model_name(self) -> str:
+        return f"voxgate-{self.backbone.name}"
+
+    def new_vad(self) -> SileroVad:
+        return SileroVad(self.vad_model)
+
+    def default_session_config(self) -> SessionConfig:
+        return SessionConfig(
+            instructions=self.settings.realtime.instructions,
+            voice=self.backbone.voices[0].name,
+            # The transcript is computed anyway (the cascade's LM reads it): send it by default.
+            transcription=Transcription(model=self.model_name),
+            max_output_tokens=min(256, self.settings.realtime.session.max_output_tokens),
+        )
+
+
+@asynccontextmanager
+async def cascade_backbone(settings: Settings) -> AsyncIterator[Backbone]:
+    from voxgate.model.cascade import CascadeBackbone
+
+    async with CascadeBackbone.start(
+        settings.home, settings.cascade, settings.engine, settings.fetch_missing_models
+    ) as backbone:
+        yield backbone
+
+
+def create_app(settings: Settings, backbone_factory: BackboneFactory | None = None) -> FastAPI:
+    """Build the app; `backbone_factory` lets tests serve a fake backbone."""
+    factory = backbone_factory or cascade_backbone
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if settings.api_key is None:
+            log.warning(
+                "no API key configured (VOXGATE_API_KEY): anyone who can reach %s:%d can use "
+                "this server",
+                settings.host,
+                settings.port,
+            )
+        if settings.fetch_missing_models:
+            await asyncio.to_thread(artifacts.fetch, SILERO_VAD, settings.home)
+        vad_dir = await asyncio.to_thread(artifacts.verify, SILERO_VAD, settings.home)
+        vad_model = await asyncio.to_thread(SileroModel, vad_dir / SILERO_VAD.files[0].name)
+        async with factory(settings) as backbone:
+            app.state.services = Services(
+                settings, backbone, vad_model, SessionSlots(settings.realtime.max_sessions)
+            )
+            log.info("voxgate ready: backbone %s", backbone.name)
+            yield
+
+    app = FastAPI(title="voxgate", version="0.1.0", lifespan=lifespan)
+    app.add_api_websocket_route("/v1/realtime", realtime_endpoint)
+    app.include_router(routes.router)
+    return app

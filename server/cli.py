@@ -1,0 +1,67 @@
+"""The `voxgate` command: `serve` and `fetch-models`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from voxgate.server.settings import Settings
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from voxgate.server.app import create_app
+
+    overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    settings = Settings(**overrides)
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        ws_max_size=settings.realtime.transport_max_bytes,
+        ws_ping_interval=settings.realtime.ping_interval_s,
+        ws_ping_timeout=settings.realtime.ping_interval_s,
+    )
+    return 0
+
+
+def _fetch_models(args: argparse.Namespace) -> int:
+    from voxgate.model import artifacts
+    from voxgate.model.artifacts import ArtifactError
+    from voxgate.model.cascade import ensure_artifacts
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    settings = Settings()
+    try:
+        ensure_artifacts(settings.home, fetch_missing=True)
+    except ArtifactError as e:
+        print(f"voxgate fetch-models: {e}", file=sys.stderr)
+        return 1
+    for artifact in artifacts.CPU_DEFAULT:
+        print(f"ok  {artifact.requirement:<32} {artifact.directory(settings.home)}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="voxgate", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the server (settings: VOXGATE_* variables)")
+    serve.add_argument("--host", help="interface to listen on (VOXGATE_HOST)")
+    serve.add_argument("--port", type=int, help="port (VOXGATE_PORT)")
+    serve.set_defaults(run=_serve)
+    fetch = commands.add_parser(
+        "fetch-models", help="download and verify the model files into $VOXGATE_HOME"
+    )
+    fetch.set_defaults(run=_fetch_models)
+    args = parser.parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,60 @@
+"""Errors at the edge: one place that turns what went wrong into the protocol's own error shape.
+
+Realtime errors become `error` events (`{"type": "error", "error": {type, code, message, param,
+event_id}}`); REST errors become OpenAI's `{"error": {message, type, param, code}}` bodies. The
+codes are stable and listed in the README.
+"""
+
+from __future__ import annotations
+
+from pydantic import ValidationError
+
+from voxgate.server.protocol import UNION_TAGS
+from voxgate.streaming.events import ErrorReported
+
+_PYDANTIC_CODES = {
+    "extra_forbidden": "unknown_parameter",
+    "missing": "missing_required_parameter",
+    "union_tag_invalid": "invalid_value",
+    "union_tag_not_found": "missing_required_parameter",
+    "literal_error": "invalid_value",
+    "enum": "invalid_value",
+    "greater_than": "invalid_value",
+    "greater_than_equal": "invalid_value",
+    "less_than": "invalid_value",
+    "less_than_equal": "invalid_value",
+    "string_too_long": "invalid_value",
+}
+
+
+def _is_union_member(part: int | str) -> bool:
+    """Unions add the member's tag or type name to an error's location: not a client's field."""
+    if isinstance(part, int):
+        return False
+    return (
+        part in UNION_TAGS
+        or part in ("str", "int", "float", "bool")
+        or part[:1].isupper()
+        or (part.startswith(("literal[", "function-")))
+    )
+
+
+def _dotted(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def validation_error(
+    e: ValidationError, event_id: str | None, prefix: tuple[str, ...] = ()
+) -> ErrorReported:
+    """The first problem of a pydantic error, as an error event naming the offending field."""
+    first = e.errors(include_url=False)[0]
+    loc = tuple(p for p in first["loc"] if not _is_union_member(p))
+    param = _dotted(prefix + loc) or None
+    code = _PYDANTIC_CODES.get(first["type"], "invalid_type")
+    if first["type"] == "union_tag_invalid" and loc == ():
+        code = "unknown_event_type"
+    message = f"{param}: {first['msg']}" if param else first["msg"]
+    return ErrorReported(code, message, param=param, event_id=event_id)

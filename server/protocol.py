@@ -1,0 +1,525 @@
+"""OpenAI Realtime (GA) wire events: client events parsed at the edge, server events built here.
+
+Client events are strict pydantic models: an unknown field, a wrong type or a value out of range is
+a validation error that the connection reports as an `error` event. Fields of the OpenAI protocol
+that this server cannot honour are parsed too, and refused with `unsupported_feature` rather than
+silently ignored (see `session_config`). The official `openai` SDK's `openai.types.realtime`
+models are the reference; the tests validate every server event against them.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+from voxgate.model.types import Role
+from voxgate.streaming.audio import AudioFormat
+from voxgate.streaming.config import SessionConfig, Transcription, TurnDetection
+from voxgate.streaming.events import Item, ItemStatus, Response
+from voxgate.streaming.session import SessionRejected
+from voxgate.streaming.vad import VadParams
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# --- session ------------------------------------------------------------------------------
+
+
+class PcmFormat(Strict):
+    type: Literal["audio/pcm"]
+    rate: Literal[24000] = 24000
+
+
+class PcmuFormat(Strict):
+    type: Literal["audio/pcmu"]
+
+
+class PcmaFormat(Strict):
+    type: Literal["audio/pcma"]
+
+
+WireAudioFormat = Annotated[PcmFormat | PcmuFormat | PcmaFormat, Field(discriminator="type")]
+
+
+class ServerVad(Strict):
+    type: Literal["server_vad"]
+    threshold: float | None = Field(None, ge=0.0, le=1.0)
+    prefix_padding_ms: int | None = Field(None, ge=0, le=10_000)
+    silence_duration_ms: int | None = Field(None, ge=0, le=10_000)
+    create_response: bool | None = None
+    interrupt_response: bool | None = None
+    idle_timeout_ms: int | None = None
+
+
+class SemanticVad(Strict):
+    type: Literal["semantic_vad"]
+    eagerness: Literal["low", "medium", "high", "auto"] | None = None
+    create_response: bool | None = None
+    interrupt_response: bool | None = None
+
+
+class TranscriptionParams(Strict):
+    model: str | None = None
+    language: str | None = None
+    prompt: str | None = None
+    delay: str | None = None
+    keywords: list[str] | None = None
+    languages: list[str] | None = None
+
+
+class NoiseReduction(Strict):
+    type: str | None = None
+    strength: float | None = None
+
+
+class AudioInputParams(Strict):
+    format: WireAudioFormat | None = None
+    noise_reduction: NoiseReduction | None = None
+    transcription: TranscriptionParams | None = None
+    turn_detection: Annotated[ServerVad | SemanticVad, Field(discriminator="type")] | None = None
+
+
+class VoiceId(Strict):
+    id: str
+
+
+class AudioOutputParams(Strict):
+    format: WireAudioFormat | None = None
+    voice: str | VoiceId | None = None
+    speed: float | None = Field(None, ge=0.25, le=1.5)
+
+
+class SessionAudioParams(Strict):
+    input: AudioInputParams | None = None
+    output: AudioOutputParams | None = None
+
+
+class SessionParams(Strict):
+    type: Literal["realtime", "transcription"]
+    model: str | None = None
+    instructions: str | None = None
+    output_modalities: list[Literal["text", "audio"]] | None = None
+    audio: SessionAudioParams | None = None
+    max_output_tokens: int | Literal["inf"] | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: Any = None
+    tracing: Any = None
+    truncation: Any = None
+    include: list[str] | None = None
+    prompt: Any = None
+    reasoning: Any = None
+    parallel_tool_calls: bool | None = None
+
+
+# --- conversation items -------------------------------------------------------------------
+
+
+class ContentPart(Strict):
+    type: Literal["input_text", "input_audio", "output_text", "output_audio", "input_image"]
+    text: str | None = None
+    audio: str | None = None
+    transcript: str | None = None
+    image_url: str | None = None
+    detail: str | None = None
+
+
+class MessageItem(Strict):
+    type: Literal["message"]
+    role: Literal["user", "assistant", "system"]
+    content: list[ContentPart]
+    id: str | None = Field(None, max_length=64)
+    object: Literal["realtime.item"] | None = None
+    status: Literal["completed", "incomplete", "in_progress"] | None = None
+
+
+class OtherItem(BaseModel):
+    """Function calls, MCP items: parsed only to be refused by name."""
+
+    model_config = ConfigDict(extra="allow")
+    type: Literal[
+        "function_call",
+        "function_call_output",
+        "mcp_approval_response",
+        "mcp_list_tools",
+        "mcp_call",
+        "mcp_approval_request",
+    ]
+
+
+WireItem = Annotated[MessageItem | OtherItem, Field(discriminator="type")]
+
+
+# --- client events ------------------------------------------------------------------------
+
+
+class ClientEvent(Strict):
+    event_id: str | None = Field(None, max_length=128)
+
+
+class SessionUpdate(ClientEvent):
+    type: Literal["session.update"]
+    session: SessionParams
+
+
+class InputAudioBufferAppend(ClientEvent):
+    type: Literal["input_audio_buffer.append"]
+    audio: str
+
+
+class InputAudioBufferCommit(ClientEvent):
+    type: Literal["input_audio_buffer.commit"]
+
+
+class InputAudioBufferClear(ClientEvent):
+    type: Literal["input_audio_buffer.clear"]
+
+
+class ConversationItemCreate(ClientEvent):
+    type: Literal["conversation.item.create"]
+    item: WireItem
+    previous_item_id: str | None = None
+
+
+class ConversationItemDelete(ClientEvent):
+    type: Literal["conversation.item.delete"]
+    item_id: str
+
+
+class ConversationItemRetrieve(ClientEvent):
+    type: Literal["conversation.item.retrieve"]
+    item_id: str
+
+
+class ConversationItemTruncate(ClientEvent):
+    type: Literal["conversation.item.truncate"]
+    item_id: str
+    content_index: int
+    audio_end_ms: int
+
+
+class ResponseParams(Strict):
+    instructions: str | None = None
+    output_modalities: list[Literal["text", "audio"]] | None = None
+    audio: SessionAudioParams | None = None
+    max_output_tokens: int | Literal["inf"] | None = None
+    conversation: str | None = None
+    input: list[WireItem] | None = None
+    metadata: dict[str, str] | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: Any = None
+    prompt: Any = None
+    reasoning: Any = None
+    parallel_tool_calls: bool | None = None
+
+
+class ResponseCreate(ClientEvent):
+    type: Literal["response.create"]
+    response: ResponseParams | None = None
+
+
+class ResponseCancel(ClientEvent):
+    type: Literal["response.cancel"]
+    response_id: str | None = None
+
+
+class OutputAudioBufferClear(ClientEvent):
+    type: Literal["output_audio_buffer.clear"]
+
+
+AnyClientEvent = Annotated[
+    SessionUpdate
+    | InputAudioBufferAppend
+    | InputAudioBufferCommit
+    | InputAudioBufferClear
+    | ConversationItemCreate
+    | ConversationItemDelete
+    | ConversationItemRetrieve
+    | ConversationItemTruncate
+    | ResponseCreate
+    | ResponseCancel
+    | OutputAudioBufferClear,
+    Field(discriminator="type"),
+]
+CLIENT_EVENT = TypeAdapter(AnyClientEvent)
+CLIENT_EVENT_TYPES = frozenset(
+    t.model_fields["type"].annotation.__args__[0]  # type: ignore[union-attr]
+    for t in AnyClientEvent.__origin__.__args__  # type: ignore[attr-defined]
+)
+
+UNION_TAGS = CLIENT_EVENT_TYPES | {
+    "audio/pcm",
+    "audio/pcmu",
+    "audio/pcma",
+    "server_vad",
+    "semantic_vad",
+    "message",
+    *OtherItem.model_fields["type"].annotation.__args__,  # type: ignore[union-attr]
+}
+"""Discriminator values pydantic puts into error locations (they are not field names)."""
+
+
+# --- from wire to domain ------------------------------------------------------------------
+
+
+class Unsupported(Exception):
+    """A protocol feature this server does not implement: refused, never ignored."""
+
+    def __init__(self, param: str, what: str) -> None:
+        super().__init__(f"{param}: {what} is not supported by this server")
+        self.param = param
+
+
+def _format(wire: PcmFormat | PcmuFormat | PcmaFormat) -> AudioFormat:
+    return AudioFormat(wire.type)
+
+
+def voice_name(voice: str | VoiceId) -> str:
+    return voice.id if isinstance(voice, VoiceId) else voice
+
+
+def audio_output(modalities: list[str]) -> bool:
+    if len(modalities) != 1:
+        raise Unsupported("output_modalities", "anything but exactly one of ['audio'] or ['text']")
+    return modalities[0] == "audio"
+
+
+def _set(model: BaseModel | None, name: str) -> bool:
+    return model is not None and name in model.model_fields_set
+
+
+def session_config(current: SessionConfig, params: SessionParams) -> SessionConfig:
+    """Apply a `session.update` to the current config (only the fields the client set)."""
+    if params.type != "realtime":
+        raise Unsupported("session.type", "'transcription' sessions")
+    for name in ("tracing", "prompt", "reasoning", "include", "parallel_tool_calls"):
+        if getattr(params, name) is not None:
+            raise Unsupported(f"session.{name}", name)
+    if params.tools:
+        raise Unsupported("session.tools", "function tools")
+    if params.tool_choice not in (None, "auto", "none"):
+        raise Unsupported("session.tool_choice", "forcing a tool")
+    if params.truncation not in (None, "auto"):
+        raise Unsupported("session.truncation", "truncation other than 'auto'")
+
+    update: dict[str, Any] = {}
+    if params.instructions is not None:
+        update["instructions"] = params.instructions
+    if params.output_modalities is not None:
+        update["audio_output"] = audio_output(params.output_modalities)
+    if params.max_output_tokens is not None:
+        update["max_output_tokens"] = (
+            current.max_output_tokens
+            if params.max_output_tokens == "inf"
+            else params.max_output_tokens
+        )
+    audio = params.audio
+    inp = audio.input if audio else None
+    out = audio.output if audio else None
+    if inp is not None:
+        if inp.format is not None:
+            update["input_format"] = _format(inp.format)
+        if inp.noise_reduction is not None:
+            raise Unsupported("session.audio.input.noise_reduction", "noise reduction")
+        if _set(inp, "transcription"):
+            update["transcription"] = _transcription(inp.transcription)
+        if _set(inp, "turn_detection"):
+            update["turn_detection"] = _turn_detection(current.turn_detection, inp.turn_detection)
+    if out is not None:
+        if out.format is not None:
+            update["output_format"] = _format(out.format)
+        if out.voice is not None:
+            update["voice"] = voice_name(out.voice)
+        if out.speed is not None:
+            update["speed"] = out.speed
+    return current.model_copy(update=update)
+
+
+def _transcription(params: TranscriptionParams | None) -> Transcription | None:
+    if params is None:
+        return None
+    for name in ("delay", "keywords", "languages"):
+        if getattr(params, name) is not None:
+            raise Unsupported(f"session.audio.input.transcription.{name}", name)
+    return Transcription(
+        model=params.model or "default", language=params.language, prompt=params.prompt
+    )
+
+
+def _turn_detection(
+    current: TurnDetection | None, params: ServerVad | SemanticVad | None
+) -> TurnDetection | None:
+    if params is None:
+        return None
+    if isinstance(params, SemanticVad):
+        raise Unsupported("session.audio.input.turn_detection.type", "'semantic_vad'")
+    if params.idle_timeout_ms is not None:
+        raise Unsupported("session.audio.input.turn_detection.idle_timeout_ms", "idle timeouts")
+    base = current or TurnDetection()
+    vad = {
+        name: value
+        for name in ("threshold", "prefix_padding_ms", "silence_duration_ms")
+        if (value := getattr(params, name)) is not None
+    }
+    flags = {
+        name: value
+        for name in ("create_response", "interrupt_response")
+        if (value := getattr(params, name)) is not None
+    }
+    return TurnDetection(
+        vad=VadParams(**(base.vad.model_dump() | vad)), **(base.model_dump(exclude={"vad"}) | flags)
+    )
+
+
+def message_item(wire: MessageItem, new_id: str) -> tuple[Item, str | None]:
+    """A client-created message as a domain item, plus its base64 input audio if it has some."""
+    if len(wire.content) != 1:
+        raise Unsupported("item.content", "messages with other than exactly one content part")
+    part = wire.content[0]
+    role = Role(wire.role)
+    item_id = wire.id or new_id
+    expected = {
+        Role.USER: ("input_text", "input_audio"),
+        Role.SYSTEM: ("input_text",),
+        Role.ASSISTANT: ("output_text", "output_audio"),
+    }[role]
+    if part.type not in expected:
+        raise Unsupported("item.content[0].type", f"{part.type!r} in a {role.value} message")
+    if part.type in ("input_text", "output_text"):
+        if part.text is None:
+            raise SessionRejected(
+                "missing_required_parameter", "text content needs `text`", "item.content[0].text"
+            )
+        return Item(item_id, role, text=part.text), None
+    if part.audio is None or part.type == "output_audio":
+        if part.transcript is None:
+            raise SessionRejected(
+                "missing_required_parameter",
+                "audio content needs `audio` or `transcript`",
+                "item.content[0].transcript",
+            )
+        return Item(item_id, role, audio=True, transcript=part.transcript), None
+    return Item(item_id, role, audio=True, transcript=part.transcript), part.audio
+
+
+# --- server events ------------------------------------------------------------------------
+
+
+def wire_format(fmt: AudioFormat) -> dict[str, Any]:
+    return {"type": "audio/pcm", "rate": 24000} if fmt is AudioFormat.PCM else {"type": fmt.value}
+
+
+def wire_session(config: SessionConfig, session_id: str, model: str) -> dict[str, Any]:
+    td = config.turn_detection
+    turn_detection = (
+        None
+        if td is None
+        else {
+            "type": "server_vad",
+            "threshold": td.vad.threshold,
+            "prefix_padding_ms": td.vad.prefix_padding_ms,
+            "silence_duration_ms": td.vad.silence_duration_ms,
+            "create_response": td.create_response,
+            "interrupt_response": td.interrupt_response,
+            "idle_timeout_ms": None,
+        }
+    )
+    tr = config.transcription
+    return {
+        "type": "realtime",
+        "object": "realtime.session",
+        "id": session_id,
+        "model": model,
+        "output_modalities": ["audio" if config.audio_output else "text"],
+        "instructions": config.instructions,
+        "audio": {
+            "input": {
+                "format": wire_format(config.input_format),
+                "transcription": None
+                if tr is None
+                else {"model": tr.model, "language": tr.language, "prompt": tr.prompt},
+                "noise_reduction": None,
+                "turn_detection": turn_detection,
+            },
+            "output": {
+                "format": wire_format(config.output_format),
+                "voice": config.voice,
+                "speed": config.speed,
+            },
+        },
+        "tools": [],
+        "tool_choice": "auto",
+        "max_output_tokens": config.max_output_tokens,
+        "truncation": "auto",
+    }
+
+
+def wire_item(item: Item) -> dict[str, Any]:
+    if item.role is Role.USER:
+        part = (
+            {"type": "input_audio", "transcript": item.transcript}
+            if item.audio
+            else {"type": "input_text", "text": item.text}
+        )
+    elif item.role is Role.SYSTEM:
+        part = {"type": "input_text", "text": item.text}
+    else:
+        part = (
+            {"type": "output_audio", "transcript": item.transcript}
+            if item.audio
+            else {"type": "output_text", "text": item.text}
+        )
+    return {
+        "id": item.id,
+        "object": "realtime.item",
+        "type": "message",
+        "role": item.role.value,
+        "status": item.status.value,
+        "content": [part] if item.status is not ItemStatus.IN_PROGRESS else [],
+    }
+
+
+def content_part(item: Item) -> dict[str, Any]:
+    if item.audio:
+        return {"type": "audio", "transcript": item.transcript or ""}
+    return {"type": "text", "text": item.text}
+
+
+def wire_response(response: Response, timings: dict[str, float] | None = None) -> dict[str, Any]:
+    details: dict[str, Any] | None = None
+    if response.status.value in ("cancelled", "incomplete"):
+        details = {"type": response.status.value, "reason": response.reason}
+    elif response.status.value == "failed" and response.error is not None:
+        code, message = response.error
+        details = {
+            "type": "failed",
+            "error": {"type": "server_error", "code": code, "message": message},
+        }
+    usage = None
+    if response.status.value != "in_progress":
+        usage = {
+            "total_tokens": response.input_tokens + response.output_tokens,
+            "input_tokens": response.input_tokens,
+            "output_tokens": response.output_tokens,
+        }
+    wire: dict[str, Any] = {
+        "id": response.id,
+        "object": "realtime.response",
+        "status": response.status.value,
+        "status_details": details,
+        "output": [wire_item(i) for i in response.items] if usage is not None else [],
+        "conversation_id": "auto" if response.in_conversation else None,
+        "output_modalities": ["audio" if response.audio else "text"],
+        "audio": {
+            "output": {
+                "format": wire_format(AudioFormat(response.audio_format)),
+                "voice": response.voice,
+            }
+        },
+        "max_output_tokens": response.max_output_tokens,
+        "metadata": response.metadata,
+        "usage": usage,
+    }
+    return wire

@@ -1,0 +1,277 @@
+"""`/v1/realtime`: one WebSocket connection = one `RealtimeSession`, run by a reader and a writer.
+
+The reader parses each client event once, at the edge, and calls the session; anything wrong
+with an event becomes an `error` event carrying its `event_id`, and the connection carries on.
+The writer turns session events into wire events, in order, and is the only task that sends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import logging
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from voxgate.server import auth, protocol
+from voxgate.server.errors import validation_error
+from voxgate.server.outgoing import Outgoing, error_event
+from voxgate.server.protocol import (
+    ConversationItemCreate,
+    ConversationItemDelete,
+    ConversationItemRetrieve,
+    ConversationItemTruncate,
+    InputAudioBufferAppend,
+    InputAudioBufferClear,
+    InputAudioBufferCommit,
+    MessageItem,
+    OutputAudioBufferClear,
+    ResponseCancel,
+    ResponseCreate,
+    SessionUpdate,
+    Unsupported,
+)
+from voxgate.streaming.audio import AudioFormat
+from voxgate.streaming.events import ErrorReported, OutputAudioDelta
+from voxgate.streaming.session import RealtimeSession, ResponseRequest, SessionRejected, new_id
+
+if TYPE_CHECKING:
+    from voxgate.server.app import Services
+
+log = logging.getLogger(__name__)
+
+CLOSE_POLICY_VIOLATION = 1008
+CLOSE_TRY_AGAIN_LATER = 1013
+
+
+async def realtime_endpoint(websocket: WebSocket) -> None:
+    await RealtimeConnection(websocket, websocket.app.state.services).run()
+
+
+class RealtimeConnection:
+    def __init__(self, websocket: WebSocket, services: Services) -> None:
+        self._ws = websocket
+        self._services = services
+        self._settings = services.settings.realtime
+
+    async def run(self) -> None:
+        ws = self._ws
+        api_key = self._services.settings.api_key
+        if not auth.is_authorised(ws, api_key.get_secret_value() if api_key else None):
+            await self._refuse(
+                "invalid_api_key", "missing or wrong API key", CLOSE_POLICY_VIOLATION
+            )
+            return
+        if not self._services.sessions.try_acquire():
+            await self._refuse(
+                "session_limit_reached",
+                f"this server is at its limit of {self._settings.max_sessions} realtime sessions; "
+                "try again later",
+                CLOSE_TRY_AGAIN_LATER,
+            )
+            return
+        session_id = new_id("sess")
+        session = RealtimeSession(
+            self._services.backbone,
+            self._services.new_vad,
+            self._services.default_session_config(),
+            self._settings.session,
+        )
+        outgoing = Outgoing(session_id, self._services.model_name)
+        try:
+            await ws.accept(subprotocol=auth.reply_subprotocol(ws))
+            log.info("realtime session %s opened", session_id)
+            await session.start()
+            async with asyncio.TaskGroup() as tasks:
+                writer = tasks.create_task(self._write(session, outgoing))
+                await self._read(session)
+                writer.cancel()
+        finally:
+            await session.close()
+            self._services.sessions.release()
+            log.info("realtime session %s closed", session_id)
+
+    async def _refuse(self, code: str, message: str, close_code: int) -> None:
+        await self._ws.accept(subprotocol=auth.reply_subprotocol(self._ws))
+        error = ErrorReported(code, message)
+        await self._ws.send_text(json.dumps(error_event(error)))
+        await self._ws.close(close_code, message[:120])
+
+    # --- writer ---------------------------------------------------------------------------
+
+    async def _write(self, session: RealtimeSession, outgoing: Outgoing) -> None:
+        try:
+            while True:
+                event = await session.events.get()
+                for wire in outgoing.wire_events(event):
+                    await self._ws.send_text(json.dumps(wire, separators=(",", ":")))
+                if isinstance(event, OutputAudioDelta):
+                    event.response.trace.mark("first_audio_sent")
+        except (WebSocketDisconnect, RuntimeError):
+            # The client went away; the reader sees the disconnect and ends the session.
+            return
+
+    # --- reader ---------------------------------------------------------------------------
+
+    async def _read(self, session: RealtimeSession) -> None:
+        while True:
+            message = await self._ws.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            if (text := message.get("text")) is None:
+                await session.report_error(
+                    ErrorReported(
+                        "invalid_event", "binary frames are not supported; send JSON text"
+                    )
+                )
+                continue
+            await self._handle(session, text)
+
+    async def _handle(self, session: RealtimeSession, text: str) -> None:
+        event_id: str | None = None
+        try:
+            if len(text) > self._settings.max_event_bytes or (
+                len(text.encode()) > self._settings.max_event_bytes
+            ):
+                raise SessionRejected(
+                    "message_too_large",
+                    f"event of {len(text.encode())} bytes exceeds the limit of "
+                    f"{self._settings.max_event_bytes} bytes; send audio in smaller appends",
+                )
+            raw = _parse_json(text)
+            event_id = raw.get("event_id") if isinstance(raw.get("event_id"), str) else None
+            kind = raw.get("type")
+            if not isinstance(kind, str):
+                raise SessionRejected(
+                    "missing_required_parameter", "every event needs a `type`", "type"
+                )
+            if kind not in protocol.CLIENT_EVENT_TYPES:
+                raise SessionRejected("unknown_event_type", f"unknown event type {kind!r}", "type")
+            event = protocol.CLIENT_EVENT.validate_python(raw)
+            await self._dispatch(session, event)
+        except SessionRejected as e:
+            await session.report_error(
+                ErrorReported(e.code, e.message, param=e.param, event_id=event_id)
+            )
+        except ValidationError as e:
+            await session.report_error(validation_error(e, event_id))
+        except Unsupported as e:
+            await session.report_error(
+                ErrorReported("unsupported_feature", str(e), param=e.param, event_id=event_id)
+            )
+        except Exception:
+            # A bug in handling one event must not end a healthy session: log it, say so.
+            log.exception("failed to handle a client event")
+            await session.report_error(
+                ErrorReported(
+                    "server_error",
+                    "the server failed to handle this event",
+                    "server_error",
+                    event_id=event_id,
+                )
+            )
+
+    async def _dispatch(self, session: RealtimeSession, event: Any) -> None:
+        match event:
+            case InputAudioBufferAppend(audio=data):
+                await session.append_audio(_b64_audio(data, "audio"))
+            case SessionUpdate(session=params):
+                try:
+                    config = protocol.session_config(session.config, params)
+                except ValidationError as e:
+                    raise SessionRejected(
+                        "invalid_value", str(e.errors()[0]["msg"]), "session"
+                    ) from e
+                await session.configure(config)
+            case InputAudioBufferCommit():
+                await session.commit()
+            case InputAudioBufferClear():
+                await session.clear()
+            case ConversationItemCreate(item=MessageItem() as wire, previous_item_id=previous):
+                item, audio = protocol.message_item(wire, new_id("item"))
+                data = _b64_audio(audio, "item.content[0].audio") if audio is not None else None
+                await session.add_item(item, previous, data)
+            case ConversationItemCreate(item=other):
+                raise Unsupported("item.type", f"{other.type!r} items")
+            case ConversationItemDelete(item_id=item_id):
+                await session.delete_item(item_id)
+            case ConversationItemRetrieve(item_id=item_id):
+                await session.retrieve_item(item_id)
+            case ConversationItemTruncate():
+                raise Unsupported("type", "conversation.item.truncate")
+            case ResponseCreate(response=params):
+                await session.create_response(_response_request(params))
+            case ResponseCancel(response_id=response_id):
+                await session.cancel_response(response_id)
+            case OutputAudioBufferClear():
+                raise Unsupported("type", "output_audio_buffer.clear (a WebRTC/SIP event)")
+            case _:
+                raise AssertionError(f"unhandled client event {event!r}")
+
+
+def _parse_json(text: str) -> dict[str, Any]:
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise SessionRejected("invalid_json", f"the message is not valid JSON: {e}") from e
+    if not isinstance(raw, dict):
+        raise SessionRejected("invalid_event", "an event must be a JSON object")
+    return raw
+
+
+def _b64_audio(data: str, param: str) -> bytes:
+    try:
+        audio = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise SessionRejected("invalid_audio", f"{param} is not valid base64: {e}", param) from e
+    if not audio:
+        raise SessionRejected("invalid_audio", f"{param} is empty", param)
+    return audio
+
+
+def _response_request(params: protocol.ResponseParams | None) -> ResponseRequest:
+    if params is None:
+        return ResponseRequest()
+    for name in ("prompt", "reasoning", "parallel_tool_calls"):
+        if getattr(params, name) is not None:
+            raise Unsupported(f"response.{name}", name)
+    if params.tools:
+        raise Unsupported("response.tools", "function tools")
+    if params.tool_choice not in (None, "auto", "none"):
+        raise Unsupported("response.tool_choice", "forcing a tool")
+    if params.conversation not in (None, "auto", "none"):
+        raise Unsupported("response.conversation", "conversations other than 'auto' and 'none'")
+    request = ResponseRequest(
+        instructions=params.instructions,
+        in_conversation=params.conversation != "none",
+        metadata=params.metadata,
+    )
+    if params.output_modalities is not None:
+        request.audio_output = protocol.audio_output(params.output_modalities)
+    if params.max_output_tokens is not None and params.max_output_tokens != "inf":
+        request.max_output_tokens = params.max_output_tokens
+    if params.audio is not None:
+        if params.audio.input is not None:
+            raise Unsupported("response.audio.input", "input audio settings per response")
+        if (out := params.audio.output) is not None:
+            if out.voice is not None:
+                request.voice = protocol.voice_name(out.voice)
+            if out.format is not None:
+                request.output_format = AudioFormat(out.format.type)
+            if out.speed is not None:
+                raise Unsupported("response.audio.output.speed", "speed per response")
+    if params.input is not None:
+        items = []
+        for i, wire in enumerate(params.input):
+            if not isinstance(wire, MessageItem):
+                raise Unsupported(f"response.input[{i}].type", f"{wire.type!r} items")
+            item, audio = protocol.message_item(wire, new_id("item"))
+            if audio is not None:
+                raise Unsupported(f"response.input[{i}]", "input audio in response.input")
+            items.append(item)
+        request.input_items = items
+    return request

@@ -1,0 +1,58 @@
+"""Session configuration and limits in domain terms (the server maps the wire shapes onto them)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from voxgate.streaming.audio import AudioFormat
+from voxgate.streaming.vad import VadParams
+
+
+class TurnDetection(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    vad: VadParams = VadParams()
+    create_response: bool = True
+    """Answer automatically when a turn ends."""
+    interrupt_response: bool = True
+    """Speech while a response runs cancels it (barge-in)."""
+
+
+class Transcription(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    model: str
+    language: str | None = None
+    prompt: str | None = None
+
+
+class SessionConfig(BaseModel):
+    """What a client configures with `session.update`, in domain terms."""
+
+    model_config = ConfigDict(frozen=True)
+
+    instructions: str
+    audio_output: bool = True
+    input_format: AudioFormat = AudioFormat.PCM
+    output_format: AudioFormat = AudioFormat.PCM
+    voice: str
+    speed: float = Field(1.0, ge=0.25, le=4.0)
+    turn_detection: TurnDetection | None = TurnDetection()
+    transcription: Transcription | None = None
+    max_output_tokens: int = Field(256, ge=1)
+
+
+class SessionLimits(BaseModel):
+    """Bounds of one session (nested under `VOXGATE_REALTIME__*`)."""
+
+    max_buffer_seconds: float = Field(60.0, gt=0)
+    """Input audio held before a commit. With server VAD a longer turn is ended at this bound;
+    without it, more audio is refused with `input_audio_buffer_full`."""
+    max_items: int = Field(200, ge=2)
+    """Conversation items kept; the oldest are forgotten beyond this."""
+    event_queue_size: int = Field(256, ge=8)
+    """Server events waiting for the socket; when full, the session waits (backpressure)."""
+    output_chunk_ms: int = Field(200, ge=10)
+    """Largest audio delta sent to the client."""
+    max_output_tokens: int = Field(512, ge=1)
+    """Cap on any response's max_output_tokens (including "inf")."""

@@ -1,0 +1,217 @@
+"""What a realtime session says, as domain events (the server turns them into wire events).
+
+One class per thing that happened. They carry ids and data, never wire shapes: the OpenAI
+event sequencing (output_item.added, content_part.added, ...) is the server's business.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Literal
+
+from voxgate.model.types import Role, TurnTrace
+from voxgate.streaming.config import SessionConfig
+
+
+class ItemStatus(StrEnum):
+    IN_PROGRESS = "in_progress"
+    COMPLETED = "completed"
+    INCOMPLETE = "incomplete"
+
+
+@dataclass(slots=True)
+class Item:
+    """A conversation message. User audio items get their `transcript` once ASR is done."""
+
+    id: str
+    role: Role
+    text: str = ""
+    """Typed text (user text items, text-only answers)."""
+    transcript: str | None = None
+    """What was said, for audio items (None while unknown)."""
+    audio: bool = False
+    status: ItemStatus = ItemStatus.COMPLETED
+
+    @property
+    def content_text(self) -> str:
+        """The words of this item, whatever its modality."""
+        return (self.transcript or "") if self.audio else self.text
+
+
+class ResponseStatus(StrEnum):
+    IN_PROGRESS = "in_progress"
+    COMPLETED = "completed"
+    CANCELLED = "cancelled"
+    INCOMPLETE = "incomplete"
+    FAILED = "failed"
+
+
+CancelReason = Literal["turn_detected", "client_cancelled"]
+
+
+@dataclass(slots=True)
+class Response:
+    id: str
+    audio: bool
+    voice: str
+    audio_format: str
+    in_conversation: bool
+    max_output_tokens: int
+    metadata: dict[str, str] | None = None
+    status: ResponseStatus = ResponseStatus.IN_PROGRESS
+    reason: str | None = None
+    """cancelled: turn_detected | client_cancelled; incomplete: max_output_tokens."""
+    error: tuple[str, str] | None = None
+    """(code, message) when failed."""
+    items: list[Item] = field(default_factory=list)
+    input_tokens: int = 0
+    output_tokens: int = 0
+    trace: TurnTrace = field(default_factory=TurnTrace)
+
+
+# --- events -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechStartedEvent:
+    item_id: str
+    audio_start_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechStoppedEvent:
+    item_id: str
+    audio_end_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class InputCommitted:
+    item_id: str
+    previous_item_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class InputCleared:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class ItemAdded:
+    """A user (or client-created) item entered the conversation."""
+
+    item: Item
+    previous_item_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class InputTranscribed:
+    item_id: str
+    transcript: str
+    audio_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class InputTranscriptionFailed:
+    item_id: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseStarted:
+    response: Response
+
+
+@dataclass(frozen=True, slots=True)
+class OutputItemStarted:
+    response: Response
+    item: Item
+    output_index: int
+    previous_item_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class OutputTextDelta:
+    """Words of the answer (the audio transcript when `response.audio`)."""
+
+    response: Response
+    item: Item
+    delta: str
+
+
+@dataclass(frozen=True, slots=True)
+class OutputAudioDelta:
+    response: Response
+    item: Item
+    audio: bytes
+    """Encoded in the response's output format."""
+
+
+@dataclass(frozen=True, slots=True)
+class OutputItemFinished:
+    response: Response
+    item: Item
+    output_index: int
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseFinished:
+    response: Response
+
+
+@dataclass(frozen=True, slots=True)
+class ItemDone:
+    """A user item is final (for audio: its transcript is known)."""
+
+    item: Item
+
+
+@dataclass(frozen=True, slots=True)
+class ItemDeleted:
+    item_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ItemRetrieved:
+    item: Item
+
+
+@dataclass(frozen=True, slots=True)
+class SessionConfigured:
+    config: SessionConfig
+    created: bool
+    """True for the first configuration of the connection (session.created)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorReported:
+    """Something the client should know went wrong; the session stays usable."""
+
+    code: str
+    message: str
+    type: str = "invalid_request_error"
+    param: str | None = None
+    event_id: str | None = None
+    """The client event this answers, if any."""
+
+
+SessionEvent = (
+    SpeechStartedEvent
+    | SpeechStoppedEvent
+    | InputCommitted
+    | InputCleared
+    | ItemAdded
+    | InputTranscribed
+    | InputTranscriptionFailed
+    | ResponseStarted
+    | OutputItemStarted
+    | OutputTextDelta
+    | OutputAudioDelta
+    | OutputItemFinished
+    | ResponseFinished
+    | ItemDone
+    | ItemDeleted
+    | ItemRetrieved
+    | SessionConfigured
+    | ErrorReported
+)

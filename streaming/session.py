@@ -1,0 +1,504 @@
+"""The per-connection realtime session: conversation, input buffer, turns, responses.
+
+The server calls one method per client event (`append_audio`, `commit`, `create_response`, ...)
+and forwards `events` to the client. Methods that refuse a request raise `SessionRejected`,
+which the server maps to an `error` event; the session stays usable. Nothing refused reaches the
+backbone.
+
+Concurrency: the server's reader calls the methods one at a time. Work that outlives a method
+(ASR of a turn, a response) runs in tasks owned by the session and ended by `close()`. A
+response is stopped by cancelling its task; the task then reports `response.done` itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import Callable, Sequence
+from contextlib import aclosing
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from voxgate.model.backbone import Backbone
+from voxgate.model.types import (
+    AudioChunk,
+    BackboneError,
+    ResponseEnd,
+    ResponseOptions,
+    Role,
+    TextDelta,
+    Turn,
+    TurnTrace,
+)
+from voxgate.streaming import audio
+from voxgate.streaming.audio import AudioFormat, AudioFormatError, InputDecoder, OutputEncoder
+from voxgate.streaming.config import SessionConfig, SessionLimits, TurnDetection
+from voxgate.streaming.events import (
+    CancelReason,
+    ErrorReported,
+    InputCleared,
+    InputCommitted,
+    InputTranscribed,
+    InputTranscriptionFailed,
+    Item,
+    ItemAdded,
+    ItemDeleted,
+    ItemDone,
+    ItemRetrieved,
+    ItemStatus,
+    OutputAudioDelta,
+    OutputItemFinished,
+    OutputItemStarted,
+    OutputTextDelta,
+    Response,
+    ResponseFinished,
+    ResponseStarted,
+    ResponseStatus,
+    SessionConfigured,
+    SessionEvent,
+    SpeechStartedEvent,
+    SpeechStoppedEvent,
+)
+from voxgate.streaming.turns import (
+    InputAudioBuffer,
+    InputBufferFull,
+    TurnDetector,
+    TurnEnded,
+)
+from voxgate.streaming.vad import SileroVad, SpeechStarted, SpeechStopped
+
+log = logging.getLogger(__name__)
+
+MIN_COMMIT_MS = 100
+"""A commit needs at least this much audio (as OpenAI's API requires)."""
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex[:22]}"
+
+
+class SessionRejected(Exception):
+    """A client request the session refuses; it maps to an `error` event."""
+
+    def __init__(self, code: str, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.param = param
+
+
+@dataclass(slots=True)
+class ResponseRequest:
+    """`response.create` in domain terms; None fields take the session's value."""
+
+    instructions: str | None = None
+    audio_output: bool | None = None
+    voice: str | None = None
+    output_format: AudioFormat | None = None
+    max_output_tokens: int | None = None
+    in_conversation: bool = True
+    input_items: list[Item] | None = None
+    """Context for this response instead of the conversation."""
+    metadata: dict[str, str] | None = None
+
+
+@dataclass(slots=True)
+class _Running:
+    response: Response
+    task: asyncio.Task[None]
+
+
+@dataclass(slots=True)
+class _Speech:
+    """The user's current turn, between speech_started and commit."""
+
+    item_id: str
+    trace: TurnTrace = field(default_factory=TurnTrace)
+
+
+class RealtimeSession:
+    def __init__(
+        self,
+        backbone: Backbone,
+        vad_factory: Callable[[], SileroVad],
+        config: SessionConfig,
+        limits: SessionLimits,
+    ) -> None:
+        self._backbone = backbone
+        self._vad_factory = vad_factory
+        self._limits = limits
+        self.config = config
+        self.events: asyncio.Queue[SessionEvent] = asyncio.Queue(limits.event_queue_size)
+        self.items: list[Item] = []
+        self._buffer = InputAudioBuffer(limits.max_buffer_seconds)
+        self._decoder = InputDecoder(config.input_format)
+        self._vad: SileroVad | None = None
+        self._detector: TurnDetector | None = None
+        self._speech: _Speech | None = None
+        self._running: _Running | None = None
+        self._answer_pending = False
+        self._transcribing: dict[str, asyncio.Task[None]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # --- configuration --------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Apply the initial configuration and announce it (session.created)."""
+        await self._apply(self.config)
+        await self._emit(SessionConfigured(self.config, created=True))
+
+    async def configure(self, config: SessionConfig) -> None:
+        """session.update: all of `config` applies, or none of it (SessionRejected)."""
+        await self._apply(config)
+        await self._emit(SessionConfigured(config, created=False))
+
+    async def report_error(self, error: ErrorReported) -> None:
+        """Queue an error for the client in order with everything else the session says."""
+        await self._emit(error)
+
+    def _check_voice(self, voice: str, param: str) -> None:
+        voices = [v.name for v in self._backbone.voices]
+        if voice not in voices:
+            raise SessionRejected(
+                "invalid_value",
+                f"unknown voice {voice!r}; this server has: {', '.join(voices)}",
+                param,
+            )
+
+    async def _apply(self, config: SessionConfig) -> None:
+        self._check_voice(config.voice, "session.audio.output.voice")
+        if config.input_format != self.config.input_format:
+            self._decoder = InputDecoder(config.input_format)
+        if config.turn_detection != self.config.turn_detection or self._detector is None:
+            await self._set_turn_detection(config.turn_detection)
+        self.config = config
+
+    async def _set_turn_detection(self, detection: TurnDetection | None) -> None:
+        if detection is None:
+            self._detector = None
+            return
+        if self._vad is None:
+            self._vad = await asyncio.to_thread(self._vad_factory)
+        self._detector = TurnDetector(self._vad, detection.vad, self._buffer)
+
+    # --- input audio ----------------------------------------------------------------------
+
+    async def append_audio(self, data: bytes) -> None:
+        try:
+            samples = self._decoder.feed(data)
+        except AudioFormatError as e:
+            raise SessionRejected("invalid_audio", str(e), "audio") from e
+        if self._detector is None:
+            try:
+                self._buffer.append(samples)
+            except InputBufferFull as e:
+                raise SessionRejected("input_audio_buffer_full", str(e), "audio") from e
+            return
+        for event in await asyncio.to_thread(self._detector.feed, samples):
+            await self._on_turn_event(event)
+
+    async def _on_turn_event(self, event: SpeechStarted | SpeechStopped | TurnEnded) -> None:
+        match event:
+            case SpeechStarted(audio_start_ms=start_ms):
+                self._speech = _Speech(new_id("item"))
+                await self._emit(SpeechStartedEvent(self._speech.item_id, start_ms))
+                detection = self.config.turn_detection
+                if self._running is not None and detection and detection.interrupt_response:
+                    await self._cancel_running("turn_detected")
+            case SpeechStopped(audio_end_ms=end_ms):
+                speech = self._speech or _Speech(new_id("item"))
+                self._speech = speech
+                await self._emit(SpeechStoppedEvent(speech.item_id, end_ms))
+            case TurnEnded():
+                speech = self._speech or _Speech(new_id("item"))
+                self._speech = None
+                if event.speech_end_at is not None:
+                    speech.trace.mark("speech_end", event.speech_end_at)
+                speech.trace.mark("turn_end")
+                detection = self.config.turn_detection
+                answer = detection is not None and detection.create_response
+                await self._commit_audio(event.audio, speech, answer=answer)
+
+    async def commit(self) -> None:
+        tail = self._decoder.flush()
+        if len(tail) and self._buffer.has_room(len(tail)):
+            self._buffer.append(tail)
+        if self._buffer.duration_ms < MIN_COMMIT_MS:
+            raise SessionRejected(
+                "input_audio_buffer_commit_empty",
+                f"buffer too small: {self._buffer.duration_ms} ms of audio, "
+                f"a commit needs at least {MIN_COMMIT_MS} ms",
+            )
+        speech = self._speech or _Speech(new_id("item"))
+        self._speech = None
+        speech.trace.mark("turn_end")
+        if self._detector is not None:
+            self._detector.restart()  # the VAD's turn is over, whether it saw the end or not
+        # A manual commit answers only when asked (response.create); OpenAI's server VAD
+        # answers its own turns, and a commit during server VAD ends the turn the same way.
+        detection = self.config.turn_detection
+        answer = detection is not None and detection.create_response
+        await self._commit_audio(self._buffer.take(), speech, answer=answer)
+
+    async def clear(self) -> None:
+        self._decoder.flush()
+        self._buffer.clear()
+        self._speech = None
+        await self._emit(InputCleared())
+
+    async def _commit_audio(self, samples: np.ndarray, speech: _Speech, *, answer: bool) -> None:
+        item = Item(speech.item_id, Role.USER, audio=True)
+        previous = self._append_item(item)
+        await self._emit(InputCommitted(item.id, previous))
+        await self._emit(ItemAdded(item, previous))
+        task = self._spawn(self._transcribe(item, samples, speech.trace))
+        self._transcribing[item.id] = task
+        if answer:
+            self._spawn(self._answer_turn(task, item, speech.trace))
+
+    async def _transcribe(self, item: Item, samples: np.ndarray, trace: TurnTrace) -> None:
+        trace.mark("asr_start")
+        try:
+            result = await self._backbone.transcribe(
+                samples,
+                language=self.config.transcription.language if self.config.transcription else None,
+                prompt=self.config.transcription.prompt if self.config.transcription else None,
+            )
+        except Exception as e:
+            log.exception("transcription of %s failed", item.id)
+            item.transcript = ""
+            if self.config.transcription is not None:
+                await self._emit(InputTranscriptionFailed(item.id, str(e) or type(e).__name__))
+            await self._emit(ItemDone(item))
+            return
+        finally:
+            trace.mark("asr_end")
+            self._transcribing.pop(item.id, None)
+        item.transcript = result.text
+        if self.config.transcription is not None:
+            await self._emit(InputTranscribed(item.id, result.text, result.duration_s))
+        await self._emit(ItemDone(item))
+
+    async def _answer_turn(
+        self, transcribed: asyncio.Task[None], item: Item, trace: TurnTrace
+    ) -> None:
+        await asyncio.wait([transcribed])
+        if not (item.transcript or "").strip():
+            log.info("turn %s had no words; not answering", item.id)
+            return
+        if self._running is not None:
+            # interrupt_response is off and the agent is still talking: answer after it.
+            self._answer_pending = True
+            return
+        self._start_response(ResponseRequest(), trace)
+
+    # --- conversation ---------------------------------------------------------------------
+
+    def _append_item(self, item: Item, after: str | None = None) -> str | None:
+        """Insert `item` (at the end, or after the item `after`); return its predecessor's id."""
+        index = len(self.items)
+        if after is not None:
+            index = 0 if after == "root" else self._index_of(after) + 1
+        self.items.insert(index, item)
+        if len(self.items) > self._limits.max_items:
+            del self.items[: len(self.items) - self._limits.max_items]
+            index = self.items.index(item)
+        return self.items[index - 1].id if index > 0 else None
+
+    def _index_of(self, item_id: str, param: str = "previous_item_id") -> int:
+        for i, existing in enumerate(self.items):
+            if existing.id == item_id:
+                return i
+        raise SessionRejected("item_not_found", f"no conversation item with id {item_id!r}", param)
+
+    async def add_item(
+        self, item: Item, previous_item_id: str | None = None, audio_data: bytes | None = None
+    ) -> None:
+        """`conversation.item.create`: a message, with user audio (session input format) to
+        transcribe when it has no transcript."""
+        if any(existing.id == item.id for existing in self.items):
+            raise SessionRejected("invalid_value", f"item id {item.id!r} already exists", "item.id")
+        samples = None
+        if audio_data is not None:
+            try:
+                decoder = InputDecoder(self.config.input_format)
+                samples = np.concatenate([decoder.feed(audio_data), decoder.flush()])
+            except AudioFormatError as e:
+                raise SessionRejected("invalid_audio", str(e), "item.content[0].audio") from e
+        if previous_item_id not in (None, "root"):
+            self._index_of(previous_item_id)  # refuse before changing anything
+        previous = self._append_item(item, previous_item_id)
+        await self._emit(ItemAdded(item, previous))
+        if samples is not None and item.transcript is None:
+            self._transcribing[item.id] = self._spawn(self._transcribe(item, samples, TurnTrace()))
+        else:
+            await self._emit(ItemDone(item))
+
+    async def delete_item(self, item_id: str) -> None:
+        del self.items[self._index_of(item_id, "item_id")]
+        await self._emit(ItemDeleted(item_id))
+
+    async def retrieve_item(self, item_id: str) -> None:
+        await self._emit(ItemRetrieved(self.items[self._index_of(item_id, "item_id")]))
+
+    # --- responses ------------------------------------------------------------------------
+
+    async def create_response(self, request: ResponseRequest) -> None:
+        if self._running is not None and request.in_conversation:
+            raise SessionRejected(
+                "conversation_already_has_active_response",
+                f"response {self._running.response.id} is still in progress; cancel it first",
+            )
+        self._check_voice(request.voice or self.config.voice, "response.audio.output.voice")
+        self._start_response(request, TurnTrace())
+
+    def _start_response(self, request: ResponseRequest, trace: TurnTrace) -> None:
+        config = self.config
+        audio_output = config.audio_output if request.audio_output is None else request.audio_output
+        max_tokens = min(
+            request.max_output_tokens or config.max_output_tokens, self._limits.max_output_tokens
+        )
+        response = Response(
+            id=new_id("resp"),
+            audio=audio_output,
+            voice=request.voice or config.voice,
+            audio_format=(request.output_format or config.output_format).value,
+            in_conversation=request.in_conversation,
+            max_output_tokens=max_tokens,
+            metadata=request.metadata,
+            trace=trace,
+        )
+        task = asyncio.create_task(self._run_response(response, request), name=response.id)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        if request.in_conversation:
+            self._running = _Running(response, task)
+
+    async def cancel_response(self, response_id: str | None) -> None:
+        running = self._running
+        if running is None:
+            raise SessionRejected("response_cancel_not_active", "there is no response to cancel")
+        if response_id is not None and response_id != running.response.id:
+            raise SessionRejected(
+                "invalid_value",
+                f"response {response_id!r} is not in progress (in progress: {running.response.id})",
+                "response_id",
+            )
+        await self._cancel_running("client_cancelled")
+
+    async def _cancel_running(self, reason: CancelReason) -> None:
+        running = self._running
+        if running is None:
+            return
+        running.response.reason = reason
+        running.task.cancel()
+        # The task reports response.done itself; wait so events stay in order.
+        await asyncio.wait([running.task])
+
+    async def _run_response(self, response: Response, request: ResponseRequest) -> None:
+        await self._emit(ResponseStarted(response))
+        # A manual commit followed at once by response.create: its ASR may still be running.
+        if pending := list(self._transcribing.values()):
+            await asyncio.wait(pending)
+        context = request.input_items if request.input_items is not None else self.items
+        turns = [Turn(item.role, text) for item in context if (text := item.content_text.strip())]
+        item = Item(
+            new_id("item"),
+            Role.ASSISTANT,
+            audio=response.audio,
+            transcript="" if response.audio else None,
+            status=ItemStatus.IN_PROGRESS,
+        )
+        previous = self._append_item(item) if response.in_conversation else None
+        response.items.append(item)
+        await self._emit(OutputItemStarted(response, item, 0, previous))
+        options = ResponseOptions(
+            request_id=response.id,
+            instructions=request.instructions or self.config.instructions,
+            voice=response.voice,
+            audio=response.audio,
+            max_output_tokens=response.max_output_tokens,
+            speed=self.config.speed,
+        )
+        try:
+            await self._stream_response(response, item, turns, options)
+        except asyncio.CancelledError:
+            if response.reason is None:
+                raise  # the session is closing: nobody is left to tell
+            asyncio.current_task().uncancel()  # type: ignore[union-attr]
+            response.status = ResponseStatus.CANCELLED
+        except BackboneError as e:
+            response.status, response.error = ResponseStatus.FAILED, ("backbone_error", str(e))
+        except Exception:
+            log.exception("response %s failed", response.id)
+            response.status = ResponseStatus.FAILED
+            response.error = ("server_error", "the response failed inside the server")
+        item.status = (
+            ItemStatus.COMPLETED
+            if response.status == ResponseStatus.COMPLETED
+            else ItemStatus.INCOMPLETE
+        )
+        if self._running is not None and self._running.response is response:
+            self._running = None
+        await self._emit(OutputItemFinished(response, item, 0))
+        await self._emit(ResponseFinished(response))
+        if response.error is not None:
+            code, message = response.error
+            await self._emit(ErrorReported(code, message, type="server_error"))
+        if self._answer_pending and self._running is None:
+            self._answer_pending = False
+            self._start_response(ResponseRequest(), TurnTrace())
+
+    async def _stream_response(
+        self, response: Response, item: Item, turns: Sequence[Turn], options: ResponseOptions
+    ) -> None:
+        fmt = AudioFormat(response.audio_format)
+        encoder = OutputEncoder(fmt)
+        chunk_ms = self._limits.output_chunk_ms
+        outputs = self._backbone.respond(turns, options, response.trace)
+        async with aclosing(outputs):
+            async for output in outputs:
+                match output:
+                    case TextDelta(text=text):
+                        if response.audio:
+                            item.transcript = (item.transcript or "") + text
+                        else:
+                            item.text += text
+                        await self._emit(OutputTextDelta(response, item, text))
+                    case AudioChunk():
+                        for piece in audio.iter_slices(encoder.encode(output), fmt, chunk_ms):
+                            await self._emit(OutputAudioDelta(response, item, piece))
+                    case ResponseEnd():
+                        response.input_tokens = output.input_tokens
+                        response.output_tokens = output.output_tokens
+                        if output.finish_reason == "length":
+                            response.status = ResponseStatus.INCOMPLETE
+                            response.reason = "max_output_tokens"
+                        else:
+                            response.status = ResponseStatus.COMPLETED
+        if response.audio and (tail := encoder.flush()):
+            await self._emit(OutputAudioDelta(response, item, tail))
+        if response.status == ResponseStatus.IN_PROGRESS:
+            response.status = ResponseStatus.COMPLETED
+
+    # --- plumbing -------------------------------------------------------------------------
+
+    async def _emit(self, event: SessionEvent) -> None:
+        await self.events.put(event)
+
+    def _spawn(self, coro) -> asyncio.Task[None]:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def close(self) -> None:
+        """Stop every task of this session (responses end without events)."""
+        self._running = None
+        for task in list(self._tasks):
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -1,0 +1,58 @@
+"""Shared fixtures: the model files (fetched by `voxgate fetch-models`) and test speech.
+
+Model tests never download: a missing or corrupt model file fails the test with the command to
+run, it does not skip.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soxr
+
+from voxgate.model import artifacts
+from voxgate.model.artifacts import PIPER_JOE, SILERO_VAD, Artifact, ArtifactError
+from voxgate.model.types import INPUT_SAMPLE_RATE
+
+
+def _verified(artifact: Artifact) -> Path:
+    try:
+        return artifacts.verify(artifact, artifacts.default_home())
+    except ArtifactError as e:
+        pytest.fail(f"test models are not in place: {e}")
+
+
+@pytest.fixture(scope="session")
+def silero_path() -> Path:
+    return _verified(SILERO_VAD) / SILERO_VAD.files[0].name
+
+
+@pytest.fixture(scope="session")
+def piper_path() -> Path:
+    return _verified(PIPER_JOE) / "en_US-joe-medium.onnx"
+
+
+@functools.cache
+def _piper(path: Path):
+    from piper import PiperVoice
+
+    return PiperVoice.load(str(path))
+
+
+@pytest.fixture(scope="session")
+def speak(piper_path: Path):
+    """speak(text) -> the text spoken by Piper at 16 kHz, trimmed to where the voice is."""
+
+    def speak(text: str) -> np.ndarray:
+        chunks = list(_piper(piper_path).synthesize(text))
+        audio = np.concatenate([c.audio_float_array for c in chunks])
+        audio = soxr.resample(audio, chunks[0].sample_rate, INPUT_SAMPLE_RATE)
+        frames = audio[: len(audio) // 160 * 160].reshape(-1, 160)
+        # Piper pads sentences with near-silence; keep 10 ms frames from first to last voiced.
+        voiced = np.flatnonzero(np.sqrt((frames**2).mean(axis=1)) > 0.01)
+        return audio[voiced[0] * 160 : (voiced[-1] + 1) * 160].astype(np.float32)
+
+    return speak
