@@ -24,6 +24,7 @@ from voxgate.model.engine import EngineConfig, EngineHost
 from voxgate.model.lm import ChatLM, SamplingConfig
 from voxgate.model.tts import PiperTTS
 from voxgate.model.types import (
+    INPUT_SAMPLE_RATE,
     AudioChunk,
     ResponseEnd,
     ResponseOptions,
@@ -115,10 +116,24 @@ class CascadeBackbone:
                 ),
             )
             try:
-                yield cls(engine, lm, asr, tts, config)
+                backbone = cls(engine, lm, asr, tts, config)
+                await backbone.warm_up()
+                yield backbone
             finally:
                 asr.close()
                 tts.close()
+
+    async def warm_up(self) -> None:
+        """Run each model once so the first user does not pay for lazy initialisation
+        (the first Whisper call is ~3x slower than the next, the first LM step too)."""
+        await self._asr.transcribe(np.zeros(INPUT_SAMPLE_RATE, dtype=np.float32))
+        async for _ in self._tts.synthesize("Hello."):
+            pass
+        prompt = self._lm.build_prompt("Say hi.", [], max_output_tokens=1)
+        async for _ in self._lm.stream(
+            prompt, request_id="warm-up", max_output_tokens=1, sampling=self._sampling
+        ):
+            pass
 
     @property
     def voices(self) -> Sequence[Voice]:
@@ -167,6 +182,7 @@ class CascadeBackbone:
                         trace.mark("lm_first_token")
                         yield TextDelta(item)
                     else:
+                        trace.mark("lm_done")
                         yield item
             return
 
@@ -197,6 +213,7 @@ class CascadeBackbone:
         try:
             async for item in text:
                 if isinstance(item, ResponseEnd):
+                    trace.mark("lm_done")
                     for clause in splitter.flush():
                         await self._put_clause(out, clause, trace)
                     await out.put(item)

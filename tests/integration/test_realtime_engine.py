@@ -1,0 +1,341 @@
+"""The realtime voice agent end to end: real server, real vLLM engine, real models.
+
+Clients are the official `openai` SDK and, for malformed input the SDK cannot send, the
+`websockets` library. Speech comes from Piper (deterministic), streamed in 20-100 ms chunks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import random
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pytest
+import websockets
+from openai import AsyncOpenAI
+from openai.types.realtime.realtime_server_event import RealtimeServerEvent
+from pydantic import TypeAdapter
+
+from voxgate.model.types import INPUT_SAMPLE_RATE
+from voxgate.streaming.audio import AudioFormat, StreamResampler, encode
+
+pytestmark = [pytest.mark.engine, pytest.mark.timeout(300)]
+
+SERVER_EVENT = TypeAdapter(RealtimeServerEvent)
+ANSWER_TIMEOUT_S = 180
+
+
+def pcm24(audio16k: np.ndarray) -> bytes:
+    resampler = StreamResampler(INPUT_SAMPLE_RATE, AudioFormat.PCM.sample_rate)
+    return encode(np.concatenate([resampler.process(audio16k), resampler.flush()]), AudioFormat.PCM)
+
+
+def silence(seconds: float) -> bytes:
+    return bytes(int(seconds * AudioFormat.PCM.sample_rate) * 2)
+
+
+def words(text: str) -> list[str]:
+    return re.findall(r"[a-z0-9']+", text.lower())
+
+
+def rms(pcm16: bytes) -> float:
+    samples = np.frombuffer(pcm16, dtype="<i2").astype(np.float32) / 32768
+    return float(np.sqrt(np.mean(samples**2))) if len(samples) else 0.0
+
+
+@dataclass
+class Turn:
+    """What one response looked like on the wire."""
+
+    types: list[str] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    audio: bytearray = field(default_factory=bytearray)
+
+    def first(self, type_: str) -> dict[str, Any]:
+        return next(e for e in self.events if e["type"] == type_)
+
+    def all(self, type_: str) -> list[dict[str, Any]]:
+        return [e for e in self.events if e["type"] == type_]
+
+
+async def collect(connection: Any, until: str = "response.done") -> Turn:
+    """Read SDK events until `until`; each must validate against the SDK's own types."""
+    turn = Turn()
+
+    async def read() -> None:
+        async for event in connection:
+            wire = event.to_dict()
+            SERVER_EVENT.validate_python(wire)
+            turn.types.append(event.type)
+            if event.type == "response.output_audio.delta":
+                turn.audio += base64.b64decode(event.delta)
+                wire = {"type": event.type, "response_id": event.response_id}
+            turn.events.append(wire)
+            if event.type == until:
+                return
+
+    await asyncio.wait_for(read(), ANSWER_TIMEOUT_S)
+    return turn
+
+
+async def stream_speech(connection: Any, pcm: bytes, *, realtime: bool) -> None:
+    """Append `pcm` in random 20-100 ms chunks, at real-time pace if asked."""
+    rng = random.Random(7)
+    start, sent = time.monotonic(), 0
+    while sent < len(pcm):
+        size = rng.randrange(20, 101) * 48  # 48 bytes per ms of 24 kHz pcm16
+        await connection.input_audio_buffer.append(
+            audio=base64.b64encode(pcm[sent : sent + size]).decode()
+        )
+        sent += size
+        if realtime:
+            await asyncio.sleep(max(0.0, start + sent / 48_000 - time.monotonic()))
+
+
+def sdk_client(server: Any) -> AsyncOpenAI:
+    return AsyncOpenAI(base_url=f"{server.base_url}/v1", api_key=server.api_key)
+
+
+async def test_spoken_turn_through_the_openai_sdk(server, speak) -> None:  # noqa: ANN001
+    question = "What is the capital of France?"
+    pcm = pcm24(speak(question)) + silence(1.5)
+    async with sdk_client(server).realtime.connect(model="voxgate") as conn:
+        await conn.session.update(
+            session={
+                "type": "realtime",
+                "audio": {"input": {"transcription": {"model": "whisper-1"}}},
+            }
+        )
+        sender = asyncio.create_task(stream_speech(conn, pcm, realtime=True))
+        turn = await collect(conn)
+        await sender
+
+    assert turn.types[:2] == ["session.created", "session.updated"]
+    order = [
+        "input_audio_buffer.speech_started",
+        "input_audio_buffer.speech_stopped",
+        "input_audio_buffer.committed",
+        "conversation.item.input_audio_transcription.completed",
+        "response.created",
+        "response.output_audio.delta",
+        "response.output_audio_transcript.done",
+        "response.done",
+    ]
+    positions = [turn.types.index(t) for t in order]
+    assert positions == sorted(positions), turn.types
+    user = turn.first("conversation.item.input_audio_transcription.completed")["transcript"]
+    assert words(user) == words(question)
+    assistant = turn.first("response.output_audio_transcript.done")["transcript"]
+    assert len(words(assistant)) >= 2
+    assert len(turn.audio) / 48_000 > 0.5  # seconds of 24 kHz pcm16
+    assert rms(bytes(turn.audio)) > 0.02
+    done = turn.first("response.done")
+    assert done["response"]["status"] == "completed"
+    assert done["response"]["usage"]["output_tokens"] > 0
+    timings = done["x_voxgate"]["timings_ms"]
+    for stage in ("end_of_turn_wait", "asr", "lm_first_token", "tts_first_chunk", "turn_latency"):
+        assert timings[stage] > 0, timings
+
+
+async def test_speech_streams_before_the_answer_is_finished(server) -> None:  # noqa: ANN001
+    async with sdk_client(server).realtime.connect(model="voxgate") as conn:
+        await conn.session.update(session={"type": "realtime", "max_output_tokens": 150})
+        await conn.conversation.item.create(
+            item={
+                "type": "message",
+                "role": "user",
+                "content": [
+                    {
+                        "type": "input_text",
+                        "text": "Tell me a long story about a brave knight and a dragon.",
+                    }
+                ],
+            }
+        )
+        await conn.response.create()
+        turn = await collect(conn)
+    timings = turn.first("response.done")["x_voxgate"]["timings_ms"]
+    # The first audio left the server while the LM was still generating the rest.
+    assert timings["lm_to_first_audio"] < timings["lm_total"], timings
+    first_audio = turn.types.index("response.output_audio.delta")
+    last_text = max(
+        i for i, t in enumerate(turn.types) if t == "response.output_audio_transcript.delta"
+    )
+    assert first_audio < last_text
+
+
+async def test_barge_in_cancels_the_response_and_aborts_the_engine_request(
+    server,  # noqa: ANN001
+    speak,  # noqa: ANN001
+) -> None:
+    aborted_before = server.metric("voxgate_engine_requests_aborted_total")
+    generated_before = server.metric("vllm:generation_tokens_total")
+    async with sdk_client(server).realtime.connect(model="voxgate") as conn:
+        await conn.session.update(
+            session={
+                "type": "realtime",
+                "max_output_tokens": 500,
+                "audio": {
+                    "input": {"turn_detection": {"type": "server_vad", "create_response": False}}
+                },
+            }
+        )
+        await conn.conversation.item.create(
+            item={
+                "type": "message",
+                "role": "user",
+                "content": [{"type": "input_text", "text": "Tell me a long story about a dragon."}],
+            }
+        )
+        await conn.response.create()
+        await collect(conn, until="response.output_audio.delta")
+        # The user talks over the agent.
+        await stream_speech(conn, pcm24(speak("Wait, stop please.")) + silence(0.3), realtime=False)
+        turn = await collect(conn, until="response.done")
+    assert "input_audio_buffer.speech_started" in turn.types
+    assert turn.types.index("input_audio_buffer.speech_started") < turn.types.index("response.done")
+    response = turn.first("response.done")["response"]
+    assert response["status"] == "cancelled"
+    assert response["status_details"]["reason"] == "turn_detected"
+    assert response["output"][0]["status"] == "incomplete"
+    assert server.metric("voxgate_engine_requests_aborted_total") == aborted_before + 1
+    # The engine stopped generating: it is idle and spent far fewer tokens than allowed.
+    assert await _eventually(lambda: server.metric("vllm:num_requests_running") == 0)
+    assert server.metric("vllm:generation_tokens_total") - generated_before < 400
+
+
+async def test_manual_turn_commit_and_response_create(server, speak) -> None:  # noqa: ANN001
+    question = "Please say hello."
+    async with sdk_client(server).realtime.connect(model="voxgate") as conn:
+        await conn.session.update(
+            session={
+                "type": "realtime",
+                "audio": {
+                    "input": {"turn_detection": None, "transcription": {"model": "whisper-1"}}
+                },
+            }
+        )
+        await stream_speech(conn, pcm24(speak(question)), realtime=False)
+        await conn.input_audio_buffer.commit()
+        await conn.response.create()
+        turn = await collect(conn)
+    assert "input_audio_buffer.speech_started" not in turn.types
+    assert "input_audio_buffer.committed" in turn.types
+    user = turn.first("conversation.item.input_audio_transcription.completed")["transcript"]
+    assert words(user) == words(question)
+    assert turn.first("response.done")["response"]["status"] == "completed"
+    assert rms(bytes(turn.audio)) > 0.02
+
+
+async def test_two_sessions_at_once_both_get_answers(server) -> None:  # noqa: ANN001
+    async def ask(text: str) -> Turn:
+        async with sdk_client(server).realtime.connect(model="voxgate") as conn:
+            await conn.conversation.item.create(
+                item={
+                    "type": "message",
+                    "role": "user",
+                    "content": [{"type": "input_text", "text": text}],
+                }
+            )
+            await conn.response.create()
+            return await collect(conn)
+
+    turns = await asyncio.gather(ask("Name a colour."), ask("Name an animal."))
+    for turn in turns:
+        done = turn.first("response.done")["response"]
+        assert done["status"] == "completed"
+        assert words(done["output"][0]["content"][0]["transcript"])
+        assert rms(bytes(turn.audio)) > 0.02
+    ids = {turn.first("response.done")["response"]["id"] for turn in turns}
+    assert len(ids) == 2
+
+
+async def test_conversation_is_kept_across_turns(server) -> None:  # noqa: ANN001
+    async with sdk_client(server).realtime.connect(model="voxgate") as conn:
+        await conn.session.update(session={"type": "realtime", "output_modalities": ["text"]})
+        usage = []
+        for text in ("My name is Ada.", "What is my name?"):
+            await conn.conversation.item.create(
+                item={
+                    "type": "message",
+                    "role": "user",
+                    "content": [{"type": "input_text", "text": text}],
+                }
+            )
+            await conn.response.create()
+            turn = await collect(conn)
+            assert "response.output_audio.delta" not in turn.types  # text-only session
+            usage.append(turn.first("response.done")["response"]["usage"]["input_tokens"])
+    # The second prompt holds the first exchange too.
+    assert usage[1] > usage[0] + 5
+
+
+async def test_bad_input_never_reaches_the_engine_and_the_session_survives(server) -> None:  # noqa: ANN001
+    headers = {"Authorization": f"Bearer {server.api_key}"}
+    async with websockets.connect(server.ws_url, additional_headers=headers) as ws:
+        assert json.loads(await ws.recv())["type"] == "session.created"
+        prompts_before = server.metric("vllm:prompt_tokens_total")
+        bad = [
+            ("{not json", "invalid_json"),
+            (json.dumps({"type": "nonsense.event", "event_id": "e1"}), "unknown_event_type"),
+            (json.dumps({"type": "input_audio_buffer.append", "audio": "***"}), "invalid_audio"),
+            (json.dumps({"type": "input_audio_buffer.append", "audio": "AAAA"}), "invalid_audio"),
+            (
+                json.dumps({"type": "response.create", "response": {"bogus": 1}}),
+                "unknown_parameter",
+            ),
+            (json.dumps({"type": "input_audio_buffer.commit"}), "input_audio_buffer_commit_empty"),
+            (json.dumps({"type": "response.cancel"}), "response_cancel_not_active"),
+        ]
+        for message, code in bad:
+            await ws.send(message)
+            reply = json.loads(await asyncio.wait_for(ws.recv(), 10))
+            assert reply["type"] == "error", reply
+            assert reply["error"]["code"] == code, reply
+        assert reply["error"]["event_id"] is None
+        assert server.metric("vllm:prompt_tokens_total") == prompts_before
+        # Still a working session.
+        await ws.send(
+            json.dumps(
+                {
+                    "type": "conversation.item.create",
+                    "item": {
+                        "type": "message",
+                        "role": "user",
+                        "content": [{"type": "input_text", "text": "Hi!"}],
+                    },
+                }
+            )
+        )
+        await ws.send(json.dumps({"type": "response.create", "event_id": "go"}))
+        types = []
+        while "response.done" not in types:
+            types.append(json.loads(await asyncio.wait_for(ws.recv(), ANSWER_TIMEOUT_S))["type"])
+        assert "response.output_audio.delta" in types
+    assert server.metric("vllm:prompt_tokens_total") > prompts_before
+
+
+async def test_wrong_api_key_is_refused(server) -> None:  # noqa: ANN001
+    headers = {"Authorization": "Bearer wrong"}
+    async with websockets.connect(server.ws_url, additional_headers=headers) as ws:
+        reply = json.loads(await ws.recv())
+        assert reply["error"]["code"] == "invalid_api_key"
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            await ws.recv()
+    assert closed.value.rcvd.code == 1008
+
+
+async def _eventually(check: Any, timeout_s: float = 10.0) -> bool:
+    """Poll server-side state that has no event to wait on (metrics), up to `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        await asyncio.sleep(0.2)
+    return check()
