@@ -17,6 +17,9 @@ _SPANS = {
     "lm_first_sentence": ("lm_submit", "first_clause"),
     "tts_first_chunk": ("first_clause", "tts_first_chunk"),
     "turn_latency": ("speech_end", "first_audio_sent"),
+    # Whether speech overlaps generation: first audio out before the LM is done.
+    "lm_total": ("lm_submit", "lm_done"),
+    "lm_to_first_audio": ("lm_submit", "first_audio_sent"),
 }
 _PARTS = ("end_of_turn_wait", "asr", "lm_first_sentence", "tts_first_chunk")
 
