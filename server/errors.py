@@ -52,6 +52,9 @@ def validation_error(
     """The first problem of a pydantic error, as an error event naming the offending field."""
     first = e.errors(include_url=False)[0]
     loc = tuple(p for p in first["loc"] if not _is_union_member(p))
+    if first["type"] == "union_tag_not_found":
+        # What is missing is the tag itself (`item.type`), not the object that lacks it.
+        loc += (first["ctx"]["discriminator"].strip("'"),)
     param = _dotted(prefix + loc) or None
     code = _PYDANTIC_CODES.get(first["type"], "invalid_type")
     if first["type"] == "union_tag_invalid" and loc == ():

@@ -137,26 +137,26 @@ class Outgoing:
                         },
                     )
                 ]
+            # The writer may get to a start after the response has moved on (its objects are
+            # shared with the session): a start describes the response or item as it started.
             case ResponseStarted(response=response):
-                return [_event("response.created", response=protocol.wire_response(response))]
+                wire = protocol.wire_response(response, as_created=True)
+                return [_event("response.created", response=wire)]
             case OutputItemStarted(
                 response=r, item=item, output_index=index, previous_item_id=prev
             ):
+                started = protocol.wire_item(item, as_started=True)
                 events = [
                     _event(
                         "response.output_item.added",
                         response_id=r.id,
                         output_index=index,
-                        item=protocol.wire_item(item),
+                        item=started,
                     )
                 ]
                 if r.in_conversation:
                     events.append(
-                        _event(
-                            "conversation.item.added",
-                            item=protocol.wire_item(item),
-                            previous_item_id=prev,
-                        )
+                        _event("conversation.item.added", item=started, previous_item_id=prev)
                     )
                 part = (
                     {"type": "audio", "transcript": ""}

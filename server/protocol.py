@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter
 
 from voxgate.model.types import Role
 from voxgate.streaming.audio import AudioFormat
 from voxgate.streaming.config import SessionConfig, Transcription, TurnDetection
-from voxgate.streaming.events import Item, ItemStatus, Response
+from voxgate.streaming.events import Item, ItemStatus, Response, ResponseStatus
 from voxgate.streaming.session import SessionRejected
 from voxgate.streaming.vad import VadParams
 
@@ -29,7 +29,7 @@ class Strict(BaseModel):
 
 
 class PcmFormat(Strict):
-    type: Literal["audio/pcm"]
+    type: Literal["audio/pcm"] = "audio/pcm"
     rate: Literal[24000] = 24000
 
 
@@ -41,7 +41,19 @@ class PcmaFormat(Strict):
     type: Literal["audio/pcma"]
 
 
-WireAudioFormat = Annotated[PcmFormat | PcmuFormat | PcmaFormat, Field(discriminator="type")]
+def _format_tag(value: Any) -> str | None:
+    # The SDK lets `type` out of a format object: a bare {"rate": 24000} is audio/pcm.
+    if isinstance(value, dict):
+        return value.get("type", "audio/pcm")
+    return getattr(value, "type", None)
+
+
+WireAudioFormat = Annotated[
+    Annotated[PcmFormat, Tag("audio/pcm")]
+    | Annotated[PcmuFormat, Tag("audio/pcmu")]
+    | Annotated[PcmaFormat, Tag("audio/pcma")],
+    Discriminator(_format_tag),
+]
 
 
 class ServerVad(Strict):
@@ -310,11 +322,9 @@ def session_config(current: SessionConfig, params: SessionParams) -> SessionConf
     if params.output_modalities is not None:
         update["audio_output"] = audio_output(params.output_modalities)
     if params.max_output_tokens is not None:
-        update["max_output_tokens"] = (
-            current.max_output_tokens
-            if params.max_output_tokens == "inf"
-            else params.max_output_tokens
-        )
+        # "inf" is the server's cap (SessionLimits.max_output_tokens), applied per response.
+        inf = params.max_output_tokens == "inf"
+        update["max_output_tokens"] = None if inf else params.max_output_tokens
     audio = params.audio
     inp = audio.input if audio else None
     out = audio.output if audio else None
@@ -451,12 +461,16 @@ def wire_session(config: SessionConfig, session_id: str, model: str) -> dict[str
         },
         "tools": [],
         "tool_choice": "auto",
-        "max_output_tokens": config.max_output_tokens,
+        "max_output_tokens": "inf"
+        if config.max_output_tokens is None
+        else config.max_output_tokens,
         "truncation": "auto",
     }
 
 
-def wire_item(item: Item) -> dict[str, Any]:
+def wire_item(item: Item, *, as_started: bool = False) -> dict[str, Any]:
+    """`as_started`: the item as it was when it started (in progress, no content yet)."""
+    status = ItemStatus.IN_PROGRESS if as_started else item.status
     if item.role is Role.USER:
         part = (
             {"type": "input_audio", "transcript": item.transcript}
@@ -476,8 +490,8 @@ def wire_item(item: Item) -> dict[str, Any]:
         "object": "realtime.item",
         "type": "message",
         "role": item.role.value,
-        "status": item.status.value,
-        "content": [part] if item.status is not ItemStatus.IN_PROGRESS else [],
+        "status": status.value,
+        "content": [part] if status is not ItemStatus.IN_PROGRESS else [],
     }
 
 
@@ -487,18 +501,20 @@ def content_part(item: Item) -> dict[str, Any]:
     return {"type": "text", "text": item.text}
 
 
-def wire_response(response: Response, timings: dict[str, float] | None = None) -> dict[str, Any]:
+def wire_response(response: Response, *, as_created: bool = False) -> dict[str, Any]:
+    """`as_created`: the response as it was when created (in progress, nothing out yet)."""
+    status = ResponseStatus.IN_PROGRESS if as_created else response.status
     details: dict[str, Any] | None = None
-    if response.status.value in ("cancelled", "incomplete"):
-        details = {"type": response.status.value, "reason": response.reason}
-    elif response.status.value == "failed" and response.error is not None:
+    if status.value in ("cancelled", "incomplete"):
+        details = {"type": status.value, "reason": response.reason}
+    elif status.value == "failed" and response.error is not None:
         code, message = response.error
         details = {
             "type": "failed",
             "error": {"type": "server_error", "code": code, "message": message},
         }
     usage = None
-    if response.status.value != "in_progress":
+    if status.value != "in_progress":
         usage = {
             "total_tokens": response.input_tokens + response.output_tokens,
             "input_tokens": response.input_tokens,
@@ -507,7 +523,7 @@ def wire_response(response: Response, timings: dict[str, float] | None = None) -
     wire: dict[str, Any] = {
         "id": response.id,
         "object": "realtime.response",
-        "status": response.status.value,
+        "status": status.value,
         "status_details": details,
         "output": [wire_item(i) for i in response.items] if usage is not None else [],
         "conversation_id": "auto" if response.in_conversation else None,

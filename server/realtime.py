@@ -85,13 +85,15 @@ class RealtimeConnection:
         try:
             await ws.accept(subprotocol=auth.reply_subprotocol(ws))
             log.info("realtime session %s opened", session_id)
-            await session.start()
-            async with asyncio.TaskGroup() as tasks:
-                writer = tasks.create_task(self._write(session, outgoing))
-                await self._read(session)
-                writer.cancel()
+            try:
+                await session.start()
+                async with asyncio.TaskGroup() as tasks:
+                    writer = tasks.create_task(self._write(session, outgoing))
+                    await self._read(session)
+                    writer.cancel()
+            finally:
+                await session.close()
         finally:
-            await session.close()
             self._services.sessions.release()
             log.info("realtime session %s closed", session_id)
 
@@ -104,16 +106,21 @@ class RealtimeConnection:
     # --- writer ---------------------------------------------------------------------------
 
     async def _write(self, session: RealtimeSession, outgoing: Outgoing) -> None:
-        try:
-            while True:
-                event = await session.events.get()
+        connected = True
+        while True:
+            event = await session.events.get()
+            if not connected:
+                # The client is gone. Keep draining so nothing in the session blocks on a full
+                # queue; the reader sees the disconnect and ends the session.
+                continue
+            try:
                 for wire in outgoing.wire_events(event):
                     await self._ws.send_text(json.dumps(wire, separators=(",", ":")))
-                if isinstance(event, OutputAudioDelta):
-                    event.response.trace.mark("first_audio_sent")
-        except (WebSocketDisconnect, RuntimeError):
-            # The client went away; the reader sees the disconnect and ends the session.
-            return
+            except (WebSocketDisconnect, RuntimeError, OSError):
+                connected = False
+                continue
+            if isinstance(event, OutputAudioDelta):
+                event.response.trace.mark("first_audio_sent")
 
     # --- reader ---------------------------------------------------------------------------
 
@@ -252,7 +259,7 @@ def _response_request(params: protocol.ResponseParams | None) -> ResponseRequest
     )
     if params.output_modalities is not None:
         request.audio_output = protocol.audio_output(params.output_modalities)
-    if params.max_output_tokens is not None and params.max_output_tokens != "inf":
+    if params.max_output_tokens is not None:
         request.max_output_tokens = params.max_output_tokens
     if params.audio is not None:
         if params.audio.input is not None:

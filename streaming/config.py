@@ -39,7 +39,8 @@ class SessionConfig(BaseModel):
     speed: float = Field(1.0, ge=0.25, le=4.0)
     turn_detection: TurnDetection | None = TurnDetection()
     transcription: Transcription | None = None
-    max_output_tokens: int = Field(256, ge=1)
+    max_output_tokens: int | None = Field(256, ge=1)
+    """Answer length in tokens; None is the protocol's "inf": the server's cap."""
 
 
 class SessionLimits(BaseModel):

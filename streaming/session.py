@@ -18,12 +18,14 @@ import logging
 import uuid
 from collections.abc import Callable, Sequence
 from contextlib import aclosing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Literal
 
 import numpy as np
 
 from voxgate.model.backbone import Backbone
 from voxgate.model.types import (
+    INPUT_SAMPLE_RATE,
     AudioChunk,
     BackboneError,
     ResponseEnd,
@@ -98,7 +100,7 @@ class ResponseRequest:
     audio_output: bool | None = None
     voice: str | None = None
     output_format: AudioFormat | None = None
-    max_output_tokens: int | None = None
+    max_output_tokens: int | Literal["inf"] | None = None
     in_conversation: bool = True
     input_items: list[Item] | None = None
     """Context for this response instead of the conversation."""
@@ -139,7 +141,10 @@ class RealtimeSession:
         self._detector: TurnDetector | None = None
         self._speech: _Speech | None = None
         self._running: _Running | None = None
-        self._answer_pending = False
+        self._answer_pending: TurnTrace | None = None
+        """The trace of a turn to answer once the running response ends."""
+        self._answering: set[asyncio.Task[None]] = set()
+        """Turns waiting for their transcript before they are answered."""
         self._transcribing: dict[str, asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -187,17 +192,26 @@ class RealtimeSession:
     # --- input audio ----------------------------------------------------------------------
 
     async def append_audio(self, data: bytes) -> None:
+        # Refuse what cannot fit before the decoder's resampler has seen any of it.
+        fmt = self._decoder.format
+        arriving = len(data) // fmt.bytes_per_sample * INPUT_SAMPLE_RATE // fmt.sample_rate
+        fits = self._buffer.has_room if self._detector is None else self._buffer.fits
+        if not fits(arriving):
+            raise SessionRejected(
+                "input_audio_buffer_full", str(InputBufferFull(self._buffer.max_seconds)), "audio"
+            )
         try:
             samples = self._decoder.feed(data)
         except AudioFormatError as e:
             raise SessionRejected("invalid_audio", str(e), "audio") from e
-        if self._detector is None:
-            try:
+        try:
+            if self._detector is None:
                 self._buffer.append(samples)
-            except InputBufferFull as e:
-                raise SessionRejected("input_audio_buffer_full", str(e), "audio") from e
-            return
-        for event in await asyncio.to_thread(self._detector.feed, samples):
+                return
+            events = await asyncio.to_thread(self._detector.feed, samples)
+        except InputBufferFull as e:
+            raise SessionRejected("input_audio_buffer_full", str(e), "audio") from e
+        for event in events:
             await self._on_turn_event(event)
 
     async def _on_turn_event(self, event: SpeechStarted | SpeechStopped | TurnEnded) -> None:
@@ -206,7 +220,12 @@ class RealtimeSession:
                 self._speech = _Speech(new_id("item"))
                 await self._emit(SpeechStartedEvent(self._speech.item_id, start_ms))
                 detection = self.config.turn_detection
-                if self._running is not None and detection and detection.interrupt_response:
+                if detection and detection.interrupt_response:
+                    # The user goes on speaking: a turn still waiting for its transcript is
+                    # answered with the next one instead (it stays in the conversation).
+                    for answering in list(self._answering):
+                        answering.cancel()
+                    self._answer_pending = None
                     await self._cancel_running("turn_detected")
             case SpeechStopped(audio_end_ms=end_ms):
                 speech = self._speech or _Speech(new_id("item"))
@@ -247,6 +266,8 @@ class RealtimeSession:
         self._decoder.flush()
         self._buffer.clear()
         self._speech = None
+        if self._detector is not None:
+            self._detector.restart()  # a turn under way went with the buffer
         await self._emit(InputCleared())
 
     async def _commit_audio(self, samples: np.ndarray, speech: _Speech, *, answer: bool) -> None:
@@ -257,7 +278,9 @@ class RealtimeSession:
         task = self._spawn(self._transcribe(item, samples, speech.trace))
         self._transcribing[item.id] = task
         if answer:
-            self._spawn(self._answer_turn(task, item, speech.trace))
+            answering = self._spawn(self._answer_turn(task, item, speech.trace))
+            self._answering.add(answering)
+            answering.add_done_callback(self._answering.discard)
 
     async def _transcribe(self, item: Item, samples: np.ndarray, trace: TurnTrace) -> None:
         trace.mark("asr_start")
@@ -291,7 +314,7 @@ class RealtimeSession:
             return
         if self._running is not None:
             # interrupt_response is off and the agent is still talking: answer after it.
-            self._answer_pending = True
+            self._answer_pending = trace
             return
         self._start_response(ResponseRequest(), trace)
 
@@ -303,8 +326,10 @@ class RealtimeSession:
         if after is not None:
             index = 0 if after == "root" else self._index_of(after) + 1
         self.items.insert(index, item)
-        if len(self.items) > self._limits.max_items:
-            del self.items[: len(self.items) - self._limits.max_items]
+        if (excess := len(self.items) - self._limits.max_items) > 0:
+            # Forget the oldest items, never the one just added (it may go in at the root).
+            forgotten = [old for old in self.items if old is not item][:excess]
+            self.items = [kept for kept in self.items if all(kept is not f for f in forgotten)]
             index = self.items.index(item)
         return self.items[index - 1].id if index > 0 else None
 
@@ -358,9 +383,9 @@ class RealtimeSession:
     def _start_response(self, request: ResponseRequest, trace: TurnTrace) -> None:
         config = self.config
         audio_output = config.audio_output if request.audio_output is None else request.audio_output
-        max_tokens = min(
-            request.max_output_tokens or config.max_output_tokens, self._limits.max_output_tokens
-        )
+        wanted = request.max_output_tokens or config.max_output_tokens
+        cap = self._limits.max_output_tokens
+        max_tokens = cap if wanted in (None, "inf") else min(int(wanted), cap)
         response = Response(
             id=new_id("resp"),
             audio=audio_output,
@@ -397,33 +422,42 @@ class RealtimeSession:
         running.task.cancel()
         # The task reports response.done itself; wait so events stay in order.
         await asyncio.wait([running.task])
+        if running.task.cancelled():
+            # Cancelled before it ever ran (response.cancel right after response.create), so
+            # it could not report: say for it that it started and was cancelled.
+            if self._running is running:
+                self._running = None
+            running.response.status = ResponseStatus.CANCELLED
+            await self._emit(ResponseStarted(running.response))
+            await self._emit(ResponseFinished(running.response))
 
     async def _run_response(self, response: Response, request: ResponseRequest) -> None:
-        await self._emit(ResponseStarted(response))
-        # A manual commit followed at once by response.create: its ASR may still be running.
-        if pending := list(self._transcribing.values()):
-            await asyncio.wait(pending)
-        context = request.input_items if request.input_items is not None else self.items
-        turns = [Turn(item.role, text) for item in context if (text := item.content_text.strip())]
-        item = Item(
-            new_id("item"),
-            Role.ASSISTANT,
-            audio=response.audio,
-            transcript="" if response.audio else None,
-            status=ItemStatus.IN_PROGRESS,
-        )
-        previous = self._append_item(item) if response.in_conversation else None
-        response.items.append(item)
-        await self._emit(OutputItemStarted(response, item, 0, previous))
-        options = ResponseOptions(
-            request_id=response.id,
-            instructions=request.instructions or self.config.instructions,
-            voice=response.voice,
-            audio=response.audio,
-            max_output_tokens=response.max_output_tokens,
-            speed=self.config.speed,
-        )
+        item: Item | None = None
         try:
+            await self._emit(ResponseStarted(response))
+            # A manual commit followed at once by response.create: its ASR may still be running.
+            if pending := list(self._transcribing.values()):
+                await asyncio.wait(pending)
+            context = request.input_items if request.input_items is not None else self.items
+            turns = [Turn(i.role, text) for i in context if (text := i.content_text.strip())]
+            item = Item(
+                new_id("item"),
+                Role.ASSISTANT,
+                audio=response.audio,
+                transcript="" if response.audio else None,
+                status=ItemStatus.IN_PROGRESS,
+            )
+            previous = self._append_item(item) if response.in_conversation else None
+            response.items.append(item)
+            await self._emit(OutputItemStarted(response, item, 0, previous))
+            options = ResponseOptions(
+                request_id=response.id,
+                instructions=request.instructions or self.config.instructions,
+                voice=response.voice,
+                audio=response.audio,
+                max_output_tokens=response.max_output_tokens,
+                speed=self.config.speed,
+            )
             await self._stream_response(response, item, turns, options)
         except asyncio.CancelledError:
             if response.reason is None:
@@ -436,21 +470,22 @@ class RealtimeSession:
             log.exception("response %s failed", response.id)
             response.status = ResponseStatus.FAILED
             response.error = ("server_error", "the response failed inside the server")
-        item.status = (
-            ItemStatus.COMPLETED
-            if response.status == ResponseStatus.COMPLETED
-            else ItemStatus.INCOMPLETE
-        )
         if self._running is not None and self._running.response is response:
             self._running = None
-        await self._emit(OutputItemFinished(response, item, 0))
+        if item is not None:
+            item.status = (
+                ItemStatus.COMPLETED
+                if response.status == ResponseStatus.COMPLETED
+                else ItemStatus.INCOMPLETE
+            )
+            await self._emit(OutputItemFinished(response, item, 0))
         await self._emit(ResponseFinished(response))
         if response.error is not None:
             code, message = response.error
             await self._emit(ErrorReported(code, message, type="server_error"))
-        if self._answer_pending and self._running is None:
-            self._answer_pending = False
-            self._start_response(ResponseRequest(), TurnTrace())
+        if self._answer_pending is not None and self._running is None:
+            trace, self._answer_pending = self._answer_pending, None
+            self._start_response(ResponseRequest(), trace)
 
     async def _stream_response(
         self, response: Response, item: Item, turns: Sequence[Turn], options: ResponseOptions
@@ -487,6 +522,9 @@ class RealtimeSession:
     # --- plumbing -------------------------------------------------------------------------
 
     async def _emit(self, event: SessionEvent) -> None:
+        if isinstance(event, ItemAdded | ItemDone | ItemRetrieved):
+            # The writer serialises later; the item may change meanwhile (its transcript).
+            event = replace(event, item=replace(event.item))
         await self.events.put(event)
 
     def _spawn(self, coro) -> asyncio.Task[None]:

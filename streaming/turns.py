@@ -81,12 +81,19 @@ class InputAudioBuffer:
                 return at
         return None
 
-    def take(self) -> np.ndarray:
-        """Remove and return everything buffered."""
-        taken = np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.float32)
-        self.start = self.end
-        self._chunks, self._size = [], 0
-        return taken
+    def fits(self, n: int) -> bool:
+        """Whether `n` samples fit at all, even in an empty buffer."""
+        return n <= self._max_samples
+
+    def take(self, end: int | None = None) -> np.ndarray:
+        """Remove and return the audio before stream position `end` (default: everything)."""
+        buffered = np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.float32)
+        cut = self._size if end is None else min(max(end - self.start, 0), self._size)
+        kept = buffered[cut:].copy()
+        self._chunks = [kept] if len(kept) else []
+        self._size -= cut
+        self.start += cut
+        return buffered[:cut]
 
     def drop_before(self, position: int) -> None:
         """Forget audio before stream `position` (used to keep only the prefix padding)."""
@@ -144,10 +151,12 @@ class TurnDetector:
         A turn that would overflow the buffer is ended first (a forced end of turn), so a long
         monologue is still answered instead of refused.
         """
+        if not self._buffer.fits(len(samples)):
+            raise InputBufferFull(self._buffer.max_seconds)  # refused whole, nothing changed
         events: list[TurnEvent] = []
         if not self._buffer.has_room(len(samples)):
             if (stopped := self._machine.force_stop()) is not None:
-                events += self._end_turn(stopped)
+                events += self._end_turn(stopped, self._buffer.end)
             else:  # silence or a start not yet confirmed: nothing worth keeping
                 self._buffer.drop_before(self._buffer.end)
         self._buffer.append(samples)
@@ -159,7 +168,9 @@ class TurnDetector:
                     self._buffer.drop_before(ms_to_samples(started.audio_start_ms))
                     events.append(started)
                 case SpeechStopped() as stopped:
-                    events += self._end_turn(stopped)
+                    # The turn ends with the window that confirmed the stop; the audio after it
+                    # (in this append) belongs to what comes next, as it would in a later append.
+                    events += self._end_turn(stopped, self._origin + self._consumed)
                 case None:
                     pass
         if self._machine.state == VadState.QUIET:
@@ -168,7 +179,8 @@ class TurnDetector:
             self._buffer.drop_before(self._origin + self._consumed - padding)
         return events
 
-    def _end_turn(self, stopped: SpeechStopped) -> list[TurnEvent]:
+    def _end_turn(self, stopped: SpeechStopped, position: int) -> list[TurnEvent]:
+        """Close the turn: commit the buffered audio before stream `position`."""
         end_ms = self._origin_ms + stopped.audio_end_ms
         arrival = self._buffer.arrival_time(max(ms_to_samples(end_ms) - 1, 0))
-        return [SpeechStopped(end_ms), TurnEnded(self._buffer.take(), end_ms, arrival)]
+        return [SpeechStopped(end_ms), TurnEnded(self._buffer.take(position), end_ms, arrival)]

@@ -1,0 +1,185 @@
+"""A fake `Backbone` for tests of the layers above the model: scripted, deterministic, no engine.
+
+`FakeBackbone` follows the Protocol in `voxgate.model.backbone`. It records every call, so a test
+can check what the session asked for (the conversation passed to `respond`, the options) and
+whether a response stream was stopped before it finished (barge-in, response.cancel).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from voxgate.model.types import (
+    INPUT_SAMPLE_RATE,
+    AudioChunk,
+    BackboneError,
+    ResponseEnd,
+    ResponseOptions,
+    ResponseOutput,
+    TextDelta,
+    Transcription,
+    Turn,
+    TurnTrace,
+    UnknownVoiceError,
+    Voice,
+)
+
+VOICE = Voice("joe", "en_US", 22050)
+TONE_HZ = 220.0
+CHUNK_SECONDS = 0.1
+"""Audio per synthesised piece (2205 samples at the fake voice's rate)."""
+
+
+def tone(seconds: float = CHUNK_SECONDS, rate: int = VOICE.sample_rate) -> np.ndarray:
+    """A 220 Hz sine at 0.3 full scale: clearly not silence, the same every time."""
+    t = np.arange(round(seconds * rate)) / rate
+    return (0.3 * np.sin(2 * np.pi * TONE_HZ * t)).astype(np.float32)
+
+
+Outcome = Literal["running", "finished", "closed", "cancelled", "failed"]
+
+
+@dataclass(slots=True)
+class RespondCall:
+    """One `respond()` stream as the fake saw it."""
+
+    conversation: list[Turn]
+    options: ResponseOptions
+    trace: TurnTrace
+    outcome: Outcome = "running"
+    """finished: yielded its ResponseEnd; closed: aclose() before that; cancelled: its consumer's
+    task was cancelled while the fake waited between chunks."""
+    yielded: list[ResponseOutput] = field(default_factory=list)
+
+    @property
+    def stopped_early(self) -> bool:
+        return self.outcome in ("closed", "cancelled")
+
+
+@dataclass(frozen=True, slots=True)
+class TranscribeCall:
+    audio: np.ndarray
+    language: str | None
+    prompt: str | None
+
+
+class FakeBackbone:
+    """Scripted speech backbone.
+
+    - `transcript`: what `transcribe` returns, a string or a function of the audio (default
+      "hello"); `transcribe_gate`, when set, holds every transcription until it is set.
+    - `reply`: the pieces of every answer; `respond` yields TextDelta(piece) and, for audio
+      responses, one AudioChunk per piece, then ResponseEnd(`finish_reason`).
+    - `chunk_delay_s`: a pause before each piece after the first, so a test can interrupt a
+      response while it streams; `fail_after`: raise BackboneError after that many pieces.
+    """
+
+    name = "fake"
+
+    def __init__(
+        self,
+        *,
+        transcript: str | Callable[[np.ndarray], str] = "hello",
+        reply: Sequence[str] = ("Hi there.", " How can I help?"),
+        chunk_delay_s: float = 0.0,
+        finish_reason: Literal["stop", "length"] = "stop",
+        fail_after: int | None = None,
+    ) -> None:
+        self.transcript = transcript
+        self.reply = list(reply)
+        self.chunk_delay_s = chunk_delay_s
+        self.finish_reason: Literal["stop", "length"] = finish_reason
+        self.fail_after = fail_after
+        self.transcribe_gate: asyncio.Event | None = None
+        self.is_healthy = True
+        self.transcribe_calls: list[TranscribeCall] = []
+        self.synthesize_calls: list[tuple[str, str, float]] = []
+        self.respond_calls: list[RespondCall] = []
+
+    @property
+    def voices(self) -> Sequence[Voice]:
+        return (VOICE,)
+
+    @property
+    def reply_text(self) -> str:
+        return "".join(self.reply)
+
+    def _check_voice(self, voice: str) -> None:
+        if voice != VOICE.name:
+            raise UnknownVoiceError(voice, [VOICE.name])
+
+    async def transcribe(
+        self, audio: np.ndarray, *, language: str | None = None, prompt: str | None = None
+    ) -> Transcription:
+        self.transcribe_calls.append(TranscribeCall(audio, language, prompt))
+        if self.transcribe_gate is not None:
+            await self.transcribe_gate.wait()
+        text = self.transcript(audio) if callable(self.transcript) else self.transcript
+        return Transcription(text, len(audio) / INPUT_SAMPLE_RATE, "en")
+
+    async def synthesize(
+        self, text: str, *, voice: str, speed: float = 1.0
+    ) -> AsyncIterator[AudioChunk]:
+        self._check_voice(voice)
+        self.synthesize_calls.append((text, voice, speed))
+        for _ in range(3):
+            yield AudioChunk(tone(), VOICE.sample_rate)
+
+    def respond(
+        self, conversation: Sequence[Turn], options: ResponseOptions, trace: TurnTrace
+    ) -> AsyncIterator[ResponseOutput]:
+        if options.audio:
+            self._check_voice(options.voice)
+        call = RespondCall(list(conversation), options, trace)
+        self.respond_calls.append(call)
+        return self._respond(call)
+
+    def _outputs(self, call: RespondCall) -> Iterator[ResponseOutput]:
+        for i, piece in enumerate(self.reply):
+            if self.fail_after is not None and i == self.fail_after:
+                raise BackboneError("the fake backbone failed on purpose")
+            yield TextDelta(piece)
+            if call.options.audio:
+                yield AudioChunk(tone(), VOICE.sample_rate)
+        yield ResponseEnd(self.finish_reason, input_tokens=11, output_tokens=7)
+
+    async def _respond(self, call: RespondCall) -> AsyncIterator[ResponseOutput]:
+        trace = call.trace
+        trace.mark("lm_submit")
+        try:
+            for output in self._outputs(call):
+                if isinstance(output, TextDelta):
+                    if call.yielded and self.chunk_delay_s:
+                        await asyncio.sleep(self.chunk_delay_s)
+                    trace.mark("lm_first_token")
+                    trace.mark("first_clause")
+                elif isinstance(output, AudioChunk):
+                    trace.mark("tts_first_chunk")
+                call.yielded.append(output)
+                yield output
+            call.outcome = "finished"
+        except BackboneError:
+            call.outcome = "failed"
+            raise
+        except asyncio.CancelledError:
+            call.outcome = "cancelled"
+            raise
+        except GeneratorExit:
+            call.outcome = "closed"
+            raise
+
+
+def backbone_factory(backbone: FakeBackbone):
+    """A `create_app` backbone factory that serves `backbone`."""
+
+    @asynccontextmanager
+    async def factory(settings: object) -> AsyncIterator[FakeBackbone]:
+        yield backbone
+
+    return factory
