@@ -102,7 +102,7 @@ def sdk_client(server: Any) -> AsyncOpenAI:
     return AsyncOpenAI(base_url=f"{server.base_url}/v1", api_key=server.api_key)
 
 
-async def test_spoken_turn_through_the_openai_sdk(server, speak) -> None:  # noqa: ANN001
+async def test_spoken_turn_through_the_openai_sdk(server, speak) -> None:
     question = "What is the capital of France?"
     pcm = pcm24(speak(question)) + silence(1.5)
     async with sdk_client(server).realtime.connect(model="voxgate") as conn:
@@ -143,7 +143,7 @@ async def test_spoken_turn_through_the_openai_sdk(server, speak) -> None:  # noq
         assert timings[stage] > 0, timings
 
 
-async def test_speech_streams_before_the_answer_is_finished(server) -> None:  # noqa: ANN001
+async def test_speech_streams_before_the_answer_is_finished(server) -> None:
     async with sdk_client(server).realtime.connect(model="voxgate") as conn:
         await conn.session.update(session={"type": "realtime", "max_output_tokens": 150})
         await conn.conversation.item.create(
@@ -171,8 +171,8 @@ async def test_speech_streams_before_the_answer_is_finished(server) -> None:  # 
 
 
 async def test_barge_in_cancels_the_response_and_aborts_the_engine_request(
-    server,  # noqa: ANN001
-    speak,  # noqa: ANN001
+    server,
+    speak,
 ) -> None:
     aborted_before = server.metric("voxgate_engine_requests_aborted_total")
     generated_before = server.metric("vllm:generation_tokens_total")
@@ -210,7 +210,7 @@ async def test_barge_in_cancels_the_response_and_aborts_the_engine_request(
     assert server.metric("vllm:generation_tokens_total") - generated_before < 400
 
 
-async def test_manual_turn_commit_and_response_create(server, speak) -> None:  # noqa: ANN001
+async def test_manual_turn_commit_and_response_create(server, speak) -> None:
     question = "Please say hello."
     async with sdk_client(server).realtime.connect(model="voxgate") as conn:
         await conn.session.update(
@@ -233,7 +233,7 @@ async def test_manual_turn_commit_and_response_create(server, speak) -> None:  #
     assert rms(bytes(turn.audio)) > 0.02
 
 
-async def test_two_sessions_at_once_both_get_answers(server) -> None:  # noqa: ANN001
+async def test_two_sessions_at_once_both_get_answers(server) -> None:
     async def ask(text: str) -> Turn:
         async with sdk_client(server).realtime.connect(model="voxgate") as conn:
             await conn.conversation.item.create(
@@ -256,7 +256,7 @@ async def test_two_sessions_at_once_both_get_answers(server) -> None:  # noqa: A
     assert len(ids) == 2
 
 
-async def test_conversation_is_kept_across_turns(server) -> None:  # noqa: ANN001
+async def test_conversation_is_kept_across_turns(server) -> None:
     async with sdk_client(server).realtime.connect(model="voxgate") as conn:
         await conn.session.update(session={"type": "realtime", "output_modalities": ["text"]})
         usage = []
@@ -276,7 +276,7 @@ async def test_conversation_is_kept_across_turns(server) -> None:  # noqa: ANN00
     assert usage[1] > usage[0] + 5
 
 
-async def test_bad_input_never_reaches_the_engine_and_the_session_survives(server) -> None:  # noqa: ANN001
+async def test_bad_input_never_reaches_the_engine_and_the_session_survives(server) -> None:
     headers = {"Authorization": f"Bearer {server.api_key}"}
     async with websockets.connect(server.ws_url, additional_headers=headers) as ws:
         assert json.loads(await ws.recv())["type"] == "session.created"
@@ -321,7 +321,7 @@ async def test_bad_input_never_reaches_the_engine_and_the_session_survives(serve
     assert server.metric("vllm:prompt_tokens_total") > prompts_before
 
 
-async def test_wrong_api_key_is_refused(server) -> None:  # noqa: ANN001
+async def test_wrong_api_key_is_refused(server) -> None:
     headers = {"Authorization": "Bearer wrong"}
     async with websockets.connect(server.ws_url, additional_headers=headers) as ws:
         reply = json.loads(await ws.recv())
