@@ -22,6 +22,9 @@ from voxgate.streaming.vad import SileroModel, SileroVad
 
 log = logging.getLogger(__name__)
 
+DEFAULT_MAX_OUTPUT_TOKENS = 128
+"""Spoken answers should be short; a session can ask for more (up to the server's cap)."""
+
 BackboneFactory = Callable[[Settings], AbstractAsyncContextManager[Backbone]]
 
 
@@ -67,7 +70,9 @@ class Services:
             voice=self.backbone.voices[0].name,
             # The transcript is computed anyway (the cascade's LM reads it): send it by default.
             transcription=Transcription(model=self.model_name),
-            max_output_tokens=min(256, self.settings.realtime.session.max_output_tokens),
+            max_output_tokens=min(
+                DEFAULT_MAX_OUTPUT_TOKENS, self.settings.realtime.session.max_output_tokens
+            ),
         )
 
 

@@ -12,6 +12,7 @@ import base64
 import binascii
 import json
 import logging
+import time
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
@@ -127,6 +128,7 @@ class RealtimeConnection:
     async def _read(self, session: RealtimeSession) -> None:
         while True:
             message = await self._ws.receive()
+            received_at = time.monotonic()
             if message["type"] == "websocket.disconnect":
                 return
             if (text := message.get("text")) is None:
@@ -136,9 +138,9 @@ class RealtimeConnection:
                     )
                 )
                 continue
-            await self._handle(session, text)
+            await self._handle(session, text, received_at)
 
-    async def _handle(self, session: RealtimeSession, text: str) -> None:
+    async def _handle(self, session: RealtimeSession, text: str, received_at: float) -> None:
         event_id: str | None = None
         try:
             if len(text) > self._settings.max_event_bytes or (
@@ -159,7 +161,7 @@ class RealtimeConnection:
             if kind not in protocol.CLIENT_EVENT_TYPES:
                 raise SessionRejected("unknown_event_type", f"unknown event type {kind!r}", "type")
             event = protocol.CLIENT_EVENT.validate_python(raw)
-            await self._dispatch(session, event)
+            await self._dispatch(session, event, received_at)
         except SessionRejected as e:
             await session.report_error(
                 ErrorReported(e.code, e.message, param=e.param, event_id=event_id)
@@ -182,10 +184,10 @@ class RealtimeConnection:
                 )
             )
 
-    async def _dispatch(self, session: RealtimeSession, event: Any) -> None:
+    async def _dispatch(self, session: RealtimeSession, event: Any, received_at: float) -> None:
         match event:
             case InputAudioBufferAppend(audio=data):
-                await session.append_audio(_b64_audio(data, "audio"))
+                await session.append_audio(_b64_audio(data, "audio"), received_at)
             case SessionUpdate(session=params):
                 try:
                     config = protocol.session_config(session.config, params)

@@ -141,6 +141,8 @@ class RealtimeSession:
         self._detector: TurnDetector | None = None
         self._speech: _Speech | None = None
         self._running: _Running | None = None
+        self._unanswered: TurnTrace | None = None
+        """The trace of the last committed turn no response has answered yet."""
         self._answer_pending: TurnTrace | None = None
         """The trace of a turn to answer once the running response ends."""
         self._answering: set[asyncio.Task[None]] = set()
@@ -191,7 +193,8 @@ class RealtimeSession:
 
     # --- input audio ----------------------------------------------------------------------
 
-    async def append_audio(self, data: bytes) -> None:
+    async def append_audio(self, data: bytes, arrived_at: float | None = None) -> None:
+        """input_audio_buffer.append; `arrived_at` (monotonic) is when the message was read."""
         # Refuse what cannot fit before the decoder's resampler has seen any of it.
         fmt = self._decoder.format
         arriving = len(data) // fmt.bytes_per_sample * INPUT_SAMPLE_RATE // fmt.sample_rate
@@ -206,9 +209,9 @@ class RealtimeSession:
             raise SessionRejected("invalid_audio", str(e), "audio") from e
         try:
             if self._detector is None:
-                self._buffer.append(samples)
+                self._buffer.append(samples, arrived_at)
                 return
-            events = await asyncio.to_thread(self._detector.feed, samples)
+            events = await asyncio.to_thread(self._detector.feed, samples, arrived_at)
         except InputBufferFull as e:
             raise SessionRejected("input_audio_buffer_full", str(e), "audio") from e
         for event in events:
@@ -277,6 +280,8 @@ class RealtimeSession:
         await self._emit(ItemAdded(item, previous))
         task = self._spawn(self._transcribe(item, samples, speech.trace))
         self._transcribing[item.id] = task
+        # A later response.create answers this turn: its stages are timed on the same trace.
+        self._unanswered = None if answer else speech.trace
         if answer:
             answering = self._spawn(self._answer_turn(task, item, speech.trace))
             self._answering.add(answering)
@@ -378,7 +383,8 @@ class RealtimeSession:
                 f"response {self._running.response.id} is still in progress; cancel it first",
             )
         self._check_voice(request.voice or self.config.voice, "response.audio.output.voice")
-        self._start_response(request, TurnTrace())
+        trace, self._unanswered = self._unanswered or TurnTrace(), None
+        self._start_response(request, trace)
 
     def _start_response(self, request: ResponseRequest, trace: TurnTrace) -> None:
         config = self.config
@@ -479,10 +485,11 @@ class RealtimeSession:
                 else ItemStatus.INCOMPLETE
             )
             await self._emit(OutputItemFinished(response, item, 0))
-        await self._emit(ResponseFinished(response))
         if response.error is not None:
+            # Before response.done: a client that ends its turn there must not miss it.
             code, message = response.error
             await self._emit(ErrorReported(code, message, type="server_error"))
+        await self._emit(ResponseFinished(response))
         if self._answer_pending is not None and self._running is None:
             trace, self._answer_pending = self._answer_pending, None
             self._start_response(ResponseRequest(), trace)

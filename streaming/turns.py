@@ -66,13 +66,16 @@ class InputAudioBuffer:
     def has_room(self, n: int) -> bool:
         return self._size + n <= self._max_samples
 
-    def append(self, samples: np.ndarray) -> None:
+    def append(self, samples: np.ndarray, arrived_at: float | None = None) -> None:
+        """Add audio; `arrived_at` is when its message came off the socket (default: now)."""
         if not self.has_room(len(samples)):
             raise InputBufferFull(self.max_seconds)
         if len(samples):
             self._chunks.append(samples)
             self._size += len(samples)
-            self._arrivals.append((self.end, time.monotonic()))
+            self._arrivals.append(
+                (self.end, time.monotonic() if arrived_at is None else arrived_at)
+            )
 
     def arrival_time(self, position: int) -> float | None:
         """Monotonic time the sample at stream `position` arrived (None if too old)."""
@@ -145,7 +148,7 @@ class TurnDetector:
     def speaking(self) -> bool:
         return self._machine.state in (VadState.SPEAKING, VadState.STOPPING)
 
-    def feed(self, samples: np.ndarray) -> list[TurnEvent]:
+    def feed(self, samples: np.ndarray, arrived_at: float | None = None) -> list[TurnEvent]:
         """Append `samples` to the buffer and return the turn events they complete.
 
         A turn that would overflow the buffer is ended first (a forced end of turn), so a long
@@ -159,7 +162,7 @@ class TurnDetector:
                 events += self._end_turn(stopped, self._buffer.end)
             else:  # silence or a start not yet confirmed: nothing worth keeping
                 self._buffer.drop_before(self._buffer.end)
-        self._buffer.append(samples)
+        self._buffer.append(samples, arrived_at)
         for prob in self._vad.probabilities(samples):
             self._consumed += SileroVad.WINDOW
             match self._machine.step(float(prob)):

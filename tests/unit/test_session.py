@@ -485,8 +485,14 @@ async def test_manual_commit_then_response(make, hello) -> None:
         "OutputItemFinished",
         "ResponseFinished",
     ]
-    assert only(got, ResponseFinished).response.status is ResponseStatus.COMPLETED
+    response = only(got, ResponseFinished).response
+    assert response.status is ResponseStatus.COMPLETED
     assert fake.respond_calls[0].conversation == [Turn(Role.USER, "hello")]
+    # The response answers the committed turn: its stages are timed on that turn's trace.
+    assert {"turn_end", "asr_start", "asr_end"} <= response.trace.marks.keys()
+    await session.create_response(ResponseRequest())  # a second answer is not that turn's
+    again = only(await events.until(ResponseFinished), ResponseFinished).response
+    assert "asr_start" not in again.trace.marks
 
 
 async def test_response_right_after_commit_waits_for_the_transcript(make, hello) -> None:
@@ -718,7 +724,8 @@ async def test_backbone_failure_fails_the_response(make) -> None:
     session, events = await make(fake)
     await add_text(session, "hi")
     await session.create_response(ResponseRequest())
-    got = await events.until(ErrorReported)
+    got = await events.until(ResponseFinished)
+    assert kinds(got)[-2:] == ["ErrorReported", "ResponseFinished"]  # the error comes first
     response = only(got, ResponseFinished).response
     assert response.status is ResponseStatus.FAILED
     assert response.error == ("backbone_error", "the fake backbone failed on purpose")
