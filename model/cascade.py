@@ -129,7 +129,7 @@ class CascadeBackbone:
         await self._asr.transcribe(np.zeros(INPUT_SAMPLE_RATE, dtype=np.float32))
         async for _ in self._tts.synthesize("Hello."):
             pass
-        prompt = self._lm.build_prompt("Say hi.", [], max_output_tokens=1)
+        prompt = self._lm.prompts.build("Say hi.", [], max_output_tokens=1)
         async for _ in self._lm.stream(
             prompt, request_id="warm-up", max_output_tokens=1, sampling=self._sampling
         ):
@@ -164,8 +164,8 @@ class CascadeBackbone:
     ) -> AsyncIterator[ResponseOutput]:
         if options.audio:
             self._check_voice(options.voice)
-        prompt = self._lm.build_prompt(
-            options.instructions, conversation, options.max_output_tokens
+        prompt = self._lm.prompts.build(
+            options.instructions, conversation, options.max_output_tokens, options.conversation_id
         )
         trace.mark("lm_submit")
         text = self._lm.stream(

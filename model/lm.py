@@ -3,10 +3,16 @@
 The context is bounded in tokens: the persona (system prompt) and the newest turns are kept,
 the oldest turns are dropped until the prompt plus the answer's token budget fit. A single
 user turn too long to fit is cut from its start (its end is what the user just said).
+
+Dropping is done in steps, not one turn at a time: when a conversation outgrows its budget,
+its window is cut to `low_water` of the budget and then stays put while it grows back. Every
+prompt of the conversation then starts with the same tokens, which vLLM's prefix cache has
+already computed, instead of a new start each turn and a full prefill (seconds on a CPU).
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +24,9 @@ from voxgate.model.types import ResponseEnd, Turn
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
+WINDOWS_KEPT = 4096
+"""Conversations whose window start is remembered (least recently used forgotten first)."""
+
 
 @dataclass(frozen=True, slots=True)
 class SamplingConfig:
@@ -26,15 +35,18 @@ class SamplingConfig:
     repetition_penalty: float = 1.1
 
 
-class ChatLM:
-    def __init__(self, engine: EngineHost, model_dir: Path, context_tokens: int) -> None:
-        from transformers import AutoTokenizer
+class PromptBuilder:
+    """Chat-template prompts bounded by a token budget, with stable windows per conversation."""
 
-        self._engine = engine
-        self._tokenizer: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(model_dir)
+    def __init__(
+        self, tokenizer: PreTrainedTokenizerBase, context_tokens: int, low_water: float = 0.6
+    ) -> None:
+        self._tokenizer = tokenizer
         self.context_tokens = context_tokens
+        self.low_water = low_water
+        self._window_starts: OrderedDict[str, Turn] = OrderedDict()
 
-    def _render(self, instructions: str, turns: Sequence[Turn]) -> list[int]:
+    def render(self, instructions: str, turns: Sequence[Turn]) -> list[int]:
         messages = [{"role": "system", "content": instructions}]
         messages += [{"role": t.role.value, "content": t.text} for t in turns]
         ids = self._tokenizer.apply_chat_template(
@@ -42,41 +54,83 @@ class ChatLM:
         )
         return list(ids)
 
-    def build_prompt(
-        self, instructions: str, conversation: Sequence[Turn], max_output_tokens: int
+    def build(
+        self,
+        instructions: str,
+        conversation: Sequence[Turn],
+        max_output_tokens: int,
+        conversation_id: str | None = None,
     ) -> list[int]:
         """Token ids of the newest part of `conversation` that fits the context budget."""
         budget = self.context_tokens - max_output_tokens
         if budget <= 0:
             raise ValueError("max_output_tokens leaves no room for the prompt")
         turns = list(conversation)
-        if len(prompt := self._render(instructions, turns)) <= budget:
-            return prompt
-        # Fewer turns never make the prompt longer: binary-search the oldest turn to keep.
-        lo, hi = 1, len(turns)
+        start = self._remembered_start(conversation_id, turns)
+        prompt = self.render(instructions, turns[start:])
+        if len(prompt) > budget:
+            start = self._first_fitting(instructions, turns, start, int(budget * self.low_water))
+            if start == len(turns):
+                self._forget(conversation_id)
+                return self._fit_last_turn(instructions, turns[-1], budget)
+            prompt = self.render(instructions, turns[start:])
+        self._remember(conversation_id, turns[start] if start < len(turns) else None)
+        return prompt
+
+    def _first_fitting(self, instructions: str, turns: list[Turn], lo: int, target: int) -> int:
+        """Smallest start >= lo whose prompt fits `target` (len(turns) if none does)."""
+        hi = len(turns)
+        # Fewer turns never make the prompt longer: binary search.
         while lo < hi:
             mid = (lo + hi) // 2
-            if len(self._render(instructions, turns[mid:])) <= budget:
+            if len(self.render(instructions, turns[mid:])) <= target:
                 hi = mid
             else:
                 lo = mid + 1
-        if lo < len(turns):
-            return self._render(instructions, turns[lo:])
-        return self._fit_last_turn(instructions, turns[-1], budget)
+        return lo
+
+    def _remembered_start(self, conversation_id: str | None, turns: list[Turn]) -> int:
+        if conversation_id is None or (first := self._window_starts.get(conversation_id)) is None:
+            return 0
+        self._window_starts.move_to_end(conversation_id)
+        for i, turn in enumerate(turns):
+            if turn == first:
+                return i
+        return 0  # the turn is gone (deleted): start over from the whole conversation
+
+    def _remember(self, conversation_id: str | None, first: Turn | None) -> None:
+        if conversation_id is None or first is None:
+            return
+        self._window_starts[conversation_id] = first
+        self._window_starts.move_to_end(conversation_id)
+        while len(self._window_starts) > WINDOWS_KEPT:
+            self._window_starts.popitem(last=False)
+
+    def _forget(self, conversation_id: str | None) -> None:
+        if conversation_id is not None:
+            self._window_starts.pop(conversation_id, None)
 
     def _fit_last_turn(self, instructions: str, turn: Turn, budget: int) -> list[int]:
-        overhead = len(self._render(instructions, [Turn(turn.role, "")]))
+        overhead = len(self.render(instructions, [Turn(turn.role, "")]))
         room = budget - overhead
         if room <= 0:
             raise ValueError("the instructions alone exceed the context budget")
         text_ids = self._tokenizer.encode(turn.text, add_special_tokens=False)
         tail = self._tokenizer.decode(text_ids[-room:])
-        prompt = self._render(instructions, [Turn(turn.role, tail)])
+        prompt = self.render(instructions, [Turn(turn.role, tail)])
         # Re-tokenising a cut string can grow it by a token or two.
         while len(prompt) > budget and tail:
             tail = tail[len(tail) // 10 + 1 :]
-            prompt = self._render(instructions, [Turn(turn.role, tail)])
+            prompt = self.render(instructions, [Turn(turn.role, tail)])
         return prompt
+
+
+class ChatLM:
+    def __init__(self, engine: EngineHost, model_dir: Path, context_tokens: int) -> None:
+        from transformers import AutoTokenizer
+
+        self._engine = engine
+        self.prompts = PromptBuilder(AutoTokenizer.from_pretrained(model_dir), context_tokens)
 
     async def stream(
         self,

@@ -92,6 +92,9 @@ class ResponseOptions:
     temperature: float = 0.7
     priority: int = 0
     """vLLM priority: lower is served first. Realtime turns use 0."""
+    conversation_id: str | None = None
+    """Same id for every response of one conversation (lets the backbone keep its context
+    window stable, so the engine's prefix cache is reused); None for one-off requests."""
 
 
 @dataclass(slots=True)

@@ -132,6 +132,7 @@ class RealtimeSession:
         self._backbone = backbone
         self._vad_factory = vad_factory
         self._limits = limits
+        self.id = new_id("conv")
         self.config = config
         self.events: asyncio.Queue[SessionEvent] = asyncio.Queue(limits.event_queue_size)
         self.items: list[Item] = []
@@ -463,6 +464,7 @@ class RealtimeSession:
                 audio=response.audio,
                 max_output_tokens=response.max_output_tokens,
                 speed=self.config.speed,
+                conversation_id=self.id if request.input_items is None else None,
             )
             await self._stream_response(response, item, turns, options)
         except asyncio.CancelledError:
