@@ -852,7 +852,7 @@ async def test_inf_output_tokens_means_the_cap(make) -> None:
 
 
 async def test_a_refused_append_leaves_the_input_untouched(make, hello) -> None:
-    session, events = await make(
+    session, _ = await make(
         FakeBackbone(), SessionLimits(max_buffer_seconds=1.0), turn_detection=None
     )
     await session.append_audio(to_wire(hello[:8000]))  # 0.5 s
