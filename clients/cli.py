@@ -39,8 +39,9 @@ class UsageError(Exception):
 def read_wav(path: str) -> tuple[np.ndarray, int]:
     try:
         audio, rate = sf.read(path, dtype="float32", always_2d=False)
-    except (OSError, sf.LibsndfileError) as e:
-        raise UsageError(f"cannot read {path}: {e}") from e
+    except (OSError, sf.LibsndfileError, TypeError) as e:
+        # TypeError: soundfile's answer to headerless (raw) audio.
+        raise UsageError(f"cannot read {path} as a sound file (WAV, FLAC, OGG): {e}") from e
     return audio, int(rate)
 
 
