@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from voxgate.model.types import INPUT_SAMPLE_RATE, Transcription
+from voxgate.model.types import INPUT_SAMPLE_RATE, Segment, Transcription, Word
 
 MIN_AUDIO_S = 0.1
 """Shorter input is not speech Whisper can read; it transcribes as ''."""
@@ -25,27 +25,55 @@ class WhisperASR:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="asr")
         self._beam_size = beam_size
 
-    def _transcribe(self, audio: np.ndarray, language: str | None, prompt: str | None) -> str:
+    def _transcribe(
+        self,
+        audio: np.ndarray,
+        language: str | None,
+        prompt: str | None,
+        temperature: float,
+        timestamps: str,
+    ) -> tuple[str, tuple[Segment, ...]]:
         segments, _info = self._model.transcribe(
             audio,
             language=language or "en",
             beam_size=self._beam_size,
+            temperature=temperature,
             initial_prompt=prompt,
             condition_on_previous_text=False,
-            without_timestamps=True,
+            without_timestamps=timestamps == "none",
+            word_timestamps=timestamps == "word",
             vad_filter=False,
         )
-        return " ".join(s.text.strip() for s in segments).strip()
+        found = tuple(
+            Segment(
+                start_s=s.start,
+                end_s=s.end,
+                text=s.text.strip(),
+                words=tuple(Word(w.start, w.end, w.word.strip()) for w in s.words or ()),
+            )
+            for s in segments
+        )
+        text = " ".join(s.text for s in found).strip()
+        return text, found if timestamps != "none" else ()
 
     async def transcribe(
-        self, audio: np.ndarray, language: str | None = None, prompt: str | None = None
+        self,
+        audio: np.ndarray,
+        language: str | None = None,
+        prompt: str | None = None,
+        temperature: float = 0.0,
+        timestamps: str = "none",
     ) -> Transcription:
         duration = len(audio) / INPUT_SAMPLE_RATE
         if duration < MIN_AUDIO_S:
             return Transcription(text="", duration_s=duration, language=language)
         loop = asyncio.get_running_loop()
-        text = await loop.run_in_executor(self._executor, self._transcribe, audio, language, prompt)
-        return Transcription(text=text, duration_s=duration, language=language or "en")
+        text, segments = await loop.run_in_executor(
+            self._executor, self._transcribe, audio, language, prompt, temperature, timestamps
+        )
+        return Transcription(
+            text=text, duration_s=duration, language=language or "en", segments=segments
+        )
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

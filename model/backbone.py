@@ -9,7 +9,7 @@ this Protocol.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
-from typing import Protocol
+from typing import Literal, Protocol
 
 import numpy as np
 
@@ -38,14 +38,38 @@ class Backbone(Protocol):
         """False once the engine has died (readiness reports it)."""
         ...
 
-    async def transcribe(
-        self, audio: np.ndarray, *, language: str | None = None, prompt: str | None = None
-    ) -> Transcription:
-        """Transcribe 16 kHz mono float32 audio."""
+    @property
+    def follows_instructions(self) -> bool:
+        """Whether `synthesize(instructions=...)` changes how the speech sounds."""
         ...
 
-    def synthesize(self, text: str, *, voice: str, speed: float = 1.0) -> AsyncIterator[AudioChunk]:
-        """Speak `text`; raises UnknownVoiceError before yielding for a voice it lacks."""
+    async def transcribe(
+        self,
+        audio: np.ndarray,
+        *,
+        language: str | None = None,
+        prompt: str | None = None,
+        temperature: float = 0.0,
+        timestamps: Literal["none", "segment", "word"] = "none",
+        priority: int = 0,
+    ) -> Transcription:
+        """Transcribe 16 kHz mono float32 audio (segments/words when `timestamps` asks)."""
+        ...
+
+    def synthesize(
+        self,
+        text: str,
+        *,
+        voice: str,
+        speed: float = 1.0,
+        instructions: str | None = None,
+        priority: int = 0,
+    ) -> AsyncIterator[AudioChunk]:
+        """Speak `text`; raises UnknownVoiceError before yielding for a voice it lacks.
+
+        `instructions` says how to speak (style); backbones that cannot follow them ignore
+        them and say so through `follows_instructions`.
+        """
         ...
 
     def respond(

@@ -12,6 +12,7 @@ import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import aclosing, asynccontextmanager
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, Field
@@ -147,13 +148,31 @@ class CascadeBackbone:
         if voice != self._tts.voice.name:
             raise UnknownVoiceError(voice, [self._tts.voice.name])
 
+    @property
+    def follows_instructions(self) -> bool:
+        return False  # Piper has one way of speaking per voice
+
     async def transcribe(
-        self, audio: np.ndarray, *, language: str | None = None, prompt: str | None = None
+        self,
+        audio: np.ndarray,
+        *,
+        language: str | None = None,
+        prompt: str | None = None,
+        temperature: float = 0.0,
+        timestamps: Literal["none", "segment", "word"] = "none",
+        priority: int = 0,
     ) -> Transcription:
-        return await self._asr.transcribe(audio, language, prompt)
+        # Whisper runs beside the engine, not in it: `priority` has nothing to order here.
+        return await self._asr.transcribe(audio, language, prompt, temperature, timestamps)
 
     async def synthesize(
-        self, text: str, *, voice: str, speed: float = 1.0
+        self,
+        text: str,
+        *,
+        voice: str,
+        speed: float = 1.0,
+        instructions: str | None = None,
+        priority: int = 0,
     ) -> AsyncIterator[AudioChunk]:
         self._check_voice(voice)
         async for chunk in self._tts.synthesize(clean_for_speech(text), speed):

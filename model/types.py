@@ -50,10 +50,27 @@ ResponseOutput = TextDelta | AudioChunk | ResponseEnd
 
 
 @dataclass(frozen=True, slots=True)
+class Word:
+    start_s: float
+    end_s: float
+    word: str
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    start_s: float
+    end_s: float
+    text: str
+    words: tuple[Word, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Transcription:
     text: str
     duration_s: float
     language: str | None = None
+    segments: tuple[Segment, ...] = ()
+    """Filled when timestamps were asked for (times from the start of the given audio)."""
 
 
 class Role(StrEnum):
