@@ -7,14 +7,14 @@ import logging
 import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fastapi import FastAPI
 
 from voxgate.model import artifacts
 from voxgate.model.artifacts import SILERO_VAD
 from voxgate.model.backbone import Backbone
-from voxgate.server import routes
+from voxgate.server import rest, routes
 from voxgate.server.realtime import realtime_endpoint
 from voxgate.server.settings import Settings
 from voxgate.streaming.config import SessionConfig, Transcription
@@ -29,7 +29,8 @@ BackboneFactory = Callable[[Settings], AbstractAsyncContextManager[Backbone]]
 
 
 class SessionSlots:
-    """Counts live realtime sessions against `max_sessions`."""
+    """Counts live realtime sessions against `max_sessions` (and REST requests against
+    `rest.max_concurrent_requests`)."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
@@ -56,6 +57,11 @@ class Services:
     backbone: Backbone
     vad_model: SileroModel
     sessions: SessionSlots
+    rest_requests: SessionSlots = field(init=False)
+    """REST requests being served (a streamed answer counts until its last byte)."""
+
+    def __post_init__(self) -> None:
+        self.rest_requests = SessionSlots(self.settings.rest.max_concurrent_requests)
 
     @property
     def model_name(self) -> str:
@@ -113,4 +119,6 @@ def create_app(settings: Settings, backbone_factory: BackboneFactory | None = No
     app = FastAPI(title="voxgate", version="0.1.0", lifespan=lifespan)
     app.add_api_websocket_route("/v1/realtime", realtime_endpoint)
     app.include_router(routes.router)
+    app.include_router(rest.router)
+    rest.install_error_handlers(app)
     return app

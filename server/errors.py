@@ -61,3 +61,58 @@ def validation_error(
         code = "unknown_event_type"
     message = f"{param}: {first['msg']}" if param else first["msg"]
     return ErrorReported(code, message, param=param, event_id=event_id)
+
+
+# --- REST -------------------------------------------------------------------------------------
+
+
+class RestError(Exception):
+    """A REST request refused (or failed): its HTTP status and OpenAI's error body.
+
+    Raised anywhere below a REST route; `rest_error_response` (an exception handler of the app)
+    turns it into `{"error": {"message", "type", "param", "code"}}` with `headers` added
+    (`Retry-After` on 429 and 503).
+    """
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        param: str | None = None,
+        *,
+        type: str = "invalid_request_error",
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.param = param
+        self.type = type
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, dict[str, str | None]]:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+
+_REST_VALUE_ERRORS = frozenset(
+    {"string_too_short", "string_pattern_mismatch", "finite_number", "too_short", "too_long"}
+)
+"""Pydantic error types that are a wrong value of the right type (`invalid_value`)."""
+
+
+def rest_validation_error(e: ValidationError, prefix: tuple[str, ...] = ()) -> RestError:
+    """The first problem of a request body or form, as a 400 naming the offending field."""
+    reported = validation_error(e, None, prefix)
+    code = reported.code
+    if e.errors(include_url=False)[0]["type"] in _REST_VALUE_ERRORS:
+        code = "invalid_value"
+    return RestError(400, code, reported.message, reported.param)

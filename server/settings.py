@@ -37,6 +37,32 @@ class RealtimeSettings(BaseModel):
     session: SessionLimits = SessionLimits()
 
 
+class RestSettings(BaseModel):
+    """The REST speech endpoints `/v1/audio/*` (nested under `VOXGATE_REST__*`).
+
+    A request over a limit is refused before any of it reaches the engine.
+    """
+
+    max_upload_bytes: int = Field(25 << 20, ge=1024)
+    """Largest audio file a transcription accepts (OpenAI's limit is 25 MB); a larger upload
+    is refused with 413 `file_too_large` as soon as the bytes read pass the limit."""
+    max_audio_seconds: float = Field(1800.0, gt=0)
+    """Longest audio a transcription accepts, once decoded; longer gets 400 `audio_too_long`
+    (decoding stops at the limit, so a small file of hours of silence costs little)."""
+    max_text_chars: int = Field(4096, ge=1)
+    """Longest `input` (and `instructions`) of a speech request (OpenAI's limit is 4096)."""
+    max_concurrent_requests: int = Field(4, ge=1)
+    """REST requests served at once (a streamed response counts until its last byte); one
+    more gets 429 `rate_limited` with `Retry-After`."""
+    retry_after_s: int = Field(2, ge=1)
+    """The `Retry-After` sent with 429 and 503 answers."""
+    priority: int = 10
+    """Engine priority of REST work; realtime turns use 0 and a lower number is served
+    first, so a live conversation never waits behind a batch transcription."""
+    max_piece_seconds: float = Field(30.0, ge=5.0, le=30.0)
+    """Long audio is transcribed in pieces of at most this long, cut at silences."""
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="VOXGATE_", env_nested_delimiter="__", use_attribute_docstrings=True
@@ -56,3 +82,4 @@ class Settings(BaseSettings):
     engine: EngineConfig = EngineConfig()
     cascade: CascadeConfig = CascadeConfig()
     realtime: RealtimeSettings = RealtimeSettings()
+    rest: RestSettings = RestSettings()

@@ -22,12 +22,14 @@ from voxgate.model.types import (
     ResponseEnd,
     ResponseOptions,
     ResponseOutput,
+    Segment,
     TextDelta,
     Transcription,
     Turn,
     TurnTrace,
     UnknownVoiceError,
     Voice,
+    Word,
 )
 
 VOICE = Voice("joe", "en_US", 22050)
@@ -67,13 +69,29 @@ class TranscribeCall:
     audio: np.ndarray
     language: str | None
     prompt: str | None
+    temperature: float = 0.0
+    timestamps: str = "none"
+    priority: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class SynthesizeCall:
+    text: str
+    voice: str
+    speed: float
+    instructions: str | None = None
+    priority: int = 0
 
 
 class FakeBackbone:
     """Scripted speech backbone.
 
     - `transcript`: what `transcribe` returns, a string or a function of the audio (default
-      "hello"); `transcribe_gate`, when set, holds every transcription until it is set.
+      "hello"); `transcribe_gate`, when set, holds every transcription until it is set. Asked
+      for timestamps, it returns one segment over the whole audio, its words spread evenly.
+    - `synthesize` yields `synth_chunks` tone chunks per call; `synthesize_gate`, when set,
+      holds every call after the first until it is set (to show that a caller streams the
+      first call's audio before asking for more); `follows_instructions` is settable.
     - `reply`: the pieces of every answer; `respond` yields TextDelta(piece) and, for audio
       responses, one AudioChunk per piece, then ResponseEnd(`finish_reason`).
     - `chunk_delay_s`: a pause before each piece after the first, so a test can interrupt a
@@ -97,9 +115,12 @@ class FakeBackbone:
         self.finish_reason: Literal["stop", "length"] = finish_reason
         self.fail_after = fail_after
         self.transcribe_gate: asyncio.Event | None = None
+        self.synthesize_gate: asyncio.Event | None = None
+        self.synth_chunks = 3
         self.is_healthy = True
+        self.follows_instructions = False
         self.transcribe_calls: list[TranscribeCall] = []
-        self.synthesize_calls: list[tuple[str, str, float]] = []
+        self.synthesize_calls: list[SynthesizeCall] = []
         self.respond_calls: list[RespondCall] = []
 
     @property
@@ -115,20 +136,45 @@ class FakeBackbone:
             raise UnknownVoiceError(voice, [VOICE.name])
 
     async def transcribe(
-        self, audio: np.ndarray, *, language: str | None = None, prompt: str | None = None
+        self,
+        audio: np.ndarray,
+        *,
+        language: str | None = None,
+        prompt: str | None = None,
+        temperature: float = 0.0,
+        timestamps: Literal["none", "segment", "word"] = "none",
+        priority: int = 0,
     ) -> Transcription:
-        self.transcribe_calls.append(TranscribeCall(audio, language, prompt))
+        self.transcribe_calls.append(
+            TranscribeCall(audio, language, prompt, temperature, timestamps, priority)
+        )
         if self.transcribe_gate is not None:
             await self.transcribe_gate.wait()
         text = self.transcript(audio) if callable(self.transcript) else self.transcript
-        return Transcription(text, len(audio) / INPUT_SAMPLE_RATE, "en")
+        duration = len(audio) / INPUT_SAMPLE_RATE
+        segments: tuple[Segment, ...] = ()
+        if timestamps != "none" and text:
+            words: tuple[Word, ...] = ()
+            if timestamps == "word" and (spoken := text.split()):
+                step = duration / len(spoken)
+                words = tuple(Word(i * step, (i + 1) * step, w) for i, w in enumerate(spoken))
+            segments = (Segment(0.0, duration, text, words),)
+        return Transcription(text, duration, "en", segments)
 
     async def synthesize(
-        self, text: str, *, voice: str, speed: float = 1.0
+        self,
+        text: str,
+        *,
+        voice: str,
+        speed: float = 1.0,
+        instructions: str | None = None,
+        priority: int = 0,
     ) -> AsyncIterator[AudioChunk]:
         self._check_voice(voice)
-        self.synthesize_calls.append((text, voice, speed))
-        for _ in range(3):
+        self.synthesize_calls.append(SynthesizeCall(text, voice, speed, instructions, priority))
+        if len(self.synthesize_calls) > 1 and self.synthesize_gate is not None:
+            await self.synthesize_gate.wait()
+        for _ in range(self.synth_chunks):
             yield AudioChunk(tone(), VOICE.sample_rate)
 
     def respond(

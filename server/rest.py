@@ -1,0 +1,692 @@
+"""OpenAI's REST speech API: `POST /v1/audio/transcriptions`, `POST /v1/audio/speech` and
+`GET /v1/audio/voices`, on the same backbone as `/v1/realtime`.
+
+Every request passes one gate first (`_serve`): the API key, the backbone's health, and a slot
+of `rest.max_concurrent_requests` (429 with `Retry-After` when none is free; a streamed answer
+holds its slot to its last byte). Bodies are read here with a size cap and validated here,
+so nothing malformed reaches the engine; work reaches the backbone at the REST priority
+(`rest.priority`), behind live realtime turns. Failures are OpenAI's error bodies (`RestError`).
+
+Decoding, VAD and encoding are CPU work and run in worker threads. Long audio is cut at
+silences (`Segmenter`) and transcribed piece by piece, in order. Speech is synthesised sentence
+by sentence and each piece is encoded and sent as soon as it exists, so the first audio leaves
+before the whole text is spoken.
+
+The `model` field takes this server's own model id (`voxgate-<backbone>`, see /v1/models) or
+one of OpenAI's model names, all served by the one backbone: `whisper-1`, `gpt-4o-transcribe`,
+`gpt-4o-mini-transcribe` (...) for transcriptions, `tts-1`, `tts-1-hd`, `gpt-4o-mini-tts` (...)
+for speech. Anything else is 404 `model_not_found`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import aclosing
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.types import Receive, Scope, Send
+
+from voxgate.model.backbone import Backbone
+from voxgate.model.clauses import ClauseSplitter
+from voxgate.model.types import (
+    INPUT_SAMPLE_RATE,
+    AudioChunk,
+    BackboneError,
+    Segment,
+    UnknownVoiceError,
+)
+from voxgate.server import auth
+from voxgate.server.audio_files import (
+    AudioFileError,
+    EmptyAudio,
+    SpeechEncoder,
+    SpeechFormat,
+    decode_upload,
+)
+from voxgate.server.errors import RestError, rest_validation_error
+from voxgate.server.transcripts import (
+    TimedSegment,
+    Transcript,
+    TranscriptFormat,
+    delta_event,
+    done_event,
+    json_body,
+    srt_body,
+    text_body,
+    verbose_json_body,
+    vtt_body,
+)
+from voxgate.streaming.segmenter import Piece, Segmenter, SegmenterParams, to_file_time
+
+if TYPE_CHECKING:
+    from voxgate.server.app import Services
+
+log = logging.getLogger(__name__)
+router = APIRouter()
+
+TRANSCRIPTION_MODELS = (
+    "whisper-1",
+    "gpt-4o-transcribe",
+    "gpt-4o-mini-transcribe",
+    "gpt-4o-mini-transcribe-2025-12-15",
+    "gpt-transcribe",
+)
+"""OpenAI's transcription model names; each is served by this server's backbone."""
+SPEECH_MODELS = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts", "gpt-4o-mini-tts-2025-12-15")
+"""OpenAI's speech model names; each is served by this server's backbone."""
+
+FORM_FIELDS_BYTES = 64 << 10
+"""Room for the multipart fields and boundaries beside the file, within the body cap."""
+MAX_FORM_FIELDS = 32
+MAX_PROMPT_CHARS = 2000
+"""Whisper reads at most 224 prompt tokens; a longer prompt is a mistake, not a request."""
+SPEECH_MIN_CLAUSE_WORDS = 12
+"""Speech input is cut at sentence ends, and at clause marks only in long sentences: a piece
+is one TTS call, and prosody needs whole phrases more than REST needs a fast first byte."""
+
+
+# --- request models (parsed once, here) -------------------------------------------------------
+
+
+class TranscriptionForm(BaseModel):
+    """The form fields of `/v1/audio/transcriptions` besides `file`. Fields OpenAI has and
+    voxgate does not use (`include[]`, `chunking_strategy`, ...) are accepted and ignored."""
+
+    model_config = ConfigDict(extra="ignore", use_attribute_docstrings=True)
+
+    model: str
+    """This server's model id or an OpenAI transcription model name (an alias)."""
+    language: str | None = Field(None, pattern=r"^[a-z]{2,3}$")
+    """ISO-639-1 code of the spoken language (`en`)."""
+    prompt: str | None = Field(None, max_length=MAX_PROMPT_CHARS)
+    """Text to guide the transcription's spelling and style."""
+    temperature: float = Field(0.0, ge=0.0, le=1.0)
+    response_format: Literal["json", "text", "srt", "vtt", "verbose_json"] = "json"
+    timestamp_granularities: list[Literal["word", "segment"]] = Field(
+        default_factory=list,
+        validation_alias=AliasChoices("timestamp_granularities[]", "timestamp_granularities"),
+    )
+    """With `verbose_json`: `segment` (the default), `word`, or both."""
+    stream: bool = False
+    """Stream `transcript.text.delta` events (Server-Sent Events), one per piece of audio, then
+    `transcript.text.done`. Only with `json` or `text`."""
+
+
+_LIST_FIELDS = frozenset({"timestamp_granularities[]", "timestamp_granularities"})
+
+
+class SpeechRequest(BaseModel):
+    """The JSON body of `/v1/audio/speech`, with OpenAI's field names."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    model: str
+    """This server's model id or an OpenAI speech model name (an alias)."""
+    input: str = Field(min_length=1)
+    """The text to speak."""
+    voice: str
+    """One of `GET /v1/audio/voices`."""
+    instructions: str | None = None
+    """How to say it; honoured by backbones that can (the response header
+    `X-Voxgate-Instructions` says `followed` or `ignored`)."""
+    response_format: SpeechFormat = SpeechFormat.MP3
+    speed: float = Field(1.0, ge=0.25, le=4.0)
+    stream_format: Literal["audio", "sse"] = "audio"
+    """`audio`: the encoded audio as chunked bytes; `sse`: `speech.audio.delta` events with
+    base64 pieces of it, then `speech.audio.done`."""
+
+
+# --- routes (thin: the gate, then a handler) --------------------------------------------------
+
+
+def _inline_refs(schema: dict[str, Any]) -> dict[str, Any]:
+    """A pydantic JSON schema with its `$defs` inlined, to embed in the OpenAPI document."""
+    defs = schema.pop("$defs", {})
+
+    def resolve(node: Any) -> Any:
+        if isinstance(node, dict):
+            resolved = {k: resolve(v) for k, v in node.items() if k != "$ref"}
+            if (ref := node.get("$ref", "")).startswith("#/$defs/"):
+                # Keep what sits beside the reference (a field's default, its description).
+                return resolve(defs[ref.removeprefix("#/$defs/")]) | resolved
+            return resolved
+        if isinstance(node, list):
+            return [resolve(v) for v in node]
+        return node
+
+    return resolve(schema)
+
+
+def _form_schema() -> dict[str, Any]:
+    schema = _inline_refs(TranscriptionForm.model_json_schema())
+    schema["properties"] = {
+        "file": {"type": "string", "format": "binary", "description": "The audio file."},
+        **schema["properties"],
+    }
+    schema["required"] = ["file", *schema.get("required", [])]
+    return schema
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"description": description}
+    for status, description in (
+        (400, "Bad input (`{error: {message, type, param, code}}`)"),
+        (401, "Missing or wrong API key"),
+        (404, "Unknown model"),
+        (413, "Request body too large"),
+        (429, "Too many concurrent REST requests (see Retry-After)"),
+        (503, "The backbone cannot serve (see Retry-After)"),
+    )
+}
+
+
+@router.post(
+    "/v1/audio/transcriptions",
+    response_model=None,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"multipart/form-data": {"schema": _form_schema()}},
+        }
+    },
+    responses={
+        200: {
+            "description": "The transcript in `response_format`, or SSE with `stream=true`",
+            "content": {"text/plain": {}, "text/vtt": {}, "text/event-stream": {}},
+        },
+        415: {"description": "Not multipart/form-data"},
+        **_ERRORS,
+    },
+)
+async def create_transcription(request: Request) -> Response:
+    """Transcribe an audio file (OpenAI's `audio.transcriptions.create`)."""
+    return await _serve(request, _transcription)
+
+
+@router.post(
+    "/v1/audio/speech",
+    response_model=None,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": _inline_refs(SpeechRequest.model_json_schema())}
+            },
+        }
+    },
+    responses={
+        200: {
+            "description": "Audio in `response_format`, streamed; or SSE with `stream_format=sse`",
+            "content": {f.media_type: {} for f in SpeechFormat} | {"text/event-stream": {}},
+        },
+        **_ERRORS,
+    },
+)
+async def create_speech(request: Request) -> Response:
+    """Speak a text (OpenAI's `audio.speech.create`)."""
+    return await _serve(request, _speech)
+
+
+@router.get("/v1/audio/voices")
+async def list_voices(request: Request) -> dict[str, Any]:
+    """The voices `/v1/audio/speech` takes; the first is the realtime default."""
+    services = _authorised(request)
+    return {
+        "object": "list",
+        "data": [
+            {
+                "id": v.name,
+                "object": "voice",
+                "name": v.name,
+                "language": v.language,
+                "sample_rate": v.sample_rate,
+            }
+            for v in services.backbone.voices
+        ],
+    }
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Errors of REST routes as OpenAI's bodies."""
+
+    async def rest_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RestError)
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+    async def backbone_error(request: Request, exc: Exception) -> Response:
+        if isinstance(exc, UnknownVoiceError):
+            return await rest_error(request, RestError(400, "unknown_voice", str(exc), "voice"))
+        log.warning("backbone failed a REST request: %s", exc)
+        error = RestError(500, "backbone_error", str(exc), type="server_error")
+        return await rest_error(request, error)
+
+    app.add_exception_handler(RestError, rest_error)
+    app.add_exception_handler(BackboneError, backbone_error)
+
+
+# --- the gate ---------------------------------------------------------------------------------
+
+
+class _ReleasingStream(StreamingResponse):
+    """A streamed response that, however it ends (done, client gone, error), closes its body
+    and then calls `on_close`: the request's concurrency slot is held to the last byte."""
+
+    on_close: Callable[[], None] | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            try:
+                await self.body_iterator.aclose()  # type: ignore[union-attr]
+            finally:
+                if self.on_close is not None:
+                    self.on_close()
+
+
+def _authorised(request: Request) -> Services:
+    services: Services = request.app.state.services
+    key = services.settings.api_key
+    if not auth.is_authorised(request, key.get_secret_value() if key else None):
+        raise RestError(401, "invalid_api_key", "missing or wrong API key")
+    return services
+
+
+async def _serve(
+    request: Request, handler: Callable[[Request, Services], Awaitable[Response]]
+) -> Response:
+    services = _authorised(request)
+    settings = services.settings.rest
+    retry = {"Retry-After": str(settings.retry_after_s)}
+    if not services.backbone.is_healthy:
+        raise RestError(
+            503,
+            "backbone_unavailable",
+            "the speech backbone cannot serve right now",
+            type="server_error",
+            headers=retry,
+        )
+    if not services.rest_requests.try_acquire():
+        raise RestError(
+            429,
+            "rate_limited",
+            f"this server is serving its limit of {settings.max_concurrent_requests} REST "
+            "requests; try again later",
+            type="rate_limit_error",
+            headers=retry,
+        )
+    try:
+        response = await handler(request, services)
+    except BaseException:
+        services.rest_requests.release()
+        raise
+    if isinstance(response, _ReleasingStream):
+        response.on_close = services.rest_requests.release
+    else:
+        services.rest_requests.release()
+    return response
+
+
+def _check_model(model: str, aliases: Sequence[str], services: Services) -> None:
+    if model != services.model_name and model not in aliases:
+        raise RestError(
+            404,
+            "model_not_found",
+            f"the model {model!r} is not served here; use {services.model_name!r} or one of "
+            f"{', '.join(aliases)}",
+            "model",
+        )
+
+
+async def _capped(request: Request, limit: int, what: str) -> AsyncIterator[bytes]:
+    """The request body, chunk by chunk; 413 as soon as it passes `limit` bytes."""
+    too_large = RestError(
+        413, "file_too_large", f"the {what} is larger than this server's limit of {limit} bytes"
+    )
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large
+    received = 0
+    async for chunk in request.stream():
+        received += len(chunk)
+        if received > limit:
+            raise too_large
+        yield chunk
+
+
+# --- transcriptions ---------------------------------------------------------------------------
+
+
+async def _transcription(request: Request, services: Services) -> Response:
+    settings = services.settings.rest
+    form, upload = await _read_form(request, settings.max_upload_bytes)
+    try:
+        _check_model(form.model, TRANSCRIPTION_MODELS, services)
+        if form.stream and form.response_format not in ("json", "text"):
+            raise RestError(
+                400,
+                "invalid_value",
+                "stream=true sends transcript.text.* events; use response_format json or text",
+                "stream",
+            )
+        if upload.size is not None and upload.size > settings.max_upload_bytes:
+            raise RestError(
+                413,
+                "file_too_large",
+                f"the file is larger than this server's limit of {settings.max_upload_bytes} bytes",
+                "file",
+            )
+        audio = await asyncio.to_thread(_decode, upload, settings.max_audio_seconds)
+    finally:
+        await upload.close()
+    params = SegmenterParams(
+        max_piece_s=settings.max_piece_seconds, min_piece_s=settings.max_piece_seconds / 3
+    )
+    pieces = await asyncio.to_thread(Segmenter(services.new_vad(), params).split, audio)
+    job = _TranscriptionJob(services.backbone, audio, pieces, form, settings.priority)
+    if form.stream:
+        return _ReleasingStream(_transcript_events(job), media_type="text/event-stream")
+    async for _ in job.run():
+        if await request.is_disconnected():
+            # Nobody is waiting for the rest of a long file: stop spending the backbone on it.
+            log.info("transcription abandoned by its client after %d pieces", job.done)
+            return Response(status_code=499)
+    return _transcript_response(job.transcript, form)
+
+
+async def _read_form(
+    request: Request, max_upload_bytes: int
+) -> tuple[TranscriptionForm, UploadFile]:
+    content_type = request.headers.get("content-type", "")
+    if not content_type.lower().startswith("multipart/form-data"):
+        raise RestError(
+            415,
+            "unsupported_media_type",
+            "send the file as multipart/form-data (field `file`), as OpenAI's clients do",
+        )
+    parser = MultiPartParser(
+        request.headers,
+        _capped(request, max_upload_bytes + FORM_FIELDS_BYTES, "upload"),
+        max_files=1,
+        max_fields=MAX_FORM_FIELDS,
+        max_part_size=FORM_FIELDS_BYTES,
+    )
+    try:
+        form = await parser.parse()
+    except MultiPartException as e:
+        raise RestError(400, "invalid_multipart", f"the form could not be read: {e}") from e
+    upload = None
+    fields: dict[str, list[str]] = {}
+    for name, value in form.multi_items():
+        if isinstance(value, UploadFile):
+            if name == "file":
+                upload = value
+            else:
+                await value.close()
+        elif value != "":  # an empty field is an unset one (`curl -F language=`)
+            fields.setdefault(name, []).append(value)
+    if upload is None:
+        if "file" in fields:
+            raise RestError(400, "invalid_type", "`file` must be a file upload", "file")
+        raise RestError(400, "missing_required_parameter", "`file` is required", "file")
+    try:
+        data = {k: v if k in _LIST_FIELDS else v[-1] for k, v in fields.items()}
+        return TranscriptionForm.model_validate(data), upload
+    except ValidationError as e:
+        await upload.close()
+        raise rest_validation_error(e) from e
+
+
+def _decode(upload: UploadFile, max_seconds: float) -> np.ndarray:
+    try:
+        if upload.size == 0:
+            raise EmptyAudio("the file is empty")
+        return decode_upload(upload.file, max_seconds)
+    except AudioFileError as e:
+        raise RestError(400, e.code, e.message, "file") from e
+
+
+class _TranscriptionJob:
+    """One file's pieces through the backbone, in order, into a `Transcript`."""
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        audio: np.ndarray,
+        pieces: list[Piece],
+        form: TranscriptionForm,
+        priority: int,
+    ) -> None:
+        self._backbone = backbone
+        self._audio = audio
+        self._pieces = pieces
+        self._form = form
+        self._priority = priority
+        granularities = set(form.timestamp_granularities) or {"segment"}
+        self.segments = form.response_format in ("srt", "vtt") or (
+            form.response_format == "verbose_json" and "segment" in granularities
+        )
+        self.words = form.response_format == "verbose_json" and "word" in granularities
+        self._timestamps: Literal["none", "segment", "word"] = (
+            "word"
+            if self.words
+            else "segment"
+            if form.response_format in ("srt", "vtt", "verbose_json")
+            else "none"
+        )
+        self.transcript = Transcript(
+            duration_s=len(audio) / INPUT_SAMPLE_RATE,
+            language=form.language or "",
+            temperature=form.temperature,
+        )
+        self.done = 0
+
+    async def run(self) -> AsyncIterator[str]:
+        """Transcribe piece by piece; yield each piece's text once it is in the transcript."""
+        form, transcript = self._form, self.transcript
+        for piece in self._pieces:
+            if not piece.has_speech:
+                continue
+            result = await self._backbone.transcribe(
+                piece.samples(self._audio),
+                language=form.language,
+                prompt=form.prompt,
+                temperature=form.temperature,
+                timestamps=self._timestamps,
+                priority=self._priority,
+            )
+            self.done += 1
+            if result.language and not transcript.language:
+                transcript.language = result.language
+            if not (text := result.text.strip()):
+                continue
+            transcript.texts.append(text)
+            if self._timestamps != "none":
+                seek = round(piece.offset_s * 100)
+                segments = to_file_time(result, piece).segments or (
+                    Segment(piece.offset_s, piece.offset_s + piece.duration_s, text),
+                )
+                transcript.segments.extend(TimedSegment(s, seek) for s in segments)
+            yield text
+
+
+def _transcript_response(transcript: Transcript, form: TranscriptionForm) -> Response:
+    fmt = TranscriptFormat(form.response_format)
+    match fmt:
+        case TranscriptFormat.JSON:
+            return JSONResponse(json_body(transcript))
+        case TranscriptFormat.VERBOSE_JSON:
+            granularities = set(form.timestamp_granularities) or {"segment"}
+            body = verbose_json_body(
+                transcript, segments="segment" in granularities, words="word" in granularities
+            )
+            return JSONResponse(body)
+        case TranscriptFormat.TEXT:
+            return PlainTextResponse(text_body(transcript), media_type=fmt.media_type)
+        case TranscriptFormat.SRT:
+            return PlainTextResponse(srt_body(transcript), media_type=fmt.media_type)
+        case TranscriptFormat.VTT:
+            return PlainTextResponse(vtt_body(transcript), media_type=fmt.media_type)
+
+
+def _sse(event: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(event, separators=(",", ":")).encode() + b"\n\n"
+
+
+def _error_event(e: BackboneError) -> bytes:
+    log.warning("backbone failed a streamed REST request: %s", e)
+    error = RestError(500, "backbone_error", str(e), type="server_error")
+    return _sse({"type": "error", **error.body()})
+
+
+async def _transcript_events(job: _TranscriptionJob) -> AsyncIterator[bytes]:
+    first = True
+    try:
+        async with aclosing(job.run()) as texts:
+            async for text in texts:
+                yield _sse(delta_event(text if first else " " + text))
+                first = False
+    except BackboneError as e:
+        yield _error_event(e)
+        return
+    yield _sse(done_event(job.transcript))
+
+
+# --- speech -----------------------------------------------------------------------------------
+
+
+async def _speech(request: Request, services: Services) -> Response:
+    settings = services.settings.rest
+    # Worst case JSON: every character of input and instructions escaped as \uXXXX.
+    limit = 12 * settings.max_text_chars + FORM_FIELDS_BYTES
+    body = b"".join([chunk async for chunk in _capped(request, limit, "request body")])
+    speech = _parse_speech(body)
+    _check_model(speech.model, SPEECH_MODELS, services)
+    for param, text in (("input", speech.input), ("instructions", speech.instructions or "")):
+        if len(text) > settings.max_text_chars:
+            raise RestError(
+                400,
+                "input_too_long",
+                f"`{param}` has {len(text)} characters; this server's limit is "
+                f"{settings.max_text_chars}",
+                param,
+            )
+    if not speech.input.strip():
+        raise RestError(400, "invalid_value", "`input` holds nothing to say", "input")
+    backbone = services.backbone
+    voices = [v.name for v in backbone.voices]
+    if speech.voice not in voices:
+        raise RestError(
+            400,
+            "unknown_voice",
+            f"unknown voice {speech.voice!r}; this server has: {', '.join(voices)}",
+            "voice",
+        )
+    headers, extension = {}, {}
+    if speech.instructions:
+        verdict = "followed" if backbone.follows_instructions else "ignored"
+        headers["X-Voxgate-Instructions"] = extension["instructions"] = verdict
+    encoder = SpeechEncoder(speech.response_format)
+    chunks = _synthesize(backbone, speech, settings.priority)
+    audio = await _primed(_encoded(chunks, encoder))
+    if speech.stream_format == "sse":
+        return _ReleasingStream(
+            _speech_events(audio, encoder, extension),
+            media_type="text/event-stream",
+            headers=headers,
+        )
+    media_type = speech.response_format.media_type
+    return _ReleasingStream(audio, media_type=media_type, headers=headers)
+
+
+def _parse_speech(body: bytes) -> SpeechRequest:
+    try:
+        raw = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RestError(400, "invalid_json", f"the body is not valid JSON: {e}") from e
+    if not isinstance(raw, dict):
+        raise RestError(400, "invalid_json", "the body must be a JSON object")
+    try:
+        return SpeechRequest.model_validate(raw)
+    except ValidationError as e:
+        raise rest_validation_error(e) from e
+
+
+def speakable_pieces(text: str) -> list[str]:
+    """The text cut where a TTS call may end: sentences, and clauses of long sentences."""
+    splitter = ClauseSplitter(min_clause_words=SPEECH_MIN_CLAUSE_WORDS, max_words=60)
+    return splitter.push(text) + splitter.flush()
+
+
+async def _synthesize(
+    backbone: Backbone, speech: SpeechRequest, priority: int
+) -> AsyncIterator[AudioChunk]:
+    for piece in speakable_pieces(speech.input):
+        chunks = backbone.synthesize(
+            piece,
+            voice=speech.voice,
+            speed=speech.speed,
+            instructions=speech.instructions,
+            priority=priority,
+        )
+        async with aclosing(chunks):  # type: ignore[type-var]
+            async for chunk in chunks:
+                yield chunk
+
+
+async def _encoded(
+    chunks: AsyncIterator[AudioChunk], encoder: SpeechEncoder
+) -> AsyncIterator[bytes]:
+    async with aclosing(chunks):  # type: ignore[type-var]
+        async for chunk in chunks:
+            if data := await asyncio.to_thread(encoder.encode, chunk):
+                yield data
+    if data := await asyncio.to_thread(encoder.finish):
+        yield data
+
+
+async def _primed(stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """Run `stream` to its first item now, so that a failure before any output is still an
+    HTTP error (with its status), not a stream cut short after a 200."""
+    try:
+        first = await anext(stream)
+    except StopAsyncIteration:
+        first = None
+    except BaseException:
+        await stream.aclose()  # type: ignore[attr-defined]
+        raise
+
+    async def chained() -> AsyncIterator[bytes]:
+        async with aclosing(stream):  # type: ignore[type-var]
+            if first is not None:
+                yield first
+                async for item in stream:
+                    yield item
+
+    return chained()
+
+
+async def _speech_events(
+    audio: AsyncIterator[bytes], encoder: SpeechEncoder, extension: dict[str, Any]
+) -> AsyncIterator[bytes]:
+    try:
+        async with aclosing(audio):  # type: ignore[type-var]
+            async for data in audio:
+                yield _sse({"type": "speech.audio.delta", "audio": base64.b64encode(data).decode()})
+    except BackboneError as e:
+        yield _error_event(e)
+        return
+    # voxgate does not meter speech in tokens; OpenAI's `usage` is there, with zeros.
+    usage = {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0}
+    extension = extension | {"audio_seconds": round(encoder.seconds, 3)}
+    yield _sse({"type": "speech.audio.done", "usage": usage, "x_voxgate": extension})
