@@ -1,0 +1,727 @@
+"""The REST speech endpoints over a fake backbone: shapes, streaming, every bad input and limit.
+
+Most tests use Starlette's `TestClient`; concurrency goes through `httpx.ASGITransport` on one
+event loop; streaming and the official SDK go through a real uvicorn server on a free port.
+Every refused request is also checked not to have reached the backbone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import os
+import socket
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pydantic
+import pytest
+import soundfile as sf
+import uvicorn
+from fakes import VOICE, FakeBackbone, SynthesizeCall, backbone_factory
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from openai import AsyncOpenAI, BadRequestError, NotFoundError
+from openai.types.audio import Transcription, TranscriptionVerbose
+from openai.types.audio.transcription_stream_event import TranscriptionStreamEvent
+from pydantic import SecretStr
+
+from voxgate.model.types import INPUT_SAMPLE_RATE, AudioChunk, BackboneError
+from voxgate.server.app import create_app
+from voxgate.server.audio_files import OUTPUT_SAMPLE_RATE, decode_upload
+from voxgate.server.settings import RestSettings, Settings
+
+pytestmark = pytest.mark.timeout(60)
+
+STREAM_EVENT = pydantic.TypeAdapter(TranscriptionStreamEvent)
+FAKE_PIECE_S = 0.3
+"""Audio the fake synthesises per call (3 chunks of 0.1 s)."""
+
+
+def settings(**overrides: Any) -> Settings:
+    rest = overrides.pop("rest", {})
+    return Settings(
+        home=Path(os.environ["VOXGATE_HOME"]),
+        fetch_missing_models=False,
+        rest=RestSettings(**rest),
+        **({"api_key": None} | overrides),
+    )
+
+
+def app_for(fake: FakeBackbone, **overrides: Any) -> FastAPI:
+    return create_app(settings(**overrides), backbone_factory=backbone_factory(fake))
+
+
+@pytest.fixture
+def fake() -> FakeBackbone:
+    return FakeBackbone(transcript="hello there")
+
+
+@pytest.fixture
+def client(fake: FakeBackbone) -> Iterator[TestClient]:
+    with TestClient(app_for(fake)) as client:
+        yield client
+
+
+def wav(samples: np.ndarray, rate: int = INPUT_SAMPLE_RATE, fmt: str = "WAV") -> bytes:
+    out = io.BytesIO()
+    sf.write(out, samples, rate, format=fmt)
+    return out.getvalue()
+
+
+def silence(seconds: float) -> np.ndarray:
+    return np.zeros(round(seconds * INPUT_SAMPLE_RATE), np.float32)
+
+
+@pytest.fixture(scope="module")
+def hello(speak) -> np.ndarray:
+    return speak("Hello there.")
+
+
+@pytest.fixture(scope="module")
+def hello_wav(hello: np.ndarray) -> bytes:
+    return wav(hello)
+
+
+def transcribe(client: TestClient, file: bytes | None, **fields: Any) -> httpx.Response:
+    data = {"model": "whisper-1", **fields}
+    if file is None:  # still multipart: fields as parts without a file name
+        parts = [(k, (None, v)) for k, v in data.items()]
+        return client.post("/v1/audio/transcriptions", files=parts)
+    files = {"file": ("speech.wav", file, "audio/wav")}
+    return client.post("/v1/audio/transcriptions", data=data, files=files)
+
+
+def speech(client: TestClient, **body: Any) -> httpx.Response:
+    return client.post(
+        "/v1/audio/speech", json={"model": "tts-1", "voice": "joe", "input": "Hi there."} | body
+    )
+
+
+def assert_error(response: httpx.Response, status: int, code: str, param: str | None = None):
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert (error["code"], error["param"]) == (code, param), error
+    assert error["message"]
+    return error
+
+
+def sse_events(text: str) -> list[dict[str, Any]]:
+    lines = [line for line in text.split("\n\n") if line.strip()]
+    assert all(line.startswith("data: ") for line in lines), text
+    return [json.loads(line.removeprefix("data: ")) for line in lines]
+
+
+# --- transcriptions ---------------------------------------------------------------------------
+
+
+def test_json_transcription_is_the_sdk_shape(client, fake, hello_wav) -> None:
+    response = transcribe(client, hello_wav)
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/json"
+    body = Transcription.model_validate(response.json())
+    assert body.text == "hello there"
+    assert body.usage is not None and body.usage.type == "duration"
+    (call,) = fake.transcribe_calls
+    assert (call.timestamps, call.priority, call.temperature) == ("none", 10, 0.0)
+    assert abs(len(call.audio) - len(sf.read(io.BytesIO(hello_wav))[0])) <= 1
+
+
+def test_text_srt_and_vtt(client, hello_wav, hello) -> None:
+    end = f"{len(hello) / INPUT_SAMPLE_RATE:.3f}".replace(".", ",")
+    text = transcribe(client, hello_wav, response_format="text")
+    assert (text.text, text.headers["content-type"]) == (
+        "hello there\n",
+        "text/plain; charset=utf-8",
+    )
+    srt = transcribe(client, hello_wav, response_format="srt")
+    assert srt.text == f"1\n00:00:00,000 --> 00:00:0{end}\nhello there\n"
+    vtt = transcribe(client, hello_wav, response_format="vtt")
+    assert vtt.headers["content-type"].startswith("text/vtt")
+    assert vtt.text == f"WEBVTT\n\n00:00:00.000 --> 00:00:0{end.replace(',', '.')}\nhello there\n"
+
+
+@pytest.mark.parametrize(
+    ("granularities", "segments", "words", "asked"),
+    [
+        ([], True, False, "segment"),
+        (["segment"], True, False, "segment"),
+        (["word"], False, True, "word"),
+        (["word", "segment"], True, True, "word"),
+    ],
+)
+def test_verbose_json(client, fake, hello_wav, granularities, segments, words, asked) -> None:
+    response = transcribe(
+        client,
+        hello_wav,
+        response_format="verbose_json",
+        temperature="0.2",
+        **{"timestamp_granularities[]": granularities},
+    )
+    assert response.status_code == 200, response.text
+    body = TranscriptionVerbose.model_validate(response.json())
+    assert (body.text, body.language) == ("hello there", "en")
+    assert body.duration == pytest.approx(len(fake.transcribe_calls[0].audio) / 16000, abs=1e-3)
+    assert (body.segments is not None, body.words is not None) == (segments, words)
+    if segments:
+        (segment,) = body.segments
+        assert (segment.id, segment.seek, segment.start, segment.text) == (0, 0, 0.0, "hello there")
+        assert segment.end == pytest.approx(body.duration, abs=1e-3)
+        assert segment.temperature == 0.2
+    if words:
+        assert [w.word for w in body.words] == ["hello", "there"]
+        assert body.words[0].start == 0.0 and body.words[1].end == pytest.approx(body.duration)
+    assert fake.transcribe_calls[0].timestamps == asked
+
+
+def test_streamed_transcription_events_parse_with_the_sdk(client, hello_wav) -> None:
+    response = transcribe(client, hello_wav, stream="true")
+    assert response.headers["content-type"].startswith("text/event-stream")
+    events = [STREAM_EVENT.validate_python(e) for e in sse_events(response.text)]
+    assert [e.type for e in events] == ["transcript.text.delta", "transcript.text.done"]
+    assert events[0].delta == "hello there" and events[1].text == "hello there"
+
+
+def test_fields_reach_the_backbone(client, fake, hello_wav) -> None:
+    transcribe(client, hello_wav, language="en", prompt="Greetings.", temperature="0.5")
+    (call,) = fake.transcribe_calls
+    assert (call.language, call.prompt, call.temperature) == ("en", "Greetings.", 0.5)
+
+
+@pytest.mark.parametrize(
+    "model",
+    ["voxgate-fake", "whisper-1", "gpt-4o-transcribe", "gpt-4o-mini-transcribe"],
+)
+def test_transcription_model_aliases(client, hello_wav, model: str) -> None:
+    assert transcribe(client, hello_wav, model=model).status_code == 200
+
+
+def test_flac_mp3_and_the_rest_are_accepted(client, hello) -> None:
+    for fmt in ("FLAC", "OGG"):
+        assert transcribe(client, wav(hello, fmt=fmt)).json()["text"] == "hello there"
+
+
+def test_long_audio_is_transcribed_in_pieces_with_file_timestamps(fake, hello) -> None:
+    """3 s of speech, 70 s of silence, 3 s of speech: pieces at 0, 20, 40 and 60 s, of which
+    only the first and the last hold speech and reach the backbone."""
+    audio = np.concatenate([hello, silence(70 - len(hello) / 16000 + 3), hello])
+    fake.transcript = lambda samples: f"piece of {len(samples) / INPUT_SAMPLE_RATE:.1f} s"
+    with TestClient(app_for(fake)) as client:
+        response = transcribe(
+            client,
+            wav(audio),
+            response_format="verbose_json",
+            **{"timestamp_granularities[]": ["segment", "word"]},
+        )
+    body = TranscriptionVerbose.model_validate(response.json())
+    assert len(fake.transcribe_calls) == 2
+    assert all(len(c.audio) <= 30 * INPUT_SAMPLE_RATE for c in fake.transcribe_calls)
+    first, last = body.segments
+    assert (first.start, first.seek) == (0.0, 0)
+    assert last.seek == 6000 and last.start == pytest.approx(60.0, abs=0.05)
+    assert last.end == pytest.approx(body.duration, abs=1e-3)
+    assert body.words[-1].end == pytest.approx(body.duration, abs=1e-3)
+    assert body.text == f"{first.text} {last.text}"
+
+
+def test_silence_is_not_sent_to_the_backbone(client, fake) -> None:
+    response = transcribe(client, wav(silence(3)))
+    assert response.json()["text"] == ""
+    assert fake.transcribe_calls == []
+
+
+def test_a_backbone_failure_is_a_500_or_an_error_event(fake, hello_wav) -> None:
+    async def failing(*args: Any, **kwargs: Any):
+        raise BackboneError("the fake backbone failed on purpose")
+
+    fake.transcribe = failing  # type: ignore[method-assign]
+    with TestClient(app_for(fake)) as client:
+        assert_error(transcribe(client, hello_wav), 500, "backbone_error")["type"] = "server_error"
+        events = sse_events(transcribe(client, hello_wav, stream="true").text)
+    assert events == [
+        {
+            "type": "error",
+            "error": {
+                "message": "the fake backbone failed on purpose",
+                "type": "server_error",
+                "param": None,
+                "code": "backbone_error",
+            },
+        }
+    ]
+
+
+# --- transcriptions: bad input ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fields", "code", "param"),
+    [
+        ({"model": None}, "missing_required_parameter", "model"),
+        ({"response_format": "diarized_json"}, "invalid_value", "response_format"),
+        ({"temperature": "1.5"}, "invalid_value", "temperature"),
+        ({"temperature": "nan"}, "invalid_value", "temperature"),
+        ({"temperature": "warm"}, "invalid_type", "temperature"),
+        ({"language": "English"}, "invalid_value", "language"),
+        ({"prompt": "x" * 2001}, "invalid_value", "prompt"),
+        (
+            {"timestamp_granularities[]": ["char"]},
+            "invalid_value",
+            "timestamp_granularities[][0]",
+        ),
+        ({"stream": "maybe"}, "invalid_type", "stream"),
+        ({"stream": "true", "response_format": "srt"}, "invalid_value", "stream"),
+    ],
+)
+def test_bad_fields(client, fake, hello_wav, fields, code, param) -> None:
+    data = {"model": "whisper-1"} | fields
+    data = {k: v for k, v in data.items() if v is not None}
+    files = {"file": ("speech.wav", hello_wav, "audio/wav")}
+    assert_error(client.post("/v1/audio/transcriptions", data=data, files=files), 400, code, param)
+    assert fake.transcribe_calls == []
+
+
+@pytest.mark.parametrize("model", ["whisper-2", "tts-1", ""])
+def test_unknown_transcription_models(client, fake, hello_wav, model: str) -> None:
+    if model == "":  # an empty field is an unset one
+        assert_error(
+            transcribe(client, hello_wav, model=model), 400, "missing_required_parameter", "model"
+        )
+    else:
+        error = assert_error(
+            transcribe(client, hello_wav, model=model), 404, "model_not_found", "model"
+        )
+        assert "voxgate-fake" in error["message"] and "whisper-1" in error["message"]
+    assert fake.transcribe_calls == []
+
+
+@pytest.mark.parametrize(
+    ("file", "code"),
+    [
+        (b"", "empty_file"),
+        (wav(np.zeros(0, np.float32)), "empty_file"),
+        (b"this is not audio, it is a text file" * 50, "invalid_file"),
+        (np.random.default_rng(1).bytes(20_000), "invalid_file"),
+        (wav(np.zeros(16_000, np.float32), fmt="AIFF"), "unsupported_format"),
+    ],
+    ids=["zero bytes", "no samples", "text", "noise", "aiff"],
+)
+def test_bad_files(client, fake, file: bytes, code: str) -> None:
+    assert_error(transcribe(client, file), 400, code, "file")
+    assert fake.transcribe_calls == []
+
+
+def test_missing_file_and_file_that_is_not_a_file(client, fake) -> None:
+    assert_error(transcribe(client, None), 400, "missing_required_parameter", "file")
+    as_text = [("model", (None, "whisper-1")), ("file", (None, "hello"))]
+    response = client.post("/v1/audio/transcriptions", files=as_text)
+    assert_error(response, 400, "invalid_type", "file")
+    assert fake.transcribe_calls == []
+
+
+def test_not_multipart_and_broken_multipart(client, fake, hello_wav) -> None:
+    as_json = client.post("/v1/audio/transcriptions", json={"model": "whisper-1"})
+    assert_error(as_json, 415, "unsupported_media_type")
+    no_boundary = client.post(
+        "/v1/audio/transcriptions",
+        content=b"--x\r\n",
+        headers={"content-type": "multipart/form-data"},
+    )
+    assert_error(no_boundary, 400, "invalid_multipart")
+    two_files = client.post(
+        "/v1/audio/transcriptions",
+        data={"model": "whisper-1"},
+        files=[("file", ("a.wav", hello_wav)), ("other", ("b.wav", hello_wav))],
+    )
+    assert_error(two_files, 400, "invalid_multipart")
+    assert fake.transcribe_calls == []
+
+
+def test_upload_over_the_size_limit(fake, hello) -> None:
+    huge = wav(np.concatenate([hello] * 20))  # over the limit and the room for the fields
+    over = wav(np.concatenate([hello] * 7))  # over the limit, within that room
+    assert len(huge) > 100_000 + (64 << 10) and 100_000 < len(over) < 100_000 + (64 << 10)
+    with TestClient(app_for(fake, rest={"max_upload_bytes": 100_000})) as client:
+        # Declared by Content-Length: refused before the body is read.
+        assert_error(transcribe(client, huge), 413, "file_too_large")
+        # Chunked, with no length: refused once the bytes read pass the limit.
+        body, content_type = httpx_multipart(huge)
+        chunked = client.post(
+            "/v1/audio/transcriptions",
+            content=iter([body[i : i + 16_384] for i in range(0, len(body), 16_384)]),
+            headers={"content-type": content_type},
+        )
+        assert "content-length" not in chunked.request.headers
+        assert_error(chunked, 413, "file_too_large")
+        # The file alone, once the form is read.
+        assert_error(transcribe(client, over), 413, "file_too_large", "file")
+        # Within the limit: fine.
+        assert transcribe(client, wav(hello)).status_code == 200
+    assert len(fake.transcribe_calls) == 1
+
+
+def httpx_multipart(file: bytes) -> tuple[bytes, str]:
+    request = httpx.Request(
+        "POST", "http://x/", data={"model": "whisper-1"}, files={"file": ("a.wav", file)}
+    )
+    return request.read(), request.headers["content-type"]
+
+
+def test_audio_over_the_duration_limit(fake, hello) -> None:
+    with TestClient(app_for(fake, rest={"max_audio_seconds": 2.0})) as client:
+        long = wav(np.concatenate([hello, silence(2.0)]))
+        assert_error(transcribe(client, long), 400, "audio_too_long", "file")
+    assert fake.transcribe_calls == []
+
+
+# --- speech -----------------------------------------------------------------------------------
+
+
+def decoded(data: bytes, fmt: str) -> np.ndarray:
+    if fmt == "pcm":
+        return np.frombuffer(data, "<i2").astype(np.float32) / 32768
+    return decode_upload(io.BytesIO(data), max_seconds=60)
+
+
+@pytest.mark.parametrize(
+    ("fmt", "media_type"),
+    [
+        ("mp3", "audio/mpeg"),
+        ("opus", "audio/ogg; codecs=opus"),
+        ("aac", "audio/aac"),
+        ("flac", "audio/flac"),
+        ("wav", "audio/wav"),
+        ("pcm", "audio/pcm; rate=24000; encoding=s16le; channels=1"),
+    ],
+)
+def test_speech_in_each_format(client, fake, fmt: str, media_type: str) -> None:
+    response = speech(client, input="Hello there. How are you today?", response_format=fmt)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == media_type
+    assert "x-voxgate-instructions" not in response.headers
+    rate = OUTPUT_SAMPLE_RATE if fmt == "pcm" else INPUT_SAMPLE_RATE
+    seconds = len(decoded(response.content, fmt)) / rate
+    assert abs(seconds - 2 * FAKE_PIECE_S) < 0.1  # two sentences, 0.3 s of tone each
+    assert fake.synthesize_calls == [
+        SynthesizeCall("Hello there.", "joe", 1.0, None, 10),
+        SynthesizeCall("How are you today?", "joe", 1.0, None, 10),
+    ]
+
+
+def test_pcm_is_exactly_the_resampled_speech(client) -> None:
+    pcm = speech(client, response_format="pcm").content
+    assert len(pcm) == 2 * round(FAKE_PIECE_S * OUTPUT_SAMPLE_RATE)
+
+
+def test_speech_default_format_is_mp3_and_speed_reaches_the_backbone(client, fake) -> None:
+    response = speech(client, speed=1.5, model="voxgate-fake")
+    assert response.headers["content-type"] == "audio/mpeg"
+    assert fake.synthesize_calls[0].speed == 1.5
+
+
+@pytest.mark.parametrize("model", ["tts-1", "tts-1-hd", "gpt-4o-mini-tts", "voxgate-fake"])
+def test_speech_model_aliases(client, model: str) -> None:
+    assert speech(client, model=model).status_code == 200
+
+
+def test_speech_as_server_sent_events(client) -> None:
+    response = speech(client, input="One. Two.", response_format="wav", stream_format="sse")
+    assert response.headers["content-type"].startswith("text/event-stream")
+    events = sse_events(response.text)
+    assert {e["type"] for e in events[:-1]} == {"speech.audio.delta"}
+    assert len(events) > 2  # audio in pieces, not one blob
+    audio = b"".join(base64.b64decode(e["audio"]) for e in events[:-1])
+    assert len(sf.read(io.BytesIO(audio))[0]) == round(2 * FAKE_PIECE_S * OUTPUT_SAMPLE_RATE)
+    assert events[-1] == {
+        "type": "speech.audio.done",
+        "usage": {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0},
+        "x_voxgate": {"audio_seconds": 2 * FAKE_PIECE_S},
+    }
+
+
+def test_instructions_are_reported_followed_or_ignored(client, fake) -> None:
+    ignored = speech(client, instructions="Speak softly.")
+    assert ignored.headers["x-voxgate-instructions"] == "ignored"
+    assert fake.synthesize_calls[-1].instructions == "Speak softly."
+    events = sse_events(speech(client, instructions="Softly.", stream_format="sse").text)
+    assert events[-1]["x_voxgate"]["instructions"] == "ignored"
+    fake.follows_instructions = True
+    assert speech(client, instructions="Softly.").headers["x-voxgate-instructions"] == "followed"
+
+
+def test_a_synthesis_failure_before_audio_is_a_500(fake) -> None:
+    class Failing(FakeBackbone):
+        async def synthesize(self, text: str, **kwargs: Any) -> AsyncIterator[AudioChunk]:
+            raise BackboneError("no voice today")
+            yield  # pragma: no cover
+
+    with TestClient(app_for(Failing())) as client:
+        assert_error(speech(client), 500, "backbone_error")
+        assert_error(speech(client, stream_format="sse"), 500, "backbone_error")
+
+
+def test_a_synthesis_failure_mid_stream_is_an_error_event(fake) -> None:
+    class FailsSecond(FakeBackbone):
+        async def synthesize(self, text: str, **kwargs: Any) -> AsyncIterator[AudioChunk]:
+            async for chunk in super().synthesize(text, **kwargs):
+                yield chunk
+            if len(self.synthesize_calls) > 1:
+                raise BackboneError("lost the voice")
+
+    with TestClient(app_for(FailsSecond())) as client:
+        text = speech(client, input="One. Two.", response_format="pcm", stream_format="sse").text
+    events = sse_events(text)
+    assert events[0]["type"] == "speech.audio.delta"
+    assert events[-1]["type"] == "error" and events[-1]["error"]["code"] == "backbone_error"
+
+
+# --- speech: bad input ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code", "param"),
+    [
+        ({"voice": "alloy"}, 400, "unknown_voice", "voice"),
+        ({"voice": {"id": "voice_123"}}, 400, "invalid_type", "voice"),
+        ({"model": "tts-2"}, 404, "model_not_found", "model"),
+        ({"model": "whisper-1"}, 404, "model_not_found", "model"),
+        ({"speed": 0.1}, 400, "invalid_value", "speed"),
+        ({"speed": 4.5}, 400, "invalid_value", "speed"),
+        ({"speed": "fast"}, 400, "invalid_type", "speed"),
+        ({"input": ""}, 400, "invalid_value", "input"),
+        ({"input": "  \n "}, 400, "invalid_value", "input"),
+        ({"input": 42}, 400, "invalid_type", "input"),
+        ({"response_format": "aiff"}, 400, "invalid_value", "response_format"),
+        ({"stream_format": "chunks"}, 400, "invalid_value", "stream_format"),
+        ({"volume": 11}, 400, "unknown_parameter", "volume"),
+        ({"input": None}, 400, "invalid_type", "input"),
+    ],
+)
+def test_bad_speech_requests(client, fake, body, status, code, param) -> None:
+    error = assert_error(speech(client, **body), status, code, param)
+    if code == "unknown_voice":
+        assert "joe" in error["message"]
+    assert fake.synthesize_calls == []
+
+
+def test_missing_speech_fields(client, fake) -> None:
+    for missing in ("model", "input", "voice"):
+        body = {"model": "tts-1", "voice": "joe", "input": "Hi."}
+        del body[missing]
+        response = client.post("/v1/audio/speech", json=body)
+        assert_error(response, 400, "missing_required_parameter", missing)
+    assert fake.synthesize_calls == []
+
+
+@pytest.mark.parametrize("body", [b"{not json", b"[1, 2]", b"\xff\xfe", b""])
+def test_speech_body_that_is_not_a_json_object(client, fake, body: bytes) -> None:
+    response = client.post(
+        "/v1/audio/speech", content=body, headers={"content-type": "application/json"}
+    )
+    assert_error(response, 400, "invalid_json")
+    assert fake.synthesize_calls == []
+
+
+def test_speech_text_limits(fake) -> None:
+    with TestClient(app_for(fake, rest={"max_text_chars": 20})) as client:
+        assert speech(client, input="x" * 20).status_code == 200
+        assert_error(speech(client, input="x" * 21), 400, "input_too_long", "input")
+        long_style = speech(client, instructions="y" * 21)
+        assert_error(long_style, 400, "input_too_long", "instructions")
+        huge = client.post(
+            "/v1/audio/speech",
+            content=b'{"input": "' + b"x" * 100_000 + b'"}',
+            headers={"content-type": "application/json"},
+        )
+        assert_error(huge, 413, "file_too_large")
+    assert len(fake.synthesize_calls) == 1
+
+
+# --- voices, the gate -------------------------------------------------------------------------
+
+
+def test_voices(client) -> None:
+    assert client.get("/v1/audio/voices").json() == {
+        "object": "list",
+        "data": [
+            {
+                "id": "joe",
+                "object": "voice",
+                "name": "joe",
+                "language": VOICE.language,
+                "sample_rate": VOICE.sample_rate,
+            }
+        ],
+    }
+
+
+def test_the_api_key_is_required_when_configured(fake, hello_wav) -> None:
+    with TestClient(app_for(fake, api_key=SecretStr("k"))) as client:
+        assert_error(transcribe(client, hello_wav), 401, "invalid_api_key")
+        assert_error(speech(client), 401, "invalid_api_key")
+        assert_error(client.get("/v1/audio/voices"), 401, "invalid_api_key")
+        client.headers["authorization"] = "Bearer k"
+        assert transcribe(client, hello_wav).status_code == 200
+        assert speech(client).status_code == 200
+        assert client.get("/v1/audio/voices").status_code == 200
+
+
+def test_an_unhealthy_backbone_is_503_with_retry_after(client, fake, hello_wav) -> None:
+    fake.is_healthy = False
+    for response in (transcribe(client, hello_wav), speech(client)):
+        assert_error(response, 503, "backbone_unavailable")
+        assert response.headers["retry-after"] == "2"
+    assert fake.transcribe_calls == [] and fake.synthesize_calls == []
+
+
+async def test_over_capacity_is_429_with_retry_after(fake, hello_wav) -> None:
+    app = app_for(fake, rest={"max_concurrent_requests": 1, "retry_after_s": 7})
+    fake.transcribe_gate = asyncio.Event()
+    entered = asyncio.Event()
+    transcribe_held = fake.transcribe
+
+    async def transcribe_entered(*args: Any, **kwargs: Any):
+        entered.set()
+        return await transcribe_held(*args, **kwargs)
+
+    fake.transcribe = transcribe_entered  # type: ignore[method-assign]
+    files = {"file": ("a.wav", hello_wav)}
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as client,
+    ):
+        post = client.post("/v1/audio/transcriptions", data={"model": "whisper-1"}, files=files)
+        held = asyncio.create_task(post)
+        await entered.wait()  # the first request is inside the backbone, holding the slot
+        refused = await client.post(
+            "/v1/audio/speech", json={"model": "tts-1", "voice": "joe", "input": "Hi."}
+        )
+        assert_error(refused, 429, "rate_limited")
+        assert refused.headers["retry-after"] == "7"
+        assert fake.synthesize_calls == []
+        fake.transcribe_gate.set()
+        assert (await held).status_code == 200
+        # The slot is free again.
+        again = await client.post(
+            "/v1/audio/speech", json={"model": "tts-1", "voice": "joe", "input": "Hi."}
+        )
+        assert again.status_code == 200
+        assert app.state.services.rest_requests.active == 0
+
+
+# --- a real server: streaming and the official SDK --------------------------------------------
+
+
+@asynccontextmanager
+async def serving(app: FastAPI) -> AsyncIterator[int]:
+    """Run `app` with uvicorn on a free port of 127.0.0.1; yield the port."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    config = uvicorn.Config(app, log_level="warning", lifespan="on")
+    server = uvicorn.Server(config)
+    config.load()
+    server.lifespan = config.lifespan_class(config)
+    await server.startup(sockets=[sock])
+    try:
+        yield sock.getsockname()[1]
+    finally:
+        server.should_exit = True
+        await server.shutdown(sockets=[sock])
+        sock.close()
+
+
+async def until(condition, timeout_s: float = 10.0) -> None:
+    """Wait for a condition another task makes true (bounded; the time is not asserted)."""
+    async with asyncio.timeout(timeout_s):
+        # The server's slot is released by a task of uvicorn's: there is no event to wait on.
+        while not condition():  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+
+
+async def test_first_audio_leaves_before_the_whole_text_is_synthesised(fake) -> None:
+    fake.synthesize_gate = asyncio.Event()  # holds every synthesis after the first
+    app = app_for(fake)
+    async with serving(app) as port, httpx.AsyncClient(timeout=10) as client:
+        body = {"model": "tts-1", "voice": "joe", "input": "First. Second. Third."}
+        async with client.stream(
+            "POST",
+            f"http://127.0.0.1:{port}/v1/audio/speech",
+            json=body | {"response_format": "pcm"},
+        ) as response:
+            chunks = response.aiter_bytes()
+            first = await anext(chunks)
+            # The first sentence's audio has left while the second is held at the gate: the
+            # rest of the text cannot have been synthesised yet.
+            assert first
+            assert [c.text for c in fake.synthesize_calls] in (["First."], ["First.", "Second."])
+            fake.synthesize_gate.set()
+            rest = b"".join([c async for c in chunks])
+        assert len(first + rest) == 3 * 2 * round(FAKE_PIECE_S * OUTPUT_SAMPLE_RATE)
+        assert app.state.services.rest_requests.active == 0
+
+
+async def test_a_client_leaving_mid_stream_frees_its_slot_and_stops_synthesis(fake) -> None:
+    fake.synthesize_gate = asyncio.Event()
+    app = app_for(fake, rest={"max_concurrent_requests": 1})
+    async with serving(app) as port, httpx.AsyncClient(timeout=10) as client:
+        body = {"model": "tts-1", "voice": "joe", "input": "First. Second. Third."}
+        async with client.stream(
+            "POST",
+            f"http://127.0.0.1:{port}/v1/audio/speech",
+            json=body | {"response_format": "pcm"},
+        ) as response:
+            assert await anext(response.aiter_bytes())
+        # The client hung up while the second sentence was waiting to be synthesised.
+        await until(lambda: app.state.services.rest_requests.active == 0)
+        fake.synthesize_gate.set()
+        # The stream was closed where it stood: the third sentence is never synthesised.
+        assert [c.text for c in fake.synthesize_calls] in (["First."], ["First.", "Second."])
+
+
+async def test_the_official_sdk(fake, hello_wav) -> None:
+    async with serving(app_for(fake, api_key=SecretStr("k"))) as port:
+        client = AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="k")
+        async with client:
+            text = await client.audio.transcriptions.create(
+                file=("hello.wav", hello_wav), model="whisper-1"
+            )
+            assert text.text == "hello there"
+            verbose = await client.audio.transcriptions.create(
+                file=("hello.wav", hello_wav),
+                model="whisper-1",
+                response_format="verbose_json",
+                timestamp_granularities=["word", "segment"],
+            )
+            assert [w.word for w in verbose.words] == ["hello", "there"]
+            assert verbose.segments[0].text == "hello there"
+            srt = await client.audio.transcriptions.create(
+                file=("hello.wav", hello_wav), model="whisper-1", response_format="srt"
+            )
+            assert srt.startswith("1\n00:00:00,000 --> ")
+            stream = await client.audio.transcriptions.create(
+                file=("hello.wav", hello_wav), model="gpt-4o-transcribe", stream=True
+            )
+            events = [event async for event in stream]
+            assert [e.type for e in events] == ["transcript.text.delta", "transcript.text.done"]
+
+            async with client.audio.speech.with_streaming_response.create(
+                model="tts-1", voice="joe", input="Hello. Bye.", response_format="wav"
+            ) as response:
+                audio = await response.read()
+            assert len(sf.read(io.BytesIO(audio))[0]) == 2 * round(
+                FAKE_PIECE_S * OUTPUT_SAMPLE_RATE
+            )
+
+            with pytest.raises(NotFoundError) as missing:
+                await client.audio.speech.create(model="tts-9", voice="joe", input="Hi.")
+            assert missing.value.code == "model_not_found"
+            with pytest.raises(BadRequestError) as bad:
+                await client.audio.speech.create(model="tts-1", voice="alloy", input="Hi.")
+            assert bad.value.code == "unknown_voice"
