@@ -3,8 +3,10 @@
 A backbone hears a bounded window (Whisper: 30 s). Longer audio is cut into pieces no longer
 than `max_piece_s`; each cut falls in the middle of the longest silence between `min_piece_s`
 and `max_piece_s` after the piece's start (the later one on a tie), or, in speech with no pause
-at all, right at `max_piece_s`. Pieces are contiguous and cover the whole audio, so a time in a
-piece plus the piece's offset is a time in the file (`to_file_time`).
+at all, right at `max_piece_s`. Then each piece is trimmed to its speech plus `padding_s` on
+either side: leading silence is what makes Whisper date a piece's first word too early (it
+puts it at the start of the audio it was given), and silence costs time to transcribe. A time
+in a piece plus the piece's offset is a time in the file (`to_file_time`).
 
 Silences come from the silero VAD: window probabilities -> `VadStateMachine` -> speech spans;
 the gaps between spans are the silences. The planning itself (`plan_pieces`) is pure and works
@@ -42,6 +44,8 @@ class SegmenterParams(BaseModel):
     """No piece is longer than this (Whisper reads 30 s at a time)."""
     min_piece_s: float = Field(10.0, ge=0)
     """Cuts are looked for between this and `max_piece_s` after a piece's start."""
+    padding_s: float = Field(0.25, ge=0)
+    """Silence kept before the first and after the last speech of a piece."""
     vad: VadParams = VadParams(min_speech_ms=96, silence_duration_ms=96, prefix_padding_ms=0)
     """What counts as speech. A short `silence_duration_ms` keeps the pauses between phrases
     as cut points; `prefix_padding_ms` 0 keeps spans to the voiced windows themselves."""
@@ -61,7 +65,8 @@ class Piece:
     end: int
     has_speech: bool
     """False when the VAD heard no speech in it: transcribing it would only invite the
-    model to hallucinate ("Thank you."), so callers skip it, as the realtime path does."""
+    model to hallucinate ("Thank you."), so callers skip it, as the realtime path does.
+    Such a piece is not trimmed (it has no speech to trim to)."""
 
     @property
     def offset_s(self) -> float:
@@ -138,12 +143,15 @@ class Segmenter:
         speech = speech_spans(probabilities, self.params.vad)
         # Time in ms loses the last < 1 ms; the last piece ends at the last sample regardless.
         total_ms = len(audio) // _SAMPLES_PER_MS
+        pad_ms = round(self.params.padding_s * 1000)
         pieces = []
         for start_ms, end_ms in plan_pieces(speech, total_ms, self.params):
-            has_speech = any(s < end_ms and e > start_ms for s, e in speech)
-            pieces.append(Piece(start_ms * _SAMPLES_PER_MS, end_ms * _SAMPLES_PER_MS, has_speech))
-        if pieces:
-            pieces[-1] = dataclasses.replace(pieces[-1], end=len(audio))
+            inside = [(s, e) for s, e in speech if s < end_ms and e > start_ms]
+            if inside:
+                start_ms = max(start_ms, inside[0][0] - pad_ms)
+                end_ms = min(end_ms, inside[-1][1] + pad_ms)
+            end = end_ms * _SAMPLES_PER_MS if end_ms < total_ms else len(audio)
+            pieces.append(Piece(start_ms * _SAMPLES_PER_MS, end, has_speech=bool(inside)))
         return pieces
 
 

@@ -122,10 +122,11 @@ def silence(seconds: float) -> np.ndarray:
 def test_real_speech_is_cut_in_its_pauses(segmenter: Segmenter, speak) -> None:
     sentence = speak("The quick brown fox jumps over the lazy dog near the quiet river bank.")
     # Sentences back to back with short pauses, and one 1.5 s pause near the 30 s mark.
-    parts, pauses = [], []
+    parts, sentences, pauses = [], [], []
     at = 0
     while at < 70 * INPUT_SAMPLE_RATE:
         parts.append(sentence)
+        sentences.append((at, at + len(sentence)))
         at += len(sentence)
         gap = silence(1.5 if 22 * INPUT_SAMPLE_RATE < at < 28 * INPUT_SAMPLE_RATE else 0.4)
         pauses.append((at, at + len(gap)))
@@ -135,16 +136,31 @@ def test_real_speech_is_cut_in_its_pauses(segmenter: Segmenter, speak) -> None:
     pieces = segmenter.split(audio)
 
     assert len(pieces) >= 3
-    assert pieces[0].start == 0 and pieces[-1].end == len(audio)
+    assert all(p.has_speech and p.duration_s <= 30 for p in pieces)
     for a, b in pairwise(pieces):
-        assert a.end == b.start
-        # Every cut falls inside one of the pauses between sentences, never in a word.
-        assert any(start <= a.end <= end for start, end in pauses), a.end / INPUT_SAMPLE_RATE
-    assert all(p.duration_s <= 30 for p in pieces)
-    assert all(p.has_speech for p in pieces)
+        # Every cut falls inside one of the pauses between sentences, never in a word; what
+        # lies between two pieces is silence.
+        assert a.end <= b.start
+        assert any(start <= a.end <= b.start <= end for start, end in pauses), a.end / 16000
+    # All the speech is in some piece, with no more than the padding of silence around it.
+    for start, end in sentences:
+        assert any(p.start <= start + 800 and end - 800 <= p.end for p in pieces)
+    pad = round(segmenter.params.padding_s * INPUT_SAMPLE_RATE)
+    assert pieces[0].start <= pad and sentences[-1][1] - 800 <= pieces[-1].end < len(audio)
     # The first cut is in the long pause, the longest silence of the window.
     long_pause = next(p for p in pauses if p[1] - p[0] > INPUT_SAMPLE_RATE)
     assert long_pause[0] <= pieces[0].end <= long_pause[1]
+
+
+def test_pieces_are_trimmed_to_their_speech(segmenter: Segmenter, speak) -> None:
+    hello = speak("Hello there.")
+    audio = np.concatenate([silence(3.0), hello, silence(3.0)])
+    (piece,) = segmenter.split(audio)
+    pad = segmenter.params.padding_s
+    # The VAD's speech starts within a window or two of where the voice starts.
+    assert 3.0 - pad - 0.1 <= piece.offset_s <= 3.0 - pad + 0.1
+    assert piece.end / INPUT_SAMPLE_RATE <= 3.0 + len(hello) / INPUT_SAMPLE_RATE + pad + 0.1
+    assert piece.duration_s < len(hello) / INPUT_SAMPLE_RATE + 2 * pad + 0.2
 
 
 def test_pieces_without_speech_are_marked(segmenter: Segmenter, speak) -> None:
@@ -152,12 +168,13 @@ def test_pieces_without_speech_are_marked(segmenter: Segmenter, speak) -> None:
     audio = np.concatenate([hello, silence(70), hello])
     pieces = segmenter.split(audio)
     assert [p.has_speech for p in pieces] == [True, False, False, True]
-    assert pieces[-1].end == len(audio)
+    assert pieces[1].start == pieces[0].end or pieces[1].start > pieces[0].end  # in order
 
 
 def test_short_and_empty_audio(segmenter: Segmenter, speak) -> None:
     hello = speak("Hello there.")
-    assert segmenter.split(hello) == [Piece(0, len(hello), has_speech=True)]
+    (piece,) = segmenter.split(hello)
+    assert piece.start == 0 and piece.has_speech and len(hello) - piece.end < 0.1 * 16000
     assert segmenter.split(silence(2.0)) == [Piece(0, 2 * INPUT_SAMPLE_RATE, has_speech=False)]
     assert segmenter.split(np.zeros(0, np.float32)) == []
     assert segmenter.split(np.zeros(10, np.float32)) == [Piece(0, 10, has_speech=False)]
