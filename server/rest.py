@@ -104,9 +104,9 @@ class TranscriptionForm(BaseModel):
 
     model_config = ConfigDict(extra="ignore", use_attribute_docstrings=True)
 
-    model: str
+    model: str = Field(examples=["whisper-1"])
     """This server's model id or an OpenAI transcription model name (an alias)."""
-    language: str | None = Field(None, pattern=r"^[a-z]{2,3}$")
+    language: str | None = Field(None, pattern=r"^[a-z]{2,3}$", examples=["en"])
     """ISO-639-1 code of the spoken language (`en`)."""
     prompt: str | None = Field(None, max_length=MAX_PROMPT_CHARS)
     """Text to guide the transcription's spelling and style."""
@@ -130,12 +130,12 @@ class SpeechRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
-    model: str
+    model: str = Field(examples=["tts-1"])
     """This server's model id or an OpenAI speech model name (an alias)."""
-    input: str = Field(min_length=1)
+    input: str = Field(min_length=1, examples=["Hello there. How can I help?"])
     """The text to speak."""
-    voice: str
-    """One of `GET /v1/audio/voices`."""
+    voice: str = Field(examples=["joe"])
+    """One of `GET /v1/audio/voices` (`joe` is the CPU default's voice)."""
     instructions: str | None = None
     """How to say it; honoured by backbones that can (the response header
     `X-Voxgate-Instructions` says `followed` or `ignored`)."""
