@@ -24,7 +24,7 @@ import asyncio
 import base64
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from contextlib import aclosing
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -396,12 +396,35 @@ async def _transcription(request: Request, services: Services) -> Response:
     job = _TranscriptionJob(services.backbone, audio, pieces, form, settings.priority)
     if form.stream:
         return _ReleasingStream(_transcript_events(job), media_type="text/event-stream")
-    async for _ in job.run():
-        if await request.is_disconnected():
-            # Nobody is waiting for the rest of a long file: stop spending the backbone on it.
-            log.info("transcription abandoned by its client after %d pieces", job.done)
-            return Response(status_code=499)
-    return _transcript_response(job.transcript, form)
+    if not await _unless_disconnected(request, job.complete()):
+        # Nobody is waiting for the rest of a long file: the backbone stopped working on it.
+        log.info("transcription abandoned by its client after %d pieces", job.done)
+        return Response(status_code=499)
+    return _transcript_response(job)
+
+
+async def _unless_disconnected(request: Request, work: Coroutine[Any, Any, None]) -> bool:
+    """Run `work` to its end (True), or cancel it as soon as the client hangs up (False)."""
+
+    async def disconnected() -> None:
+        # The body has been read: what comes next is the end of the connection.
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    task = asyncio.create_task(work)
+    watcher = asyncio.create_task(disconnected())
+    try:
+        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        # Whatever ended the wait (the work, the client, this request being cancelled),
+        # neither task outlives it; cancelling a finished task does nothing.
+        watcher.cancel()
+        task.cancel()
+        await asyncio.gather(watcher, task, return_exceptions=True)
+    if task.cancelled():
+        return False
+    task.result()  # the work's own failure, if any
+    return True
 
 
 async def _read_form(
@@ -472,17 +495,18 @@ class _TranscriptionJob:
         self._pieces = pieces
         self._form = form
         self._priority = priority
+        self.format = TranscriptFormat(form.response_format)
         granularities = set(form.timestamp_granularities) or {"segment"}
-        self.segments = form.response_format in ("srt", "vtt") or (
-            form.response_format == "verbose_json" and "segment" in granularities
-        )
-        self.words = form.response_format == "verbose_json" and "word" in granularities
+        verbose = self.format is TranscriptFormat.VERBOSE_JSON
+        self.with_segments = verbose and "segment" in granularities
+        """What `verbose_json` lists (OpenAI: segments by default, words when asked)."""
+        self.with_words = verbose and "word" in granularities
         self._timestamps: Literal["none", "segment", "word"] = (
             "word"
-            if self.words
-            else "segment"
-            if form.response_format in ("srt", "vtt", "verbose_json")
+            if self.with_words
             else "none"
+            if self.format in (TranscriptFormat.JSON, TranscriptFormat.TEXT)
+            else "segment"
         )
         self.transcript = Transcript(
             duration_s=len(audio) / INPUT_SAMPLE_RATE,
@@ -490,6 +514,10 @@ class _TranscriptionJob:
             temperature=form.temperature,
         )
         self.done = 0
+
+    async def complete(self) -> None:
+        async for _ in self.run():
+            pass
 
     async def run(self) -> AsyncIterator[str]:
         """Transcribe piece by piece; yield each piece's text once it is in the transcript."""
@@ -520,16 +548,13 @@ class _TranscriptionJob:
             yield text
 
 
-def _transcript_response(transcript: Transcript, form: TranscriptionForm) -> Response:
-    fmt = TranscriptFormat(form.response_format)
+def _transcript_response(job: _TranscriptionJob) -> Response:
+    fmt, transcript = job.format, job.transcript
     match fmt:
         case TranscriptFormat.JSON:
             return JSONResponse(json_body(transcript))
         case TranscriptFormat.VERBOSE_JSON:
-            granularities = set(form.timestamp_granularities) or {"segment"}
-            body = verbose_json_body(
-                transcript, segments="segment" in granularities, words="word" in granularities
-            )
+            body = verbose_json_body(transcript, segments=job.with_segments, words=job.with_words)
             return JSONResponse(body)
         case TranscriptFormat.TEXT:
             return PlainTextResponse(text_body(transcript), media_type=fmt.media_type)
@@ -622,7 +647,7 @@ def _parse_speech(body: bytes) -> SpeechRequest:
         raise rest_validation_error(e) from e
 
 
-def speakable_pieces(text: str) -> list[str]:
+def _speakable_pieces(text: str) -> list[str]:
     """The text cut where a TTS call may end: sentences, and clauses of long sentences."""
     splitter = ClauseSplitter(min_clause_words=SPEECH_MIN_CLAUSE_WORDS, max_words=60)
     return splitter.push(text) + splitter.flush()
@@ -631,7 +656,7 @@ def speakable_pieces(text: str) -> list[str]:
 async def _synthesize(
     backbone: Backbone, speech: SpeechRequest, priority: int
 ) -> AsyncIterator[AudioChunk]:
-    for piece in speakable_pieces(speech.input):
+    for piece in _speakable_pieces(speech.input):
         chunks = backbone.synthesize(
             piece,
             voice=speech.voice,

@@ -689,6 +689,26 @@ async def test_a_client_leaving_mid_stream_frees_its_slot_and_stops_synthesis(fa
         assert [c.text for c in fake.synthesize_calls] in (["First."], ["First.", "Second."])
 
 
+async def test_a_long_transcription_stops_when_its_client_leaves(fake, hello) -> None:
+    # Three pieces with speech; the client hangs up while the first is being transcribed.
+    audio = np.concatenate([hello, silence(29), hello, silence(29), hello])
+    fake.transcribe_gate = asyncio.Event()
+    app = app_for(fake)
+    async with serving(app) as port:
+        async with httpx.AsyncClient(timeout=0.5) as client:
+            with pytest.raises(httpx.ReadTimeout):
+                await client.post(
+                    f"http://127.0.0.1:{port}/v1/audio/transcriptions",
+                    data={"model": "whisper-1"},
+                    files={"file": ("long.wav", wav(audio))},
+                )
+        # The server notices the hang-up while the first piece is still in the backbone, gives
+        # up the request and frees its slot; the other pieces are never transcribed.
+        await until(lambda: app.state.services.rest_requests.active == 0)
+        fake.transcribe_gate.set()
+    assert len(fake.transcribe_calls) == 1
+
+
 async def test_the_official_sdk(fake, hello_wav) -> None:
     async with serving(app_for(fake, api_key=SecretStr("k"))) as port:
         client = AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="k")
