@@ -1,0 +1,14 @@
+"""Step-Audio-2's token2wav: audio tokens (25 Hz) -> 24 kHz speech in the voice of a prompt.
+
+A flow-matching decoder (conformer encoder + DiT, `flow.py`) turns tokens into mel, conditioned
+on a speaker prompt (`voice.py`); a HiFT vocoder (`hift.py`) turns mel into waveform. The
+modules load the published `token2wav/{flow.yaml,flow.pt,hift.pt}` as they are. `Token2Wav`
+synthesises whole utterances or streams (`streaming.py`: 25-token chunks with 3 tokens of
+lookahead, caches carried across chunks, output identical to the whole utterance's).
+"""
+
+from .streaming import StreamClosed, Token2WavStream
+from .vocoder import Token2Wav
+from .voice import Voice
+
+__all__ = ["StreamClosed", "Token2Wav", "Token2WavStream", "Voice"]
