@@ -92,7 +92,10 @@ MAX_PROMPT_CHARS = 2000
 """Whisper reads at most 224 prompt tokens; a longer prompt is a mistake, not a request."""
 SPEECH_MIN_CLAUSE_WORDS = 12
 """Speech input is cut at sentence ends, and at clause marks only in long sentences: a piece
-is one TTS call, and prosody needs whole phrases more than REST needs a fast first byte."""
+is one `synthesize` call, and prosody needs whole phrases more than REST needs a fast first
+byte. On a backbone whose TTS runs on the engine each piece is one engine request, so a long
+text holds the engine a sentence at a time: a live turn (higher priority) gets in at the next
+sentence boundary instead of after the whole text, and concurrent REST requests take turns."""
 
 
 # --- request models (parsed once, here) -------------------------------------------------------
