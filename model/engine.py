@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import aclosing, asynccontextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from prometheus_client import Counter
+from prometheus_client import REGISTRY, CollectorRegistry, Counter
+from prometheus_client.core import GaugeMetricFamily
 from pydantic import BaseModel, Field
 
 if TYPE_CHECKING:
@@ -49,6 +50,8 @@ class EngineConfig(BaseModel):
     """VLLM_CPU_OMP_THREADS_BIND for the worker (e.g. "0-1"); None leaves vLLM's choice."""
     log_stats: bool = True
     """Keep vLLM's own Prometheus metrics (`vllm:*`) on."""
+    scheduling_policy: Literal["priority", "fcfs"] = "priority"
+    """"priority" serves live turns before REST work; "fcfs" exists to measure the difference."""
 
 
 class EngineHost:
@@ -60,7 +63,11 @@ class EngineHost:
 
     @classmethod
     @asynccontextmanager
-    async def start(cls, model_dir: Path, config: EngineConfig) -> AsyncIterator[EngineHost]:
+    async def start(
+        cls, model_dir: Path, config: EngineConfig, **engine_args: Any
+    ) -> AsyncIterator[EngineHost]:
+        """Start the engine; `engine_args` are backbone-specific `AsyncEngineArgs` fields
+        (e.g. `limit_mm_per_prompt`, `speculative_config`)."""
         if config.cpu_threads_bind is not None:
             # Read by the engine's worker process, which inherits this environment.
             os.environ["VLLM_CPU_OMP_THREADS_BIND"] = config.cpu_threads_bind
@@ -75,9 +82,12 @@ class EngineHost:
             max_model_len=config.max_model_len,
             max_num_seqs=config.max_num_seqs,
             kv_cache_memory_bytes=int(config.kv_cache_gib * (1 << 30)),
-            scheduling_policy="priority",
+            scheduling_policy=config.scheduling_policy,
             disable_log_stats=not config.log_stats,
+            **engine_args,
         )
+        if "speculative_config" in engine_args:
+            expose_spec_decode_metrics()
         log.info("starting vLLM engine for %s", model_dir)
         engine = AsyncLLM.from_engine_args(args)
         try:
@@ -85,6 +95,7 @@ class EngineHost:
         finally:
             log.info("shutting down vLLM engine")
             engine.shutdown()
+            del engine  # else AsyncLLM.__del__ runs again at interpreter exit and fails
 
     @property
     def is_healthy(self) -> bool:
@@ -96,17 +107,21 @@ class EngineHost:
         params: SamplingParams,
         request_id: str,
         priority: int = 0,
+        multi_modal_data: dict[str, Any] | None = None,
     ) -> AsyncIterator[RequestOutput]:
         """Stream delta outputs of one request; closing or cancelling the iterator aborts it."""
-        from vllm.inputs import TokensPrompt
+        from vllm.renderers.inputs.preprocess import parse_model_prompt
         from vllm.sampling_params import RequestOutputKind
 
         params.output_kind = RequestOutputKind.DELTA
+        prompt: dict[str, Any] = {"prompt_token_ids": prompt_token_ids}
+        if multi_modal_data:
+            prompt["multi_modal_data"] = multi_modal_data
+        # The renderer runs the multimodal processor (e.g. log-mel) off the event loop.
+        parsed = parse_model_prompt(self._engine.model_config, prompt)
+        (engine_input,) = await self._engine.renderer.render_cmpl_async([parsed])
         request = self._engine.generate(
-            TokensPrompt(prompt_token_ids=prompt_token_ids),
-            params,
-            request_id=request_id,
-            priority=priority,
+            engine_input, params, request_id=request_id, priority=priority
         )
         # vLLM aborts the request when its generator is cancelled or closed; aclosing makes
         # closing this wrapper close vLLM's generator at once instead of at garbage collection.
@@ -119,3 +134,56 @@ class EngineHost:
         finally:
             if not finished:
                 REQUESTS_ABORTED.inc()
+
+
+class SpecDecodeCollector:
+    """`voxgate_spec_decode_*`: acceptance rate and tokens per step, from vLLM's own counters.
+
+    Cumulative since the engine started (dashboards take rates of vLLM's counters instead).
+    Reports nothing until the engine has drafted at all: no invented numbers.
+    """
+
+    _COUNTERS = (
+        "vllm:spec_decode_num_drafts",
+        "vllm:spec_decode_num_draft_tokens",
+        "vllm:spec_decode_num_accepted_tokens",
+    )
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._registry = registry
+
+    def _total(self, name: str) -> float:
+        # Read the counter's own collector: asking the registry from inside its collect()
+        # would recurse into this collector.
+        collector = self._registry._names_to_collectors.get(name)
+        if collector is None:
+            return 0.0
+        return sum(
+            s.value for m in collector.collect() for s in m.samples if s.name.endswith("_total")
+        )
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        drafts, drafted, accepted = (self._total(n) for n in self._COUNTERS)
+        if drafts == 0 or drafted == 0:
+            return
+        yield GaugeMetricFamily(
+            "voxgate_spec_decode_acceptance_rate",
+            "Share of drafted tokens the model accepted (speculative decoding, since start).",
+            value=accepted / drafted,
+        )
+        yield GaugeMetricFamily(
+            "voxgate_spec_decode_tokens_per_step",
+            "Tokens produced per verification step: 1 + accepted drafts per draft (since start).",
+            value=1 + accepted / drafts,
+        )
+
+
+_SPEC_COLLECTOR: SpecDecodeCollector | None = None
+
+
+def expose_spec_decode_metrics() -> None:
+    """Register the speculative-decoding gauges once per process."""
+    global _SPEC_COLLECTOR
+    if _SPEC_COLLECTOR is None:
+        _SPEC_COLLECTOR = SpecDecodeCollector(REGISTRY)
+        REGISTRY.register(_SPEC_COLLECTOR)

@@ -16,7 +16,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from voxgate.model.engine import EngineHost
 from voxgate.model.types import ResponseEnd, Turn
@@ -46,9 +46,11 @@ class PromptBuilder:
         self.low_water = low_water
         self._window_starts: OrderedDict[str, Turn] = OrderedDict()
 
-    def render(self, instructions: str, turns: Sequence[Turn]) -> list[int]:
+    def render(self, instructions: str, turns: Sequence[Turn]) -> Any:
+        """The prompt for `turns` (token ids here; subclasses may return richer prompts)."""
         messages = [{"role": "system", "content": instructions}]
-        messages += [{"role": t.role.value, "content": t.text} for t in turns]
+        # A text LM reads what was said; a turn known only as audio has nothing for it.
+        messages += [{"role": t.role.value, "content": t.text} for t in turns if t.text]
         ids = self._tokenizer.apply_chat_template(
             messages, tokenize=True, add_generation_prompt=True, return_dict=False
         )
@@ -60,19 +62,19 @@ class PromptBuilder:
         conversation: Sequence[Turn],
         max_output_tokens: int,
         conversation_id: str | None = None,
-    ) -> list[int]:
-        """Token ids of the newest part of `conversation` that fits the context budget."""
+    ) -> Any:
+        """The prompt of the newest part of `conversation` that fits the context budget."""
         budget = self.context_tokens - max_output_tokens
         if budget <= 0:
             raise ValueError("max_output_tokens leaves no room for the prompt")
         turns = list(conversation)
         start = self._remembered_start(conversation_id, turns)
         prompt = self.render(instructions, turns[start:])
-        if len(prompt) > budget:
+        if self.size(prompt) > budget:
             start = self._first_fitting(instructions, turns, start, int(budget * self.low_water))
             if start == len(turns):
                 self._forget(conversation_id)
-                return self._fit_last_turn(instructions, turns[-1], budget)
+                return self.fit_last_turn(instructions, turns[-1], budget)
             prompt = self.render(instructions, turns[start:])
         self._remember(conversation_id, turns[start] if start < len(turns) else None)
         return prompt
@@ -83,7 +85,7 @@ class PromptBuilder:
         # Fewer turns never make the prompt longer: binary search.
         while lo < hi:
             mid = (lo + hi) // 2
-            if len(self.render(instructions, turns[mid:])) <= target:
+            if self.size(self.render(instructions, turns[mid:])) <= target:
                 hi = mid
             else:
                 lo = mid + 1
@@ -94,7 +96,7 @@ class PromptBuilder:
             return 0
         self._window_starts.move_to_end(conversation_id)
         for i, turn in enumerate(turns):
-            if turn == first:
+            if turn == first or (first.key is not None and turn.key == first.key):
                 return i
         return 0  # the turn is gone (deleted): start over from the whole conversation
 
@@ -110,7 +112,12 @@ class PromptBuilder:
         if conversation_id is not None:
             self._window_starts.pop(conversation_id, None)
 
-    def _fit_last_turn(self, instructions: str, turn: Turn, budget: int) -> list[int]:
+    def size(self, prompt: Any) -> int:
+        """Tokens the engine will hold for a rendered prompt."""
+        return len(prompt)
+
+    def fit_last_turn(self, instructions: str, turn: Turn, budget: int) -> Any:
+        """The prompt with only `turn`, cut from its start to fit `budget`."""
         overhead = len(self.render(instructions, [Turn(turn.role, "")]))
         room = budget - overhead
         if room <= 0:

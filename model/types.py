@@ -44,6 +44,8 @@ class ResponseEnd:
     finish_reason: Literal["stop", "length"]
     input_tokens: int
     output_tokens: int
+    output_audio_tokens: int = 0
+    """Of `output_tokens`, the speech codes (each is 40 ms of audio); 0 for text LMs."""
 
 
 ResponseOutput = TextDelta | AudioChunk | ResponseEnd
@@ -80,12 +82,26 @@ class Role(StrEnum):
     """Extra instructions placed in the conversation (the persona itself is separate)."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class Turn:
     """One message of the conversation as the backbone sees it (the persona is separate)."""
 
     role: Role
     text: str
+    audio: np.ndarray | None = None
+    """The user's voice (16 kHz) while the session still keeps it; backbones that hear audio
+    use it instead of the transcript in `text`."""
+    key: str | None = None
+    """A stable id of the message (the conversation item id), when it has one."""
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Turn):
+            return NotImplemented
+        # The key identifies a message across prompts; it is not part of what was said.
+        return (self.role, self.text) == (other.role, other.text) and self.audio is other.audio
+
+    def __hash__(self) -> int:
+        return hash((self.role, self.text))
 
 
 @dataclass(frozen=True, slots=True)
