@@ -92,9 +92,27 @@ async def cascade_backbone(settings: Settings) -> AsyncIterator[Backbone]:
         yield backbone
 
 
+@asynccontextmanager
+async def stepaudio2_backbone(settings: Settings) -> AsyncIterator[Backbone]:
+    from voxgate.model.stepaudio2.backbone import StepAudio2Backbone
+
+    if settings.model is None:
+        raise ValueError("the stepaudio2 backbone needs a model folder: --model DIR")
+    async with StepAudio2Backbone.start(
+        settings.model, settings.engine, settings.stepaudio2
+    ) as backbone:
+        yield backbone
+
+
+BACKBONES: dict[str, BackboneFactory] = {
+    "cascade": cascade_backbone,
+    "stepaudio2": stepaudio2_backbone,
+}
+
+
 def create_app(settings: Settings, backbone_factory: BackboneFactory | None = None) -> FastAPI:
     """Build the app; `backbone_factory` lets tests serve a fake backbone."""
-    factory = backbone_factory or cascade_backbone
+    factory = backbone_factory or BACKBONES[settings.backbone]
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

