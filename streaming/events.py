@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Literal
 
+import numpy as np
+
 from voxgate.model.types import Role, TurnTrace
 from voxgate.streaming.config import SessionConfig
 
@@ -32,6 +34,9 @@ class Item:
     """What was said, for audio items (None while unknown)."""
     audio: bool = False
     status: ItemStatus = ItemStatus.COMPLETED
+    samples: np.ndarray | None = field(default=None, repr=False)
+    """The user's voice (16 kHz), kept for the newest user audio item only (bounded memory);
+    backbones that hear audio answer from it."""
 
     @property
     def content_text(self) -> str:
@@ -67,6 +72,7 @@ class Response:
     items: list[Item] = field(default_factory=list)
     input_tokens: int = 0
     output_tokens: int = 0
+    output_audio_tokens: int = 0
     trace: TurnTrace = field(default_factory=TurnTrace)
 
 

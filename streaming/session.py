@@ -78,6 +78,20 @@ MIN_COMMIT_MS = 100
 """A commit needs at least this much audio (as OpenAI's API requires)."""
 
 
+class EventQueue(asyncio.Queue[SessionEvent]):
+    """The session's bounded outbox, which can also take back what is no longer worth sending."""
+
+    def purge(self, stale: Callable[[SessionEvent], bool]) -> int:
+        """Drop queued events for which `stale(event)` is true; wake senders waiting for room."""
+        kept = [event for event in self._queue if not stale(event)]  # type: ignore[attr-defined]
+        dropped = len(self._queue) - len(kept)  # type: ignore[attr-defined]
+        self._queue.clear()  # type: ignore[attr-defined]
+        self._queue.extend(kept)  # type: ignore[attr-defined]
+        for _ in range(dropped):
+            self._wakeup_next(self._putters)  # type: ignore[attr-defined]
+        return dropped
+
+
 def new_id(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex[:22]}"
 
@@ -134,7 +148,7 @@ class RealtimeSession:
         self._limits = limits
         self.id = new_id("conv")
         self.config = config
-        self.events: asyncio.Queue[SessionEvent] = asyncio.Queue(limits.event_queue_size)
+        self.events = EventQueue(limits.event_queue_size)
         self.items: list[Item] = []
         self._buffer = InputAudioBuffer(limits.max_buffer_seconds)
         self._decoder = InputDecoder(config.input_format)
@@ -222,15 +236,19 @@ class RealtimeSession:
         match event:
             case SpeechStarted(audio_start_ms=start_ms):
                 self._speech = _Speech(new_id("item"))
-                await self._emit(SpeechStartedEvent(self._speech.item_id, start_ms))
                 detection = self.config.turn_detection
+                interrupted = None
                 if detection and detection.interrupt_response:
                     # The user goes on speaking: a turn still waiting for its transcript is
                     # answered with the next one instead (it stays in the conversation).
                     for answering in list(self._answering):
                         answering.cancel()
                     self._answer_pending = None
-                    await self._cancel_running("turn_detected")
+                    interrupted = self._stop_running("turn_detected")
+                # Stopping first made room: speech_started is not stuck behind stale audio.
+                await self._emit(SpeechStartedEvent(self._speech.item_id, start_ms))
+                if interrupted is not None:
+                    await self._await_cancelled(interrupted)
             case SpeechStopped(audio_end_ms=end_ms):
                 speech = self._speech or _Speech(new_id("item"))
                 self._speech = speech
@@ -274,8 +292,15 @@ class RealtimeSession:
             self._detector.restart()  # a turn under way went with the buffer
         await self._emit(InputCleared())
 
+    def _keep_voice(self, item: Item, samples: np.ndarray) -> None:
+        """Keep the audio of the newest user turn only: older turns live on as transcripts."""
+        for older in self.items:
+            older.samples = None
+        item.samples = samples
+
     async def _commit_audio(self, samples: np.ndarray, speech: _Speech, *, answer: bool) -> None:
         item = Item(speech.item_id, Role.USER, audio=True)
+        self._keep_voice(item, samples)
         previous = self._append_item(item)
         await self._emit(InputCommitted(item.id, previous))
         await self._emit(ItemAdded(item, previous))
@@ -363,6 +388,8 @@ class RealtimeSession:
             self._index_of(previous_item_id)  # refuse before changing anything
         previous = self._append_item(item, previous_item_id)
         await self._emit(ItemAdded(item, previous))
+        if samples is not None:
+            self._keep_voice(item, samples)
         if samples is not None and item.transcript is None:
             self._transcribing[item.id] = self._spawn(self._transcribe(item, samples, TurnTrace()))
         else:
@@ -422,11 +449,24 @@ class RealtimeSession:
         await self._cancel_running("client_cancelled")
 
     async def _cancel_running(self, reason: CancelReason) -> None:
-        running = self._running
+        running = self._stop_running(reason)
         if running is None:
             return
+        await self._await_cancelled(running)
+
+    def _stop_running(self, reason: CancelReason) -> _Running | None:
+        """Cancel the running response and take back its unsent audio (nobody will hear it,
+        and a client busy sending must not wait for it to drain before being heard)."""
+        running = self._running
+        if running is None:
+            return None
         running.response.reason = reason
         running.task.cancel()
+        response = running.response
+        self.events.purge(lambda e: isinstance(e, OutputAudioDelta) and e.response is response)
+        return running
+
+    async def _await_cancelled(self, running: _Running) -> None:
         # The task reports response.done itself; wait so events stay in order.
         await asyncio.wait([running.task])
         if running.task.cancelled():
@@ -446,7 +486,11 @@ class RealtimeSession:
             if pending := list(self._transcribing.values()):
                 await asyncio.wait(pending)
             context = request.input_items if request.input_items is not None else self.items
-            turns = [Turn(i.role, text) for i in context if (text := i.content_text.strip())]
+            turns = [
+                Turn(i.role, text, i.samples, key=i.id)
+                for i in context
+                if (text := i.content_text.strip()) or i.samples is not None
+            ]
             item = Item(
                 new_id("item"),
                 Role.ASSISTANT,
@@ -518,6 +562,7 @@ class RealtimeSession:
                     case ResponseEnd():
                         response.input_tokens = output.input_tokens
                         response.output_tokens = output.output_tokens
+                        response.output_audio_tokens = output.output_audio_tokens
                         if output.finish_reason == "length":
                             response.status = ResponseStatus.INCOMPLETE
                             response.reason = "max_output_tokens"

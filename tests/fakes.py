@@ -52,8 +52,11 @@ class RespondCall:
     """One `respond()` stream as the fake saw it."""
 
     conversation: list[Turn]
+    """What was said, as text (audio stripped: see `heard`)."""
     options: ResponseOptions
     trace: TurnTrace
+    heard: list[np.ndarray | None] = field(default_factory=list)
+    """Per turn, the user audio the backbone was given (None for text-only turns)."""
     outcome: Outcome = "running"
     """finished: yielded its ResponseEnd; closed: aclose() before that; cancelled: its consumer's
     task was cancelled while the fake waited between chunks."""
@@ -182,7 +185,12 @@ class FakeBackbone:
     ) -> AsyncIterator[ResponseOutput]:
         if options.audio:
             self._check_voice(options.voice)
-        call = RespondCall(list(conversation), options, trace)
+        call = RespondCall(
+            [Turn(t.role, t.text) for t in conversation],
+            options,
+            trace,
+            heard=[t.audio for t in conversation],
+        )
         self.respond_calls.append(call)
         return self._respond(call)
 

@@ -295,6 +295,11 @@ async def test_two_turns_build_the_conversation(make, hello, question) -> None:
         (Role.USER, "what time is it"),
         (Role.ASSISTANT, fake.reply_text),
     ]
+    # The backbone hears the newest user turn's voice; older turns live on as transcripts only.
+    first_heard, second_heard = (c.heard for c in fake.respond_calls)
+    assert first_heard[0] is not None and abs(len(first_heard[0]) - len(turn(hello))) < 16000
+    assert [h is None for h in second_heard] == [True, True, False]
+    assert session.items[0].samples is None
 
 
 async def test_a_turn_without_words_is_not_answered(make, hello, question) -> None:
@@ -329,6 +334,23 @@ async def test_barge_in_cancels_the_response(make, hello, question) -> None:
     (call,) = fake.respond_calls
     assert call.stopped_early
     assert session.items[-1] is item  # the partial answer stays in the conversation
+
+
+async def test_barge_in_is_heard_while_unsent_audio_piles_up(make, hello, question) -> None:
+    # No delay between chunks: the answer fills the outbox at once while nobody reads it.
+    fake = FakeBackbone(reply=["word "] * 500)
+    session, events = await make(fake, SessionLimits(event_queue_size=16))
+    await feed(session, turn(hello))
+    await events.until(OutputAudioDelta)
+    # The user talks over the answer while the client is busy sending: the session must hear
+    # it without waiting for the client to read the audio backlog first.
+    await asyncio.wait_for(feed(session, question), 10)
+    got = await events.until(ResponseFinished)
+    response = only(got, ResponseFinished).response
+    assert (response.status, response.reason) == (ResponseStatus.CANCELLED, "turn_detected")
+    stale = [e for e in got if isinstance(e, OutputAudioDelta)]
+    assert len(stale) < 8  # the unsent audio of the interrupted answer was taken back
+    assert fake.respond_calls[0].stopped_early
 
 
 async def test_speech_while_waiting_for_asr_drops_that_answer(make, hello, question) -> None:
