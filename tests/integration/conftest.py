@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,10 +58,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+@contextmanager
+def launch(
+    tmp_path_factory: pytest.TempPathFactory, name: str, env: dict[str, str]
+) -> Iterator[RunningServer]:
+    """A `voxgate serve` subprocess with `env` on a free port, until the block ends."""
     port = _free_port()
-    log_path = tmp_path_factory.mktemp("server") / "voxgate.log"
+    log_path = tmp_path_factory.mktemp(name) / "voxgate.log"
     env = {
         **os.environ,
         "VOXGATE_HOME": str(artifacts.default_home()),
@@ -68,6 +72,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
         "VOXGATE_API_KEY": API_KEY,
         "VOXGATE_FETCH_MISSING_MODELS": "false",
         "VOXGATE_REALTIME__MAX_SESSIONS": "4",
+        **env,
     }
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
@@ -83,6 +88,48 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
         yield RunningServer(base_url, f"ws://127.0.0.1:{port}/v1/realtime", API_KEY, log_path)
     finally:
         _stop(proc)
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """The embedded CPU default (cascade backbone)."""
+    with launch(tmp_path_factory, "cascade", {}) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Step-Audio-2 checkpoint in the published layout."""
+    from voxgate.model.stepaudio2.tiny import make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("tiny-stepaudio2") / "model")
+
+
+def unified_env(model: Path, speculative: str = "ngram") -> dict[str, str]:
+    return {
+        "VOXGATE_BACKBONE": "stepaudio2",
+        "VOXGATE_MODEL": str(model),
+        "VOXGATE_STEPAUDIO2__SPECULATIVE": speculative,
+        # One request at a time: the engine's priority order becomes observable.
+        "VOXGATE_ENGINE__MAX_NUM_SEQS": "1",
+        "VOXGATE_ENGINE__KV_CACHE_GIB": "0.5",
+        "VOXGATE_ENGINE__MAX_MODEL_LEN": "4096",
+        # The tiny model writes hundreds of tokens a second: long answers keep it busy long
+        # enough to be interrupted.
+        "VOXGATE_REALTIME__SESSION__MAX_OUTPUT_TOKENS": "2000",
+        "VOXGATE_REST__MAX_CONCURRENT_REQUESTS": "8",
+        # Long syntheses stop at 800 tokens (~1-3 s of engine time here).
+        "VOXGATE_STEPAUDIO2__MAX_TTS_TOKENS": "800",
+    }
+
+
+@pytest.fixture(scope="session")
+def unified_server(
+    tmp_path_factory: pytest.TempPathFactory, tiny_model: Path
+) -> Iterator[RunningServer]:
+    """The unified backbone: the tiny Step-Audio-2 on one vLLM engine (n-gram speculation on)."""
+    with launch(tmp_path_factory, "stepaudio2", unified_env(tiny_model)) as running:
+        yield running
 
 
 def _wait_ready(proc: subprocess.Popen, base_url: str, log_path: Path) -> None:

@@ -7,99 +7,24 @@ Clients are the official `openai` SDK and, for malformed input the SDK cannot se
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
-import random
-import re
-import time
-from dataclasses import dataclass, field
-from typing import Any
 
-import numpy as np
 import pytest
 import websockets
-from openai import AsyncOpenAI
-from openai.types.realtime.realtime_server_event import RealtimeServerEvent
-from pydantic import TypeAdapter
-
-from voxgate.model.types import INPUT_SAMPLE_RATE
-from voxgate.streaming.audio import AudioFormat, StreamResampler, encode
+from realtime_helpers import (
+    ANSWER_TIMEOUT_S,
+    WireTurn,
+    collect,
+    eventually,
+    pcm24,
+    rms,
+    sdk_client,
+    silence,
+    stream_speech,
+    words,
+)
 
 pytestmark = [pytest.mark.engine, pytest.mark.timeout(300)]
-
-SERVER_EVENT = TypeAdapter(RealtimeServerEvent)
-ANSWER_TIMEOUT_S = 180
-
-
-def pcm24(audio16k: np.ndarray) -> bytes:
-    resampler = StreamResampler(INPUT_SAMPLE_RATE, AudioFormat.PCM.sample_rate)
-    return encode(np.concatenate([resampler.process(audio16k), resampler.flush()]), AudioFormat.PCM)
-
-
-def silence(seconds: float) -> bytes:
-    return bytes(int(seconds * AudioFormat.PCM.sample_rate) * 2)
-
-
-def words(text: str) -> list[str]:
-    return re.findall(r"[a-z0-9']+", text.lower())
-
-
-def rms(pcm16: bytes) -> float:
-    samples = np.frombuffer(pcm16, dtype="<i2").astype(np.float32) / 32768
-    return float(np.sqrt(np.mean(samples**2))) if len(samples) else 0.0
-
-
-@dataclass
-class Turn:
-    """What one response looked like on the wire."""
-
-    types: list[str] = field(default_factory=list)
-    events: list[dict[str, Any]] = field(default_factory=list)
-    audio: bytearray = field(default_factory=bytearray)
-
-    def first(self, type_: str) -> dict[str, Any]:
-        return next(e for e in self.events if e["type"] == type_)
-
-    def all(self, type_: str) -> list[dict[str, Any]]:
-        return [e for e in self.events if e["type"] == type_]
-
-
-async def collect(connection: Any, until: str = "response.done") -> Turn:
-    """Read SDK events until `until`; each must validate against the SDK's own types."""
-    turn = Turn()
-
-    async def read() -> None:
-        async for event in connection:
-            wire = event.to_dict()
-            SERVER_EVENT.validate_python(wire)
-            turn.types.append(event.type)
-            if event.type == "response.output_audio.delta":
-                turn.audio += base64.b64decode(event.delta)
-                wire = {"type": event.type, "response_id": event.response_id}
-            turn.events.append(wire)
-            if event.type == until:
-                return
-
-    await asyncio.wait_for(read(), ANSWER_TIMEOUT_S)
-    return turn
-
-
-async def stream_speech(connection: Any, pcm: bytes, *, realtime: bool) -> None:
-    """Append `pcm` in random 20-100 ms chunks, at real-time pace if asked."""
-    rng = random.Random(7)
-    start, sent = time.monotonic(), 0
-    while sent < len(pcm):
-        size = rng.randrange(20, 101) * 48  # 48 bytes per ms of 24 kHz pcm16
-        await connection.input_audio_buffer.append(
-            audio=base64.b64encode(pcm[sent : sent + size]).decode()
-        )
-        sent += size
-        if realtime:
-            await asyncio.sleep(max(0.0, start + sent / 48_000 - time.monotonic()))
-
-
-def sdk_client(server: Any) -> AsyncOpenAI:
-    return AsyncOpenAI(base_url=f"{server.base_url}/v1", api_key=server.api_key)
 
 
 async def test_spoken_turn_through_the_openai_sdk(server, speak) -> None:
@@ -206,7 +131,7 @@ async def test_barge_in_cancels_the_response_and_aborts_the_engine_request(
     assert response["output"][0]["status"] == "incomplete"
     assert server.metric("voxgate_engine_requests_aborted_total") == aborted_before + 1
     # The engine stopped generating: it is idle and spent far fewer tokens than allowed.
-    assert await _eventually(lambda: server.metric("vllm:num_requests_running") == 0)
+    assert await eventually(lambda: server.metric("vllm:num_requests_running") == 0)
     assert server.metric("vllm:generation_tokens_total") - generated_before < 400
 
 
@@ -234,7 +159,7 @@ async def test_manual_turn_commit_and_response_create(server, speak) -> None:
 
 
 async def test_two_sessions_at_once_both_get_answers(server) -> None:
-    async def ask(text: str) -> Turn:
+    async def ask(text: str) -> WireTurn:
         async with sdk_client(server).realtime.connect(model="voxgate") as conn:
             await conn.conversation.item.create(
                 item={
@@ -329,13 +254,3 @@ async def test_wrong_api_key_is_refused(server) -> None:
         with pytest.raises(websockets.ConnectionClosed) as closed:
             await ws.recv()
     assert closed.value.rcvd.code == 1008
-
-
-async def _eventually(check: Any, timeout_s: float = 10.0) -> bool:
-    """Poll server-side state that has no event to wait on (metrics), up to `timeout_s`."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        await asyncio.sleep(0.2)
-    return check()

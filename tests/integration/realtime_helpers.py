@@ -1,0 +1,103 @@
+"""Helpers shared by the realtime tests through a real server: speech in, events out."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import random
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from openai import AsyncOpenAI
+from openai.types.realtime.realtime_server_event import RealtimeServerEvent
+from pydantic import TypeAdapter
+
+from voxgate.model.types import INPUT_SAMPLE_RATE
+from voxgate.streaming.audio import AudioFormat, StreamResampler, encode
+
+SERVER_EVENT = TypeAdapter(RealtimeServerEvent)
+ANSWER_TIMEOUT_S = 180
+
+
+def pcm24(audio16k: np.ndarray) -> bytes:
+    resampler = StreamResampler(INPUT_SAMPLE_RATE, AudioFormat.PCM.sample_rate)
+    return encode(np.concatenate([resampler.process(audio16k), resampler.flush()]), AudioFormat.PCM)
+
+
+def silence(seconds: float) -> bytes:
+    return bytes(int(seconds * AudioFormat.PCM.sample_rate) * 2)
+
+
+def words(text: str) -> list[str]:
+    return re.findall(r"[a-z0-9']+", text.lower())
+
+
+def rms(pcm16: bytes) -> float:
+    samples = np.frombuffer(pcm16, dtype="<i2").astype(np.float32) / 32768
+    return float(np.sqrt(np.mean(samples**2))) if len(samples) else 0.0
+
+
+@dataclass
+class WireTurn:
+    """What one response looked like on the wire."""
+
+    types: list[str] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    audio: bytearray = field(default_factory=bytearray)
+
+    def first(self, type_: str) -> dict[str, Any]:
+        return next(e for e in self.events if e["type"] == type_)
+
+    def all(self, type_: str) -> list[dict[str, Any]]:
+        return [e for e in self.events if e["type"] == type_]
+
+
+async def collect(connection: Any, until: str = "response.done") -> WireTurn:
+    """Read SDK events until `until`; each must validate against the SDK's own types."""
+    turn = WireTurn()
+
+    async def read() -> None:
+        async for event in connection:
+            wire = event.to_dict()
+            SERVER_EVENT.validate_python(wire)
+            turn.types.append(event.type)
+            if event.type == "response.output_audio.delta":
+                turn.audio += base64.b64decode(event.delta)
+                wire = {"type": event.type, "response_id": event.response_id}
+            turn.events.append(wire)
+            if event.type == until:
+                return
+
+    await asyncio.wait_for(read(), ANSWER_TIMEOUT_S)
+    return turn
+
+
+async def stream_speech(connection: Any, pcm: bytes, *, realtime: bool) -> None:
+    """Append `pcm` in random 20-100 ms chunks, at real-time pace if asked."""
+    rng = random.Random(7)
+    start, sent = time.monotonic(), 0
+    while sent < len(pcm):
+        size = rng.randrange(20, 101) * 48  # 48 bytes per ms of 24 kHz pcm16
+        await connection.input_audio_buffer.append(
+            audio=base64.b64encode(pcm[sent : sent + size]).decode()
+        )
+        sent += size
+        if realtime:
+            await asyncio.sleep(max(0.0, start + sent / 48_000 - time.monotonic()))
+
+
+def sdk_client(server: Any) -> AsyncOpenAI:
+    return AsyncOpenAI(base_url=f"{server.base_url}/v1", api_key=server.api_key)
+
+
+async def eventually(check: Any, timeout_s: float = 10.0) -> bool:
+    """Poll server-side state that has no event to wait on (metrics), up to `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        await asyncio.sleep(0.2)
+    return check()

@@ -1,0 +1,206 @@
+"""The unified backbone end to end: one tiny Step-Audio-2 on one vLLM engine, three regimes.
+
+The checkpoint is random (`voxgate make-tiny-model`), so the words mean nothing; what is tested
+is the machinery: audio into the engine, interleaved text and speech codes out, the vocoder,
+priorities, aborts and speculative decoding, through the public wire protocols.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import subprocess
+import sys
+import wave
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from conftest import RunningServer, launch, unified_env
+from realtime_helpers import collect, eventually, pcm24, sdk_client, silence, stream_speech
+
+pytestmark = [pytest.mark.engine, pytest.mark.timeout(300)]
+
+SAMPLES_PER_CODE = 960  # 40 ms of 24 kHz audio per speech code
+LONG_TEXT = " ".join(["one two three four five six seven eight"] * 6)
+"""One sentence (the REST layer sends a request per sentence) long enough to keep the engine
+busy for hundreds of tokens (the TTS token cap ends it)."""
+
+
+def wav_bytes(audio16k: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes((np.clip(audio16k, -1, 1) * 32767).astype("<i2").tobytes())
+    return buffer.getvalue()
+
+
+def transcribe(server: RunningServer, audio16k: np.ndarray) -> str:
+    reply = httpx.post(
+        f"{server.base_url}/v1/audio/transcriptions",
+        headers={"Authorization": f"Bearer {server.api_key}"},
+        files={"file": ("q.wav", wav_bytes(audio16k), "audio/wav")},
+        data={"model": "voxgate-stepaudio2", "response_format": "json"},
+        timeout=120,
+    )
+    assert reply.status_code == 200, reply.text
+    return reply.json()["text"]
+
+
+async def test_a_spoken_realtime_turn_returns_transcripts_and_audio(unified_server, speak) -> None:
+    pcm = pcm24(speak("What is the capital of France?")) + silence(1.5)
+    async with sdk_client(unified_server).realtime.connect(model="voxgate") as conn:
+        await conn.session.update(session={"type": "realtime", "max_output_tokens": 120})
+        sender = asyncio.create_task(stream_speech(conn, pcm, realtime=False))
+        turn = await collect(conn)
+        await sender
+    assert "conversation.item.input_audio_transcription.completed" in turn.types
+    assert "response.output_audio_transcript.delta" in turn.types
+    assert "response.output_audio.delta" in turn.types
+    done = turn.first("response.done")["response"]
+    assert done["status"] in ("completed", "incomplete")
+    codes = done["usage"]["output_token_details"]["audio_tokens"]
+    assert codes > 0
+    # Every speech code the LM wrote became exactly 40 ms of speech.
+    assert len(turn.audio) // 2 == codes * SAMPLES_PER_CODE
+    assert "lm_to_first_audio" in turn.first("response.done")["x_voxgate"]["timings_ms"]
+
+
+async def test_barge_in_aborts_the_unified_engine_request(unified_server, speak) -> None:
+    aborted = unified_server.metric("voxgate_engine_requests_aborted_total")
+    async with sdk_client(unified_server).realtime.connect(model="voxgate") as conn:
+        await conn.session.update(
+            session={
+                "type": "realtime",
+                "max_output_tokens": 2000,
+                "audio": {
+                    "input": {"turn_detection": {"type": "server_vad", "create_response": False}}
+                },
+            }
+        )
+        await conn.conversation.item.create(
+            item={
+                "type": "message",
+                "role": "user",
+                "content": [{"type": "input_text", "text": "Tell me a story."}],
+            }
+        )
+        await conn.response.create()
+        await collect(conn, until="response.output_audio.delta")
+        await stream_speech(conn, pcm24(speak("Stop, please.")) + silence(0.3), realtime=False)
+        turn = await collect(conn)
+    print("DEBUG", [t for t in turn.types if "delta" not in t], turn.first("response.done"))
+    response = turn.first("response.done")["response"]
+    assert (response["status"], response["status_details"]["reason"]) == (
+        "cancelled",
+        "turn_detected",
+    )
+    assert unified_server.metric("voxgate_engine_requests_aborted_total") == aborted + 1
+    assert await eventually(lambda: unified_server.metric("vllm:num_requests_running") == 0)
+
+
+def test_rest_transcription_returns_text(unified_server, speak) -> None:
+    text = transcribe(unified_server, speak("Please say hello."))
+    assert isinstance(text, str) and text.strip()
+
+
+def test_rest_synthesis_returns_whole_speech_codes_of_audio(unified_server) -> None:
+    reply = httpx.post(
+        f"{unified_server.base_url}/v1/audio/speech",
+        headers={"Authorization": f"Bearer {unified_server.api_key}"},
+        json={
+            "model": "voxgate-stepaudio2",
+            "input": "Hello there.",
+            "voice": "default",
+            "response_format": "pcm",
+        },
+        timeout=120,
+    )
+    assert reply.status_code == 200, reply.text
+    samples = len(reply.content) // 2  # 24 kHz s16le
+    assert samples > 0
+    assert samples % SAMPLES_PER_CODE == 0  # whole speech codes, nothing cut or padded
+    assert reply.headers.get("x-voxgate-instructions") is None  # this backbone follows them
+
+
+async def test_realtime_asr_and_tts_at_once_on_one_engine(unified_server, speak) -> None:
+    question = speak("How are you today?")
+
+    async def realtime() -> str:
+        async with sdk_client(unified_server).realtime.connect(model="voxgate") as conn:
+            await conn.conversation.item.create(
+                item={
+                    "type": "message",
+                    "role": "user",
+                    "content": [{"type": "input_text", "text": "Hi!"}],
+                }
+            )
+            await conn.response.create(response={"max_output_tokens": 60})
+            return (await collect(conn)).first("response.done")["response"]["status"]
+
+    async def rest(path: str, **kwargs: object) -> int:
+        async with httpx.AsyncClient(timeout=180) as client:
+            reply = await client.post(
+                f"{unified_server.base_url}{path}",
+                headers={"Authorization": f"Bearer {unified_server.api_key}"},
+                **kwargs,
+            )
+        return reply.status_code
+
+    status, asr, tts = await asyncio.gather(
+        realtime(),
+        rest(
+            "/v1/audio/transcriptions",
+            files={"file": ("q.wav", wav_bytes(question), "audio/wav")},
+            data={"model": "voxgate-stepaudio2"},
+        ),
+        rest(
+            "/v1/audio/speech",
+            json={"model": "voxgate-stepaudio2", "input": "Fine, thanks.", "voice": "default"},
+        ),
+    )
+    assert status in ("completed", "incomplete")
+    assert (asr, tts) == (200, 200)
+
+
+@pytest.mark.parametrize(("policy", "live_finishes"), [("priority", 1), ("fcfs", 6)])
+def test_a_live_turn_goes_ahead_of_queued_rest_work(tiny_model, policy, live_finishes) -> None:
+    """One engine slot, six REST requests queued, then a realtime one: with priority scheduling
+    it runs right after the request in progress (vLLM is not preemptive); first come, first
+    served would put it last (the control that shows this test can fail)."""
+    probe = Path(__file__).with_name("engine_priority_probe.py")
+    done = subprocess.run(
+        [sys.executable, str(probe), str(tiny_model), policy],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    order = json.loads(done.stdout.strip().splitlines()[-1])
+    assert order[0] == "rest-0"
+    assert order.index("live") == live_finishes, order
+
+
+@pytest.fixture(scope="module")
+def plain_server(tmp_path_factory: pytest.TempPathFactory, tiny_model) -> Iterator[RunningServer]:
+    """The same checkpoint with speculative decoding off."""
+    with launch(tmp_path_factory, "stepaudio2-plain", unified_env(tiny_model, "none")) as running:
+        yield running
+
+
+def test_speculative_asr_equals_plain_decoding(unified_server, plain_server, speak) -> None:
+    for text in ("What is the capital of France?", "Tell me a long story about a dragon."):
+        audio = speak(text)
+        assert transcribe(unified_server, audio) == transcribe(plain_server, audio)
+    # The engine really speculated, and says how well it went.
+    drafted = unified_server.metric("vllm:spec_decode_num_draft_tokens_total")
+    assert drafted > 0
+    rate = unified_server.metric("voxgate_spec_decode_acceptance_rate")
+    assert 0.0 <= rate <= 1.0
+    assert unified_server.metric("voxgate_spec_decode_tokens_per_step") >= 1.0
