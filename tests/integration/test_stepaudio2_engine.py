@@ -94,7 +94,6 @@ async def test_barge_in_aborts_the_unified_engine_request(unified_server, speak)
         await collect(conn, until="response.output_audio.delta")
         await stream_speech(conn, pcm24(speak("Stop, please.")) + silence(0.3), realtime=False)
         turn = await collect(conn)
-    print("DEBUG", [t for t in turn.types if "delta" not in t], turn.first("response.done"))
     response = turn.first("response.done")["response"]
     assert (response["status"], response["status_details"]["reason"]) == (
         "cancelled",
