@@ -44,10 +44,17 @@ def _piper(path: Path):
 
 @pytest.fixture(scope="session")
 def speak(piper_path: Path):
-    """speak(text) -> the text spoken by Piper at 16 kHz, trimmed to where the voice is."""
+    """speak(text) -> the text spoken by Piper at 16 kHz, trimmed to where the voice is.
+
+    Deterministic: the same text always gives the same samples."""
 
     def speak(text: str) -> np.ndarray:
-        chunks = list(_piper(piper_path).synthesize(text))
+        from piper import SynthesisConfig
+
+        # Piper samples noise by default, so each call says the text a little differently;
+        # without noise the same text is the same audio, and tests are repeatable.
+        steady = SynthesisConfig(noise_scale=0.0, noise_w_scale=0.0)
+        chunks = list(_piper(piper_path).synthesize(text, syn_config=steady))
         audio = np.concatenate([c.audio_float_array for c in chunks])
         audio = soxr.resample(audio, chunks[0].sample_rate, INPUT_SAMPLE_RATE)
         frames = audio[: len(audio) // 160 * 160].reshape(-1, 160)
