@@ -411,15 +411,15 @@ def test_front_end_shapes() -> None:
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_real_checkpoint_voice_from_wav_and_streaming() -> None:
-    """Real Step-Audio-2-mini: $VOXGATE_STEPAUDIO2_DIR holds token2wav/ (weights and the two
+    """Real Step-Audio-2-mini: $VOXGATE_STEPAUDIO2_MODEL holds token2wav/ (weights and the two
     ONNX front ends); $VOXGATE_STEPAUDIO2_PROMPT_WAV is a voice prompt (the reference repo's
     assets/default_female.wav). Thresholds here are sanity bounds, not measured ones."""
     import soundfile as sf
 
-    root = Path(os.environ.get("VOXGATE_STEPAUDIO2_DIR", "/nonexistent"))
+    root = Path(os.environ.get("VOXGATE_STEPAUDIO2_MODEL", "/nonexistent"))
     wav = Path(os.environ.get("VOXGATE_STEPAUDIO2_PROMPT_WAV", "/nonexistent"))
     if not (root / "token2wav" / "campplus.onnx").is_file() or not wav.is_file():
-        pytest.fail("set VOXGATE_STEPAUDIO2_DIR and VOXGATE_STEPAUDIO2_PROMPT_WAV")
+        pytest.fail("set VOXGATE_STEPAUDIO2_MODEL and VOXGATE_STEPAUDIO2_PROMPT_WAV")
     audio, rate = sf.read(wav, dtype="float32")
     audio = audio if audio.ndim == 1 else audio.mean(axis=1)
     voice = Voice.from_wav("prompt", audio, rate, root / "token2wav")
