@@ -77,7 +77,7 @@ async def test_barge_in_aborts_the_unified_engine_request(unified_server, speak)
         await conn.session.update(
             session={
                 "type": "realtime",
-                "max_output_tokens": 2000,
+                "max_output_tokens": 3800,
                 "audio": {
                     "input": {"turn_detection": {"type": "server_vad", "create_response": False}}
                 },
@@ -91,7 +91,9 @@ async def test_barge_in_aborts_the_unified_engine_request(unified_server, speak)
             }
         )
         await conn.response.create()
-        await collect(conn, until="response.output_audio.delta")
+        # Interrupt at once: the tiny LM writes ~1000 tokens a second, so only an early
+        # barge-in finds its request still generating (3800 tokens take seconds).
+        await collect(conn, until="response.output_item.added")
         await stream_speech(conn, pcm24(speak("Stop, please.")) + silence(0.3), realtime=False)
         turn = await collect(conn)
     response = turn.first("response.done")["response"]

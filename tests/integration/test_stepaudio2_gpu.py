@@ -1,0 +1,148 @@
+"""The real Step-Audio-2-mini on a CUDA GPU, through a real server.
+
+These run only where both exist: a CUDA device and the published weights in a local folder named
+by `VOXGATE_STEPAUDIO2_MODEL` (with a voice: `voxgate make-voice`). Everywhere else they are
+skipped, and the skip says which of the two is missing. The CPU suite covers the same code with
+the tiny checkpoint (test_stepaudio2_engine.py); these check the real weights and their quality.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from conftest import RunningServer, launch
+from realtime_helpers import collect, pcm24, rms, sdk_client, silence, stream_speech
+from test_stepaudio2_engine import SAMPLES_PER_CODE, wav_bytes
+
+
+def _missing() -> str | None:
+    try:
+        import torch
+    except ImportError:
+        return "torch is not installed"
+    if not torch.cuda.is_available():
+        return "no CUDA GPU on this machine"
+    folder = os.environ.get("VOXGATE_STEPAUDIO2_MODEL")
+    if not folder:
+        return "VOXGATE_STEPAUDIO2_MODEL (the Step-Audio-2-mini folder) is not set"
+    for needed in ("config.json", "model.safetensors.index.json", "token2wav/flow.pt"):
+        if not (Path(folder) / needed).exists():
+            return f"{folder} has no {needed}"
+    if not list((Path(folder) / "voices").glob("*.npz")):
+        return f"{folder}/voices has no voice: run `voxgate make-voice`"
+    return None
+
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.timeout(900),
+    pytest.mark.skipif(_missing() is not None, reason=f"GPU test: {_missing()}"),
+]
+
+
+def words(text: str) -> list[str]:
+    return re.findall(r"[a-z0-9']+", text.lower())
+
+
+def wer(reference: str, hypothesis: str) -> float:
+    ref, hyp = words(reference), words(hypothesis)
+    d = list(range(len(hyp) + 1))
+    for i, r in enumerate(ref, 1):
+        prev, d[0] = d[0], i
+        for j, h in enumerate(hyp, 1):
+            prev, d[j] = d[j], min(d[j] + 1, d[j - 1] + 1, prev + (r != h))
+    return d[-1] / max(len(ref), 1)
+
+
+@pytest.fixture(scope="module")
+def gpu_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    env = {
+        "VOXGATE_BACKBONE": "stepaudio2",
+        "VOXGATE_MODEL": os.environ["VOXGATE_STEPAUDIO2_MODEL"],
+        "VOXGATE_ENGINE__DTYPE": "bfloat16",
+        "VOXGATE_ENGINE__ENFORCE_EAGER": "false",
+        "VOXGATE_ENGINE__KV_CACHE_GIB": "16",
+        "VOXGATE_ENGINE__MAX_MODEL_LEN": "8192",
+        "VOXGATE_STEPAUDIO2__VOCODER_DEVICE": "cuda",
+    }
+    with launch(tmp_path_factory, "stepaudio2-gpu", env) as running:
+        yield running
+
+
+def _post(server: RunningServer, path: str, **kwargs: object) -> httpx.Response:
+    reply = httpx.post(
+        f"{server.base_url}{path}",
+        headers={"Authorization": f"Bearer {server.api_key}"},
+        timeout=300,
+        **kwargs,
+    )
+    assert reply.status_code == 200, reply.text
+    return reply
+
+
+def test_the_checkpoint_has_the_published_layout() -> None:
+    index = json.loads(
+        (Path(os.environ["VOXGATE_STEPAUDIO2_MODEL"]) / "model.safetensors.index.json").read_text()
+    )
+    names = set(index["weight_map"])
+    assert sum(n.startswith("encoder.") for n in names) == 487
+    assert sum(n.startswith("adapter.") for n in names) == 6
+    assert "lm_head.weight" in names and "encoder.positional_embedding.weight" in names
+
+
+def test_real_weights_transcribe_speech(gpu_server, speak) -> None:
+    text = "What is the capital of France?"
+    reply = _post(
+        gpu_server,
+        "/v1/audio/transcriptions",
+        files={"file": ("q.wav", wav_bytes(speak(text)), "audio/wav")},
+        data={"model": "voxgate-stepaudio2"},
+    )
+    assert wer(text, reply.json()["text"]) <= 0.2
+
+
+def test_real_weights_speak_what_they_are_given(gpu_server) -> None:
+    text = "Hello there, how are you today?"
+    voices = httpx.get(
+        f"{gpu_server.base_url}/v1/audio/voices",
+        headers={"Authorization": f"Bearer {gpu_server.api_key}"},
+    )
+    voice = voices.json()["data"][0]["id"]
+    speech = _post(
+        gpu_server,
+        "/v1/audio/speech",
+        json={
+            "model": "voxgate-stepaudio2",
+            "input": text,
+            "voice": voice,
+            "response_format": "wav",
+        },
+    ).content
+    heard = _post(
+        gpu_server,
+        "/v1/audio/transcriptions",
+        files={"file": ("a.wav", speech, "audio/wav")},
+        data={"model": "voxgate-stepaudio2"},
+    ).json()["text"]
+    assert wer(text, heard) <= 0.3  # round trip through the same backbone's ASR regime
+
+
+async def test_a_real_spoken_turn(gpu_server, speak) -> None:
+    async with sdk_client(gpu_server).realtime.connect(model="voxgate") as conn:
+        sender = stream_speech(conn, pcm24(speak("Say hello to me.")) + silence(1.5), realtime=True)
+        await sender
+        turn = await collect(conn)
+    done = turn.first("response.done")["response"]
+    assert done["status"] == "completed"
+    assert words(turn.first("response.output_audio_transcript.done")["transcript"])
+    assert rms(bytes(turn.audio)) > 0.02
+    codes = done["usage"]["output_token_details"]["audio_tokens"]
+    assert len(turn.audio) // 2 == codes * SAMPLES_PER_CODE
+    assert np.isfinite(turn.first("response.done")["x_voxgate"]["timings_ms"]["turn_latency"])
