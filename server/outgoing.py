@@ -23,6 +23,7 @@ from voxgate.streaming.events import (
     ItemDeleted,
     ItemDone,
     ItemRetrieved,
+    ItemTruncated,
     OutputAudioDelta,
     OutputItemFinished,
     OutputItemStarted,
@@ -110,6 +111,15 @@ class Outgoing:
                 ]
             case ItemDone(item=item):
                 return [_event("conversation.item.done", item=protocol.wire_item(item))]
+            case ItemTruncated(item_id=item_id, audio_end_ms=end_ms):
+                return [
+                    _event(
+                        "conversation.item.truncated",
+                        item_id=item_id,
+                        content_index=0,
+                        audio_end_ms=end_ms,
+                    )
+                ]
             case ItemDeleted(item_id=item_id):
                 return [_event("conversation.item.deleted", item_id=item_id)]
             case ItemRetrieved(item=item):

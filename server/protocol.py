@@ -56,8 +56,20 @@ WireAudioFormat = Annotated[
 ]
 
 
+class TurnTaking(Strict):
+    """voxgate's turn-taking extension, `turn_detection.x_voxgate` (see streaming/config.py)."""
+
+    min_interruption_ms: int | None = Field(None, ge=0, le=5000)
+    min_interruption_words: int | None = Field(None, ge=0, le=20)
+    false_interruption: Literal["resume", "silence"] | None = None
+    echo_guard: bool | None = None
+    speculative_start_ms: int | None = Field(None, ge=0, le=5000)
+    """0 turns speculative start off."""
+
+
 class ServerVad(Strict):
     type: Literal["server_vad"]
+    x_voxgate: TurnTaking | None = None
     threshold: float | None = Field(None, ge=0.0, le=1.0)
     prefix_padding_ms: int | None = Field(None, ge=0, le=10_000)
     silence_duration_ms: int | None = Field(None, ge=0, le=10_000)
@@ -68,6 +80,7 @@ class ServerVad(Strict):
 
 class SemanticVad(Strict):
     type: Literal["semantic_vad"]
+    x_voxgate: TurnTaking | None = None
     eagerness: Literal["low", "medium", "high", "auto"] | None = None
     create_response: bool | None = None
     interrupt_response: bool | None = None
@@ -358,28 +371,39 @@ def _transcription(params: TranscriptionParams | None) -> Transcription | None:
     )
 
 
+SEMANTIC_SILENCE_MS = {"low": 1000, "medium": 600, "auto": 600, "high": 350}
+"""Base silence of semantic end of turn; a complete thought ends sooner, a trailing one later."""
+
+
 def _turn_detection(
     current: TurnDetection | None, params: ServerVad | SemanticVad | None
 ) -> TurnDetection | None:
     if params is None:
         return None
-    if isinstance(params, SemanticVad):
-        raise Unsupported("session.audio.input.turn_detection.type", "'semantic_vad'")
-    if params.idle_timeout_ms is not None:
-        raise Unsupported("session.audio.input.turn_detection.idle_timeout_ms", "idle timeouts")
     base = current or TurnDetection()
-    vad = {
-        name: value
-        for name in ("threshold", "prefix_padding_ms", "silence_duration_ms")
-        if (value := getattr(params, name)) is not None
-    }
-    flags = {
-        name: value
-        for name in ("create_response", "interrupt_response")
-        if (value := getattr(params, name)) is not None
-    }
+    vad: dict[str, Any] = {}
+    settings: dict[str, Any] = {}
+    if isinstance(params, SemanticVad):
+        eagerness = params.eagerness or "auto"
+        settings["eagerness"] = eagerness
+        vad["silence_duration_ms"] = SEMANTIC_SILENCE_MS[eagerness]
+    else:
+        if params.idle_timeout_ms is not None:
+            raise Unsupported("session.audio.input.turn_detection.idle_timeout_ms", "idle timeouts")
+        settings["eagerness"] = None
+        for name in ("threshold", "prefix_padding_ms", "silence_duration_ms"):
+            if (value := getattr(params, name)) is not None:
+                vad[name] = value
+    for name in ("create_response", "interrupt_response"):
+        if (value := getattr(params, name)) is not None:
+            settings[name] = value
+    if params.x_voxgate is not None:
+        settings |= params.x_voxgate.model_dump(exclude_none=True)
+        if settings.get("speculative_start_ms") == 0:
+            settings["speculative_start_ms"] = None
     return TurnDetection(
-        vad=VadParams(**(base.vad.model_dump() | vad)), **(base.model_dump(exclude={"vad"}) | flags)
+        vad=VadParams(**(base.vad.model_dump() | vad)),
+        **(base.model_dump(exclude={"vad"}) | settings),
     )
 
 
@@ -423,19 +447,31 @@ def wire_format(fmt: AudioFormat) -> dict[str, Any]:
 
 def wire_session(config: SessionConfig, session_id: str, model: str) -> dict[str, Any]:
     td = config.turn_detection
-    turn_detection = (
-        None
-        if td is None
-        else {
-            "type": "server_vad",
-            "threshold": td.vad.threshold,
-            "prefix_padding_ms": td.vad.prefix_padding_ms,
-            "silence_duration_ms": td.vad.silence_duration_ms,
+    turn_detection: dict[str, Any] | None = None
+    if td is not None:
+        extension = {
+            "min_interruption_ms": td.min_interruption_ms,
+            "min_interruption_words": td.min_interruption_words,
+            "false_interruption": td.false_interruption,
+            "echo_guard": td.echo_guard,
+            "speculative_start_ms": td.speculative_start_ms or 0,
+        }
+        common = {
             "create_response": td.create_response,
             "interrupt_response": td.interrupt_response,
-            "idle_timeout_ms": None,
+            "x_voxgate": extension,
         }
-    )
+        if td.eagerness is not None:
+            turn_detection = {"type": "semantic_vad", "eagerness": td.eagerness, **common}
+        else:
+            turn_detection = {
+                "type": "server_vad",
+                "threshold": td.vad.threshold,
+                "prefix_padding_ms": td.vad.prefix_padding_ms,
+                "silence_duration_ms": td.vad.silence_duration_ms,
+                "idle_timeout_ms": None,
+                **common,
+            }
     tr = config.transcription
     return {
         "type": "realtime",

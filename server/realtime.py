@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import json
 import logging
 import time
@@ -18,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from voxgate.server import auth, protocol
+from voxgate.server import auth, logs, metrics, protocol
+from voxgate.server.draining import CLOSE_GOING_AWAY, TurnActivity
 from voxgate.server.errors import validation_error
 from voxgate.server.outgoing import Outgoing, error_event
 from voxgate.server.protocol import (
@@ -37,8 +39,9 @@ from voxgate.server.protocol import (
     Unsupported,
 )
 from voxgate.streaming.audio import AudioFormat
-from voxgate.streaming.events import ErrorReported, OutputAudioDelta
+from voxgate.streaming.events import ErrorReported, OutputAudioDelta, ResponseFinished
 from voxgate.streaming.session import RealtimeSession, ResponseRequest, SessionRejected, new_id
+from voxgate.streaming.timings import turn_timings
 
 if TYPE_CHECKING:
     from voxgate.server.app import Services
@@ -58,6 +61,11 @@ class RealtimeConnection:
         self._ws = websocket
         self._services = services
         self._settings = services.settings.realtime
+        self._metrics = metrics.SessionMetrics(services.backbone.name)
+        self._activity = TurnActivity()
+        self._send_lock = asyncio.Lock()
+        """Held by whoever sends: the writer, or a drain closing the socket between two events."""
+        self._closed_by_drain = False
 
     async def run(self) -> None:
         ws = self._ws
@@ -65,6 +73,13 @@ class RealtimeConnection:
         if not auth.is_authorised(ws, api_key.get_secret_value() if api_key else None):
             await self._refuse(
                 "invalid_api_key", "missing or wrong API key", CLOSE_POLICY_VIOLATION
+            )
+            return
+        if self._services.drain.draining:
+            await self._refuse(
+                "server_shutting_down",
+                "this server is shutting down; connect again to reach another one",
+                CLOSE_TRY_AGAIN_LATER,
             )
             return
         if not self._services.sessions.try_acquire():
@@ -76,24 +91,35 @@ class RealtimeConnection:
             )
             return
         session_id = new_id("sess")
+        logs.SESSION_ID.set(session_id)  # for every log line of this connection's tasks
+        secret = auth.client_secret(ws)  # a client secret's session config is the initial one
         session = RealtimeSession(
             self._services.backbone,
             self._services.new_vad,
-            self._services.default_session_config(),
+            secret.config if secret else self._services.default_session_config(),
             self._settings.session,
         )
         outgoing = Outgoing(session_id, self._services.model_name)
         try:
             await ws.accept(subprotocol=auth.reply_subprotocol(ws))
             log.info("realtime session %s opened", session_id)
+            self._metrics.opened()
+            ended = "server_error"
             try:
                 await session.start()
                 async with asyncio.TaskGroup() as tasks:
                     writer = tasks.create_task(self._write(session, outgoing))
+                    closer = tasks.create_task(self._close_when_drained())
                     await self._read(session)
                     writer.cancel()
+                    closer.cancel()
+                ended = "draining" if self._closed_by_drain else "client_closed"
+            except asyncio.CancelledError:
+                ended = "cancelled"
+                raise
             finally:
                 await session.close()
+                self._metrics.closed(ended)
         finally:
             self._services.sessions.release()
             log.info("realtime session %s closed", session_id)
@@ -101,6 +127,7 @@ class RealtimeConnection:
     async def _refuse(self, code: str, message: str, close_code: int) -> None:
         await self._ws.accept(subprotocol=auth.reply_subprotocol(self._ws))
         error = ErrorReported(code, message)
+        metrics.session_refused(code)
         await self._ws.send_text(json.dumps(error_event(error)))
         await self._ws.close(close_code, message[:120])
 
@@ -115,13 +142,29 @@ class RealtimeConnection:
                 # queue; the reader sees the disconnect and ends the session.
                 continue
             try:
-                for wire in outgoing.wire_events(event):
-                    await self._ws.send_text(json.dumps(wire, separators=(",", ":")))
+                async with self._send_lock:
+                    for wire in outgoing.wire_events(event):
+                        await self._ws.send_text(json.dumps(wire, separators=(",", ":")))
             except (WebSocketDisconnect, RuntimeError, OSError):
                 connected = False
                 continue
-            if isinstance(event, OutputAudioDelta):
+            if isinstance(event, OutputAudioDelta) and (
+                "first_audio_sent" not in event.response.trace.marks
+            ):
                 event.response.trace.mark("first_audio_sent")
+                self._metrics.first_audio_sent(event.response)
+            self._metrics.sent(event)
+            self._activity.observe(event, session.config.turn_detection)
+            if isinstance(event, ResponseFinished):
+                _log_finished(event)
+
+    async def _close_when_drained(self) -> None:
+        """When the server drains: close with 1001 between turns, or at the drain's deadline."""
+        await self._services.drain.until_quiet(self._activity.quiet)
+        async with self._send_lock:
+            self._closed_by_drain = True
+            with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
+                await self._ws.close(CLOSE_GOING_AWAY, "server shutting down")
 
     # --- reader ---------------------------------------------------------------------------
 
@@ -187,7 +230,9 @@ class RealtimeConnection:
     async def _dispatch(self, session: RealtimeSession, event: Any, received_at: float) -> None:
         match event:
             case InputAudioBufferAppend(audio=data):
-                await session.append_audio(_b64_audio(data, "audio"), received_at)
+                audio = _b64_audio(data, "audio")
+                await session.append_audio(audio, received_at)
+                self._metrics.audio_received(len(audio), session.config.input_format)
             case SessionUpdate(session=params):
                 try:
                     config = protocol.session_config(session.config, params)
@@ -210,8 +255,10 @@ class RealtimeConnection:
                 await session.delete_item(item_id)
             case ConversationItemRetrieve(item_id=item_id):
                 await session.retrieve_item(item_id)
-            case ConversationItemTruncate():
-                raise Unsupported("type", "conversation.item.truncate")
+            case ConversationItemTruncate(
+                item_id=item_id, content_index=index, audio_end_ms=end_ms
+            ):
+                await session.truncate_item(item_id, index, end_ms)
             case ResponseCreate(response=params):
                 await session.create_response(_response_request(params))
             case ResponseCancel(response_id=response_id):
@@ -220,6 +267,23 @@ class RealtimeConnection:
                 raise Unsupported("type", "output_audio_buffer.clear (a WebRTC/SIP event)")
             case _:
                 raise AssertionError(f"unhandled client event {event!r}")
+
+
+def _log_finished(event: ResponseFinished) -> None:
+    response = event.response
+    timings = {k: round(v * 1000, 1) for k, v in turn_timings(response.trace).items()}
+    with logs.response_context(response.id):
+        log.info(
+            "response %s %s (turn latency %s ms)",
+            response.id,
+            response.status.value,
+            timings.get("turn_latency", "n/a"),
+            extra={
+                "status": response.status.value,
+                "reason": response.reason,
+                "timings_ms": timings,
+            },
+        )
 
 
 def _parse_json(text: str) -> dict[str, Any]:

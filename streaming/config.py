@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from voxgate.streaming.audio import AudioFormat
@@ -16,6 +18,22 @@ class TurnDetection(BaseModel):
     """Answer automatically when a turn ends."""
     interrupt_response: bool = True
     """Speech while a response runs cancels it (barge-in)."""
+    min_interruption_ms: int = Field(250, ge=0, le=5000)
+    """While the agent talks, speech must last this long to interrupt it (coughs and short
+    backchannels like "mm-hm" do not)."""
+    min_interruption_words: int = Field(0, ge=0, le=20)
+    """When > 0, an interruption first holds the agent's audio; it is cancelled only if the
+    user's turn has at least this many words, else it is a false interruption."""
+    false_interruption: Literal["resume", "silence"] = "resume"
+    """After a false interruption the agent goes on where it paused, or stays silent."""
+    echo_guard: bool = True
+    """Take the agent's own voice (sent by this server) out of the input before the VAD."""
+    speculative_start_ms: int | None = Field(200, ge=32, le=5000)
+    """After this much silence, start transcribing and answering before the turn surely ends;
+    kept if the turn ends, dropped if the user goes on. None turns it off."""
+    eagerness: Literal["low", "medium", "high", "auto"] | None = None
+    """Semantic end of turn (`semantic_vad`): end early after a complete thought, wait longer
+    after one that trails off. None: plain silence-based end of turn (`server_vad`)."""
 
 
 class Transcription(BaseModel):

@@ -6,6 +6,7 @@ event sequencing (output_item.added, content_part.added, ...) is the server's bu
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Literal
@@ -37,6 +38,27 @@ class Item:
     samples: np.ndarray | None = field(default=None, repr=False)
     """The user's voice (16 kHz), kept for the newest user audio item only (bounded memory);
     backbones that hear audio answer from it."""
+    audio_ms: int = 0
+    """Assistant audio sent so far (what `conversation.item.truncate` may cut back to)."""
+    spoken: list[tuple[int, int]] = field(default_factory=list, repr=False)
+    """(audio ms, transcript offset) where each piece of the transcript starts being spoken."""
+
+    def heard_transcript(self, audio_end_ms: int) -> str:
+        """The part of the transcript spoken in the first `audio_end_ms` of the audio: whole
+        pieces that were heard, and the heard share of the piece under way (at a word end)."""
+        text = self.transcript or ""
+        marks = [*self.spoken, (self.audio_ms, len(text))]
+        for (start_ms, start), (end_ms, end) in itertools.pairwise(marks):
+            if audio_end_ms >= end_ms:
+                continue
+            if audio_end_ms <= start_ms or end_ms <= start_ms:
+                return text[:start].rstrip()
+            share = (audio_end_ms - start_ms) / (end_ms - start_ms)
+            cut = start + int(share * (end - start))
+            while cut > start and cut < len(text) and not text[cut].isspace():
+                cut -= 1  # no half words
+            return text[:cut].rstrip()
+        return text
 
     @property
     def content_text(self) -> str:
@@ -74,6 +96,9 @@ class Response:
     output_tokens: int = 0
     output_audio_tokens: int = 0
     trace: TurnTrace = field(default_factory=TurnTrace)
+    held: list[SessionEvent] | None = None
+    """While not None, this response's events wait here instead of going to the client (a
+    speculative answer not yet adopted, or an answer paused by a possible interruption)."""
 
 
 # --- events -------------------------------------------------------------------------------
@@ -173,6 +198,12 @@ class ItemDone:
 
 
 @dataclass(frozen=True, slots=True)
+class ItemTruncated:
+    item_id: str
+    audio_end_ms: int
+
+
+@dataclass(frozen=True, slots=True)
 class ItemDeleted:
     item_id: str
 
@@ -217,6 +248,7 @@ SessionEvent = (
     | ResponseFinished
     | ItemDone
     | ItemDeleted
+    | ItemTruncated
     | ItemRetrieved
     | SessionConfigured
     | ErrorReported

@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -32,12 +32,14 @@ from voxgate.model.types import (
     ResponseOptions,
     Role,
     TextDelta,
+    Transcription,
     Turn,
     TurnTrace,
 )
 from voxgate.streaming import audio
 from voxgate.streaming.audio import AudioFormat, AudioFormatError, InputDecoder, OutputEncoder
 from voxgate.streaming.config import SessionConfig, SessionLimits, TurnDetection
+from voxgate.streaming.echo import EchoGuard
 from voxgate.streaming.events import (
     CancelReason,
     ErrorReported,
@@ -51,6 +53,7 @@ from voxgate.streaming.events import (
     ItemDone,
     ItemRetrieved,
     ItemStatus,
+    ItemTruncated,
     OutputAudioDelta,
     OutputItemFinished,
     OutputItemStarted,
@@ -67,8 +70,11 @@ from voxgate.streaming.events import (
 from voxgate.streaming.turns import (
     InputAudioBuffer,
     InputBufferFull,
+    SpeechResumed,
     TurnDetector,
     TurnEnded,
+    TurnEvent,
+    TurnMayEnd,
 )
 from voxgate.streaming.vad import SileroVad, SpeechStarted, SpeechStopped
 
@@ -76,20 +82,27 @@ log = logging.getLogger(__name__)
 
 MIN_COMMIT_MS = 100
 """A commit needs at least this much audio (as OpenAI's API requires)."""
+SEMANTIC_EARLY_MS = 200
+"""Silence after which semantic end of turn looks at the words so far."""
+TRAILING_WORDS = frozenset(
+    {"and", "but", "or", "so", "because", "um", "uh", "er", "like", "then", "the", "a", "to"}
+)
+"""A thought that ends on one of these is not finished: wait longer for the rest."""
 
 
 class EventQueue(asyncio.Queue[SessionEvent]):
     """The session's bounded outbox, which can also take back what is no longer worth sending."""
 
-    def purge(self, stale: Callable[[SessionEvent], bool]) -> int:
-        """Drop queued events for which `stale(event)` is true; wake senders waiting for room."""
-        kept = [event for event in self._queue if not stale(event)]  # type: ignore[attr-defined]
-        dropped = len(self._queue) - len(kept)  # type: ignore[attr-defined]
+    def purge(self, stale: Callable[[SessionEvent], bool]) -> list[SessionEvent]:
+        """Take back queued events for which `stale(event)` is true (in order); wake senders
+        waiting for room."""
+        queued = list(self._queue)  # type: ignore[attr-defined]
+        taken = [event for event in queued if stale(event)]
         self._queue.clear()  # type: ignore[attr-defined]
-        self._queue.extend(kept)  # type: ignore[attr-defined]
-        for _ in range(dropped):
+        self._queue.extend(event for event in queued if not stale(event))  # type: ignore[attr-defined]
+        for _ in taken:
             self._wakeup_next(self._putters)  # type: ignore[attr-defined]
-        return dropped
+        return taken
 
 
 def new_id(prefix: str) -> str:
@@ -119,6 +132,8 @@ class ResponseRequest:
     input_items: list[Item] | None = None
     """Context for this response instead of the conversation."""
     metadata: dict[str, str] | None = None
+    provisional: Item | None = None
+    """A user turn not yet committed that this (speculative) answer replies to."""
 
 
 @dataclass(slots=True)
@@ -133,6 +148,27 @@ class _Speech:
 
     item_id: str
     trace: TurnTrace = field(default_factory=TurnTrace)
+
+
+@dataclass(slots=True)
+class _Speculation:
+    """Work started on a turn that has probably ended (speculative start): adopted when the
+    turn does end, dropped if the user goes on."""
+
+    speech: _Speech
+    audio: np.ndarray
+    trace: TurnTrace
+    transcribed: asyncio.Task[Transcription | None]
+    response: Response | None = None
+    task: asyncio.Task[None] | None = None
+
+
+@dataclass(slots=True)
+class _Pause:
+    """An answer held back by a possible interruption until the user's words are known."""
+
+    running: _Running
+    item_id: str
 
 
 class RealtimeSession:
@@ -164,6 +200,12 @@ class RealtimeSession:
         """Turns waiting for their transcript before they are answered."""
         self._transcribing: dict[str, asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._echo: EchoGuard | None = None
+        self._echo_decoders: dict[str, InputDecoder] = {}
+        self._detector_lock = asyncio.Lock()
+        """Held while the VAD runs (in a thread) or while the session ends a turn itself."""
+        self._speculation: _Speculation | None = None
+        self._pause: _Pause | None = None
 
     # --- configuration --------------------------------------------------------------------
 
@@ -205,6 +247,16 @@ class RealtimeSession:
         if self._vad is None:
             self._vad = await asyncio.to_thread(self._vad_factory)
         self._detector = TurnDetector(self._vad, detection.vad, self._buffer)
+        if detection.echo_guard:
+            self._echo = self._echo or EchoGuard()
+            self._detector.echo = self._echo
+        else:
+            self._echo = None
+        # Semantic end of turn needs the words of a pause too, so it listens early as well.
+        early = detection.speculative_start_ms
+        if early is None and detection.eagerness is not None:
+            early = SEMANTIC_EARLY_MS
+        self._detector.early_ms = early
 
     # --- input audio ----------------------------------------------------------------------
 
@@ -226,13 +278,28 @@ class RealtimeSession:
             if self._detector is None:
                 self._buffer.append(samples, arrived_at)
                 return
-            events = await asyncio.to_thread(self._detector.feed, samples, arrived_at)
+            async with self._detector_lock:
+                self._tune_interruptions()
+                events = await asyncio.to_thread(self._detector.feed, samples, arrived_at)
         except InputBufferFull as e:
             raise SessionRejected("input_audio_buffer_full", str(e), "audio") from e
         for event in events:
             await self._on_turn_event(event)
 
-    async def _on_turn_event(self, event: SpeechStarted | SpeechStopped | TurnEnded) -> None:
+    def _tune_interruptions(self) -> None:
+        """While the agent talks, speech must last min_interruption_ms to count as a turn."""
+        td = self.config.turn_detection
+        if td is None or self._detector is None:
+            return
+        talking = (
+            td.interrupt_response and self._running is not None and self._running.response.audio
+        )
+        floor = td.vad.min_speech_ms
+        self._detector.machine.min_speech_ms = (
+            max(floor, td.min_interruption_ms) if talking else floor
+        )
+
+    async def _on_turn_event(self, event: TurnEvent) -> None:
         match event:
             case SpeechStarted(audio_start_ms=start_ms):
                 self._speech = _Speech(new_id("item"))
@@ -244,7 +311,14 @@ class RealtimeSession:
                     for answering in list(self._answering):
                         answering.cancel()
                     self._answer_pending = None
-                    interrupted = self._stop_running("turn_detected")
+                    if self._pause is not None:
+                        # Speaking again before the last interruption was judged: it was one.
+                        pause, self._pause = self._pause, None
+                        interrupted = self._stop_held(pause.running)
+                    elif detection.min_interruption_words and self._running is not None:
+                        self._hold(self._running, self._speech.item_id)
+                    else:
+                        interrupted = self._stop_running("turn_detected")
                 # Stopping first made room: speech_started is not stuck behind stale audio.
                 await self._emit(SpeechStartedEvent(self._speech.item_id, start_ms))
                 if interrupted is not None:
@@ -253,15 +327,212 @@ class RealtimeSession:
                 speech = self._speech or _Speech(new_id("item"))
                 self._speech = speech
                 await self._emit(SpeechStoppedEvent(speech.item_id, end_ms))
+            case TurnMayEnd():
+                self._speculate(event)
+            case SpeechResumed():
+                await self._void_speculation()
             case TurnEnded():
                 speech = self._speech or _Speech(new_id("item"))
                 self._speech = None
+                self._reset_silence()
+                spec, self._speculation = self._speculation, None
+                if spec is not None and spec.speech is speech:
+                    await self._adopt(spec, event.audio)
+                    return
+                if spec is not None:
+                    await self._drop(spec)
                 if event.speech_end_at is not None:
                     speech.trace.mark("speech_end", event.speech_end_at)
                 speech.trace.mark("turn_end")
                 detection = self.config.turn_detection
                 answer = detection is not None and detection.create_response
                 await self._commit_audio(event.audio, speech, answer=answer)
+
+    # --- speculative start and semantic end of turn ---------------------------------------
+
+    def _speculate(self, event: TurnMayEnd) -> None:
+        """The user paused: transcribe (and answer) now, in case the turn ends here."""
+        td, speech = self.config.turn_detection, self._speech
+        if td is None or speech is None or not len(event.audio):
+            return
+        trace = TurnTrace()
+        if event.speech_end_at is not None:
+            trace.mark("speech_end", event.speech_end_at)
+        spec = _Speculation(
+            speech, event.audio, trace, self._spawn(self._speculative_asr(event.audio, trace))
+        )
+        self._speculation = spec
+        self._spawn(self._speculate_answer(spec))
+
+    async def _speculative_asr(self, samples: np.ndarray, trace: TurnTrace) -> Transcription | None:
+        trace.mark("asr_start")
+        try:
+            return await self._backbone.transcribe(samples, **self._asr_options())
+        except Exception:
+            log.exception("speculative transcription failed")
+            return None
+        finally:
+            trace.mark("asr_end")
+
+    async def _speculate_answer(self, spec: _Speculation) -> None:
+        result = await spec.transcribed
+        if result is None or not result.text.strip() or self._speculation is not spec:
+            return
+        td = self.config.turn_detection
+        if td is None:
+            return
+        if td.eagerness is not None:
+            await self._semantic_end_of_turn(spec, result.text)
+        if (
+            self._speculation is not spec
+            or td.speculative_start_ms is None
+            or not td.create_response
+            or self._running is not None
+            or self._pause is not None
+        ):
+            return  # adopted or void already, or the agent still talks: answered the usual way
+        provisional = Item(
+            spec.speech.item_id, Role.USER, audio=True, transcript=result.text, samples=spec.audio
+        )
+        spec.response, spec.task = self._start_response(
+            ResponseRequest(provisional=provisional), spec.trace, held=True
+        )
+
+    async def _semantic_end_of_turn(self, spec: _Speculation, text: str) -> None:
+        """End the turn now after a complete thought; wait longer after one that trails off."""
+        td = self.config.turn_detection
+        if td is None or self._detector is None:
+            return
+        words = text.strip().lower()
+        last = words.rstrip(".,!?;:").rsplit(None, 1)[-1] if words else ""
+        trailing = words.endswith((",", "...", "-")) or last in TRAILING_WORDS
+        if trailing:
+            self._detector.machine.silence_duration_ms = 2 * td.vad.silence_duration_ms
+            return
+        if not words.endswith((".", "!", "?")) or td.eagerness == "low":
+            return
+        async with self._detector_lock:
+            if self._speculation is not spec:
+                return
+            events = self._detector.end_turn_now()
+        for event in events:
+            await self._on_turn_event(event)
+
+    def _reset_silence(self) -> None:
+        td = self.config.turn_detection
+        if td is not None and self._detector is not None:
+            self._detector.machine.silence_duration_ms = td.vad.silence_duration_ms
+
+    async def _void_speculation(self) -> None:
+        self._reset_silence()
+        spec, self._speculation = self._speculation, None
+        if spec is not None:
+            await self._drop(spec)
+
+    async def _drop(self, spec: _Speculation) -> None:
+        """The user went on: stop the early work (the engine request is aborted)."""
+        spec.transcribed.cancel()
+        if spec.task is not None:
+            spec.task.cancel()  # reason None: it ends without a word to the client
+            await asyncio.wait([spec.task])
+
+    async def _adopt(self, spec: _Speculation, samples: np.ndarray) -> None:
+        """The turn ended where it paused: commit it and use what was started early."""
+        trace = spec.trace
+        trace.mark("turn_end")
+        item = Item(spec.speech.item_id, Role.USER, audio=True)
+        self._keep_voice(item, samples)
+        previous = self._append_item(item)
+        await self._emit(InputCommitted(item.id, previous))
+        await self._emit(ItemAdded(item, previous))
+        result = await spec.transcribed
+        if result is None:
+            item.transcript = ""
+            if self.config.transcription is not None:
+                await self._emit(InputTranscriptionFailed(item.id, "transcription failed"))
+            await self._emit(ItemDone(item))
+            if spec.task is not None:
+                spec.task.cancel()
+            return
+        item.transcript = result.text
+        if self.config.transcription is not None:
+            await self._emit(InputTranscribed(item.id, result.text, result.duration_s))
+        await self._emit(ItemDone(item))
+        td = self.config.turn_detection
+        answer = td is not None and td.create_response
+        if spec.response is not None and spec.task is not None:
+            response = spec.response
+            if response.items:
+                # The answer was written before the turn was committed: it follows it now.
+                assistant = response.items[0]
+                after = self._append_item(assistant)
+                response.held = [
+                    replace(e, previous_item_id=after) if isinstance(e, OutputItemStarted) else e
+                    for e in response.held or []
+                ]
+            if not spec.task.done():
+                self._running = _Running(response, spec.task)
+            await self._release(response)
+        elif answer and result.text.strip():
+            if self._running is not None:
+                self._answer_pending = trace
+            else:
+                self._start_response(ResponseRequest(), trace)
+        elif not answer:
+            self._unanswered = trace
+
+    # --- interruptions ------------------------------------------------------------------
+
+    def _hold(self, running: _Running, item_id: str) -> None:
+        """Pause the answer's output (the user may be interrupting): unsent audio waits too."""
+        response = running.response
+        response.held = self.events.purge(lambda e: getattr(e, "response", None) is response)
+        self._pause = _Pause(running, item_id)
+
+    def _stop_held(self, running: _Running) -> _Running:
+        """A held answer was interrupted after all: its audio is dropped, the rest goes out."""
+        response = running.response
+        response.reason = "turn_detected"
+        response.held = [e for e in response.held or [] if not isinstance(e, OutputAudioDelta)]
+        running.task.cancel()
+        if self._echo is not None:
+            self._echo.stop(self._buffer.end)
+        return running
+
+    async def _judge_interruption(self, item: Item) -> bool:
+        """The interrupting turn's words are known: True if it really interrupted."""
+        pause, self._pause = self._pause, None
+        td = self.config.turn_detection
+        assert pause is not None and td is not None
+        words = len((item.transcript or "").split())
+        if words >= td.min_interruption_words:
+            await self._finish_interrupted(pause.running)
+            return True
+        if td.false_interruption == "resume":
+            await self._release(pause.running.response)  # a backchannel: the agent goes on
+        else:
+            await self._finish_interrupted(pause.running)  # stay silent
+        return False
+
+    async def _finish_interrupted(self, running: _Running) -> None:
+        response = running.response
+        self._stop_held(running)
+        await asyncio.wait([running.task])
+        if self._running is running:
+            self._running = None
+        # It may have finished writing while held: it still ends as interrupted.
+        response.status = ResponseStatus.CANCELLED
+        for item in response.items:
+            item.status = ItemStatus.INCOMPLETE
+        await self._release(response)
+
+    async def _release(self, response: Response) -> None:
+        """Send a response's held events, in order, and let the rest flow."""
+        while response.held:
+            event = response.held.pop(0)
+            self._note_sent_audio(event)
+            await self.events.put(event)
+        response.held = None
 
     async def commit(self) -> None:
         tail = self._decoder.flush()
@@ -316,11 +587,7 @@ class RealtimeSession:
     async def _transcribe(self, item: Item, samples: np.ndarray, trace: TurnTrace) -> None:
         trace.mark("asr_start")
         try:
-            result = await self._backbone.transcribe(
-                samples,
-                language=self.config.transcription.language if self.config.transcription else None,
-                prompt=self.config.transcription.prompt if self.config.transcription else None,
-            )
+            result = await self._backbone.transcribe(samples, **self._asr_options())
         except Exception as e:
             log.exception("transcription of %s failed", item.id)
             item.transcript = ""
@@ -336,10 +603,20 @@ class RealtimeSession:
             await self._emit(InputTranscribed(item.id, result.text, result.duration_s))
         await self._emit(ItemDone(item))
 
+    def _asr_options(self) -> dict[str, Any]:
+        transcription = self.config.transcription
+        if transcription is None:
+            return {}
+        return {"language": transcription.language, "prompt": transcription.prompt}
+
     async def _answer_turn(
         self, transcribed: asyncio.Task[None], item: Item, trace: TurnTrace
     ) -> None:
         await asyncio.wait([transcribed])
+        if self._pause is not None and self._pause.item_id == item.id:
+            if not await self._judge_interruption(item):
+                log.info("turn %s was a false interruption", item.id)
+                return
         if not (item.transcript or "").strip():
             log.info("turn %s had no words; not answering", item.id)
             return
@@ -395,6 +672,31 @@ class RealtimeSession:
         else:
             await self._emit(ItemDone(item))
 
+    async def truncate_item(self, item_id: str, content_index: int, audio_end_ms: int) -> None:
+        """conversation.item.truncate: the user heard only `audio_end_ms` of this answer, so
+        its transcript (and the context of later turns) keeps only what was heard."""
+        item = self.items[self._index_of(item_id, "item_id")]
+        if item.role is not Role.ASSISTANT or not item.audio:
+            raise SessionRejected(
+                "invalid_value", "only assistant audio messages can be truncated", "item_id"
+            )
+        if content_index != 0:
+            raise SessionRejected(
+                "invalid_value", "the message has one content part", "content_index"
+            )
+        if self._running is not None and item in self._running.response.items:
+            await self._cancel_running("client_cancelled")
+        if not 0 <= audio_end_ms <= item.audio_ms:
+            raise SessionRejected(
+                "invalid_value",
+                f"audio_end_ms {audio_end_ms} is outside the item's {item.audio_ms} ms of audio",
+                "audio_end_ms",
+            )
+        item.transcript = item.heard_transcript(audio_end_ms)
+        item.audio_ms = audio_end_ms
+        item.spoken = [(ms, off) for ms, off in item.spoken if ms < audio_end_ms]
+        await self._emit(ItemTruncated(item_id, audio_end_ms))
+
     async def delete_item(self, item_id: str) -> None:
         del self.items[self._index_of(item_id, "item_id")]
         await self._emit(ItemDeleted(item_id))
@@ -414,7 +716,11 @@ class RealtimeSession:
         trace, self._unanswered = self._unanswered or TurnTrace(), None
         self._start_response(request, trace)
 
-    def _start_response(self, request: ResponseRequest, trace: TurnTrace) -> None:
+    def _start_response(
+        self, request: ResponseRequest, trace: TurnTrace, *, held: bool = False
+    ) -> tuple[Response, asyncio.Task[None]]:
+        """Start a response task; a `held` one says nothing until it is released (and is not
+        the running response until then)."""
         config = self.config
         audio_output = config.audio_output if request.audio_output is None else request.audio_output
         wanted = request.max_output_tokens or config.max_output_tokens
@@ -429,12 +735,14 @@ class RealtimeSession:
             max_output_tokens=max_tokens,
             metadata=request.metadata,
             trace=trace,
+            held=[] if held else None,
         )
         task = asyncio.create_task(self._run_response(response, request), name=response.id)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        if request.in_conversation:
+        if request.in_conversation and not held:
             self._running = _Running(response, task)
+        return response, task
 
     async def cancel_response(self, response_id: str | None) -> None:
         running = self._running
@@ -464,6 +772,8 @@ class RealtimeSession:
         running.task.cancel()
         response = running.response
         self.events.purge(lambda e: isinstance(e, OutputAudioDelta) and e.response is response)
+        if self._echo is not None:
+            self._echo.stop(self._buffer.end)  # the client stops playing it now
         return running
 
     async def _await_cancelled(self, running: _Running) -> None:
@@ -486,6 +796,8 @@ class RealtimeSession:
             if pending := list(self._transcribing.values()):
                 await asyncio.wait(pending)
             context = request.input_items if request.input_items is not None else self.items
+            if request.provisional is not None:
+                context = [*context, request.provisional]
             turns = [
                 Turn(i.role, text, i.samples, key=i.id)
                 for i in context
@@ -498,7 +810,9 @@ class RealtimeSession:
                 transcript="" if response.audio else None,
                 status=ItemStatus.IN_PROGRESS,
             )
-            previous = self._append_item(item) if response.in_conversation else None
+            # A speculative answer joins the conversation when its turn is committed.
+            joins = response.in_conversation and request.provisional is None
+            previous = self._append_item(item) if joins else None
             response.items.append(item)
             await self._emit(OutputItemStarted(response, item, 0, previous))
             options = ResponseOptions(
@@ -546,18 +860,22 @@ class RealtimeSession:
         fmt = AudioFormat(response.audio_format)
         encoder = OutputEncoder(fmt)
         chunk_ms = self._limits.output_chunk_ms
+        sent = 0  # samples of audio sent, at the output rate
         outputs = self._backbone.respond(turns, options, response.trace)
         async with aclosing(outputs):
             async for output in outputs:
                 match output:
                     case TextDelta(text=text):
                         if response.audio:
+                            item.spoken.append((item.audio_ms, len(item.transcript or "")))
                             item.transcript = (item.transcript or "") + text
                         else:
                             item.text += text
                         await self._emit(OutputTextDelta(response, item, text))
                     case AudioChunk():
                         for piece in audio.iter_slices(encoder.encode(output), fmt, chunk_ms):
+                            sent += len(piece) // fmt.bytes_per_sample
+                            item.audio_ms = audio.samples_to_ms(sent, fmt.sample_rate)
                             await self._emit(OutputAudioDelta(response, item, piece))
                     case ResponseEnd():
                         response.input_tokens = output.input_tokens
@@ -569,6 +887,8 @@ class RealtimeSession:
                         else:
                             response.status = ResponseStatus.COMPLETED
         if response.audio and (tail := encoder.flush()):
+            sent += len(tail) // fmt.bytes_per_sample
+            item.audio_ms = audio.samples_to_ms(sent, fmt.sample_rate)
             await self._emit(OutputAudioDelta(response, item, tail))
         if response.status == ResponseStatus.IN_PROGRESS:
             response.status = ResponseStatus.COMPLETED
@@ -579,7 +899,25 @@ class RealtimeSession:
         if isinstance(event, ItemAdded | ItemDone | ItemRetrieved):
             # The writer serialises later; the item may change meanwhile (its transcript).
             event = replace(event, item=replace(event.item))
+        response = getattr(event, "response", None)
+        if response is not None and response.held is not None:
+            response.held.append(event)  # speculative or paused: not for the client yet
+            return
+        self._note_sent_audio(event)
         await self.events.put(event)
+
+    def _note_sent_audio(self, event: SessionEvent) -> None:
+        """The echo guard's reference: audio going to the client, on the input's timeline."""
+        if self._echo is None or not isinstance(event, OutputAudioDelta):
+            return
+        response = event.response
+        decoder = self._echo_decoders.get(response.id)
+        if decoder is None:
+            self._echo_decoders.clear()  # one response speaks at a time
+            decoder = self._echo_decoders[response.id] = InputDecoder(
+                AudioFormat(response.audio_format)
+            )
+        self._echo.play(decoder.feed(event.audio), self._buffer.end)
 
     def _spawn(self, coro) -> asyncio.Task[None]:
         task = asyncio.create_task(coro)

@@ -16,6 +16,7 @@ import numpy as np
 
 from voxgate.model.types import INPUT_SAMPLE_RATE
 from voxgate.streaming import audio
+from voxgate.streaming.echo import EchoGuard
 from voxgate.streaming.vad import (
     SileroVad,
     SpeechStarted,
@@ -88,6 +89,11 @@ class InputAudioBuffer:
         """Whether `n` samples fit at all, even in an empty buffer."""
         return n <= self._max_samples
 
+    def peek(self, end: int) -> np.ndarray:
+        """A copy of the audio before stream position `end`, left in the buffer."""
+        buffered = np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.float32)
+        return buffered[: min(max(end - self.start, 0), self._size)].copy()
+
     def take(self, end: int | None = None) -> np.ndarray:
         """Remove and return the audio before stream position `end` (default: everything)."""
         buffered = np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.float32)
@@ -122,7 +128,22 @@ class TurnEnded:
     """Monotonic arrival time of the last voiced audio (the start of turn latency)."""
 
 
-TurnEvent = SpeechStarted | SpeechStopped | TurnEnded
+@dataclass(frozen=True, slots=True)
+class TurnMayEnd:
+    """The speaker has paused long enough that the turn probably ends here (not yet certain):
+    a chance to start on the answer early. `audio` is the turn so far (a copy)."""
+
+    audio: np.ndarray
+    audio_end_ms: int
+    speech_end_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechResumed:
+    """Speech came back after a TurnMayEnd: the turn goes on; anything started early is void."""
+
+
+TurnEvent = SpeechStarted | SpeechStopped | TurnEnded | TurnMayEnd | SpeechResumed
 
 
 class TurnDetector:
@@ -133,7 +154,16 @@ class TurnDetector:
         self._machine = VadStateMachine(params)
         self._params = params
         self._buffer = buffer
+        self.echo: EchoGuard | None = None
+        """Removes the agent's voice from the input before the VAD hears it."""
+        self.early_ms: int | None = None
+        """Silence after which a TurnMayEnd is reported (None: never)."""
         self.restart()
+
+    @property
+    def machine(self) -> VadStateMachine:
+        """The VAD state machine (its min_speech_ms / silence_duration_ms may be tuned live)."""
+        return self._machine
 
     def restart(self) -> None:
         """Start listening afresh from the buffer's end (after a commit, or when switched on)."""
@@ -143,6 +173,7 @@ class TurnDetector:
         self._origin = self._buffer.end
         self._origin_ms = samples_to_ms(self._origin)
         self._consumed = 0  # samples the VAD has turned into windows
+        self._may_end = False  # a TurnMayEnd was reported for the current pause
 
     @property
     def speaking(self) -> bool:
@@ -162,9 +193,12 @@ class TurnDetector:
                 events += self._end_turn(stopped, self._buffer.end)
             else:  # silence or a start not yet confirmed: nothing worth keeping
                 self._buffer.drop_before(self._buffer.end)
+        if self.echo is not None:
+            samples = self.echo.clean(samples, self._buffer.end)
         self._buffer.append(samples, arrived_at)
         for prob in self._vad.probabilities(samples):
             self._consumed += SileroVad.WINDOW
+            was_pausing = self._machine.state == VadState.STOPPING
             match self._machine.step(float(prob)):
                 case SpeechStarted(audio_start_ms=start_ms):
                     started = SpeechStarted(self._origin_ms + start_ms)
@@ -176,14 +210,37 @@ class TurnDetector:
                     events += self._end_turn(stopped, self._origin + self._consumed)
                 case None:
                     pass
+            events += self._pause_events(was_pausing)
         if self._machine.state == VadState.QUIET:
             # Nobody speaks: keep only what a future turn's prefix padding may need.
             padding = ms_to_samples(self._params.prefix_padding_ms)
             self._buffer.drop_before(self._origin + self._consumed - padding)
         return events
 
+    def _pause_events(self, was_pausing: bool) -> list[TurnEvent]:
+        state = self._machine.state
+        if state == VadState.SPEAKING and was_pausing and self._may_end:
+            self._may_end = False
+            return [SpeechResumed()]
+        if state != VadState.STOPPING or self._may_end or self.early_ms is None:
+            return []
+        if self._machine.silence_ms < self.early_ms:
+            return []
+        self._may_end = True
+        end_ms = self._origin_ms + self._machine.position_ms - self._machine.silence_ms
+        arrival = self._buffer.arrival_time(max(ms_to_samples(end_ms) - 1, 0))
+        turn = self._buffer.peek(self._origin + self._consumed)
+        return [TurnMayEnd(turn, end_ms, arrival)]
+
+    def end_turn_now(self) -> list[TurnEvent]:
+        """End the turn at once (semantic end of turn: the thought is complete)."""
+        if (stopped := self._machine.force_stop()) is None:
+            return []
+        return self._end_turn(stopped, self._origin + self._consumed)
+
     def _end_turn(self, stopped: SpeechStopped, position: int) -> list[TurnEvent]:
         """Close the turn: commit the buffered audio before stream `position`."""
+        self._may_end = False
         end_ms = self._origin_ms + stopped.audio_end_ms
         arrival = self._buffer.arrival_time(max(ms_to_samples(end_ms) - 1, 0))
         return [SpeechStopped(end_ms), TurnEnded(self._buffer.take(position), end_ms, arrival)]

@@ -153,6 +153,10 @@ class VadStateMachine:
             raise ValueError("window_ms must be positive")
         self._params = params
         self._window_ms = window_ms
+        self.min_speech_ms = params.min_speech_ms
+        """Speech needed before a turn starts; raised while the agent talks (interruptions)."""
+        self.silence_duration_ms = params.silence_duration_ms
+        """Silence that ends a turn; semantic end of turn lengthens it for trailing thoughts."""
         self.reset()
 
     def reset(self) -> None:
@@ -211,15 +215,22 @@ class VadStateMachine:
         self._go(VadState.QUIET)
         return SpeechStopped(self._speech_end_ms)
 
+    @property
+    def silence_ms(self) -> int:
+        """Silence since the last speech window (0 unless STOPPING)."""
+        if self._state != VadState.STOPPING:
+            return 0
+        return self._position_ms - self._speech_end_ms
+
     def _maybe_started(self, end_ms: int) -> SpeechStarted | None:
-        if end_ms - self._run_start_ms < self._params.min_speech_ms:
+        if end_ms - self._run_start_ms < self.min_speech_ms:
             return None
         self._speech_end_ms = end_ms
         self._go(VadState.SPEAKING)
         return SpeechStarted(max(0, self._run_start_ms - self._params.prefix_padding_ms))
 
     def _maybe_stopped(self, end_ms: int) -> SpeechStopped | None:
-        if end_ms - self._speech_end_ms < self._params.silence_duration_ms:
+        if end_ms - self._speech_end_ms < self.silence_duration_ms:
             return None
         self._go(VadState.QUIET)
         return SpeechStopped(self._speech_end_ms)

@@ -721,10 +721,6 @@ def session_update(session: dict[str, Any]) -> dict[str, Any]:
             "session.audio.input.noise_reduction",
         ),
         (
-            {"audio": {"input": {"turn_detection": {"type": "semantic_vad"}}}},
-            "session.audio.input.turn_detection.type",
-        ),
-        (
             {
                 "audio": {
                     "input": {"turn_detection": {"type": "server_vad", "idle_timeout_ms": 5000}}
@@ -865,3 +861,32 @@ def test_inf_output_tokens_is_the_servers_cap() -> None:
     config = session_config(CONFIG, parsed_session({"type": "session.update", "session": event}))
     assert config.max_output_tokens is None
     assert protocol.wire_session(config, "sess_1", "m")["max_output_tokens"] == "inf"
+
+
+def test_semantic_vad_and_the_turn_taking_extension_map_onto_the_config() -> None:
+    semantic = {
+        "type": "realtime",
+        "audio": {
+            "input": {
+                "turn_detection": {
+                    "type": "semantic_vad",
+                    "eagerness": "high",
+                    "x_voxgate": {"min_interruption_words": 2, "speculative_start_ms": 0},
+                }
+            }
+        },
+    }
+    config = session_config(CONFIG, parsed_session({"type": "session.update", "session": semantic}))
+    td = config.turn_detection
+    assert td is not None
+    assert (td.eagerness, td.vad.silence_duration_ms) == ("high", 350)
+    assert (td.min_interruption_words, td.speculative_start_ms) == (2, None)
+    wire = protocol.wire_session(config, "sess_1", "m")
+    turn = wire["audio"]["input"]["turn_detection"]
+    assert turn["type"] == "semantic_vad" and turn["eagerness"] == "high"
+    assert turn["x_voxgate"]["min_interruption_words"] == 2
+    SERVER_EVENT.validate_python({"type": "session.updated", "event_id": "e", "session": wire})
+    # Back to server_vad: silence-based again.
+    plain = {"type": "realtime", "audio": {"input": {"turn_detection": {"type": "server_vad"}}}}
+    again = session_config(config, parsed_session({"type": "session.update", "session": plain}))
+    assert again.turn_detection is not None and again.turn_detection.eagerness is None

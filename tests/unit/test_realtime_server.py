@@ -431,21 +431,23 @@ BAD_INPUT: dict[str, tuple[Callable[[WebSocketTestSession], None], str, str | No
         "session.tools",
         None,
     ),
-    "unsupported: semantic_vad": (
+    "bad semantic_vad eagerness": (
         send_json(
             {
                 "type": "session.update",
                 "session": {
                     "type": "realtime",
-                    "audio": {"input": {"turn_detection": {"type": "semantic_vad"}}},
+                    "audio": {
+                        "input": {"turn_detection": {"type": "semantic_vad", "eagerness": "eager"}}
+                    },
                 },
             }
         ),
-        "unsupported_feature",
-        "session.audio.input.turn_detection.type",
+        "invalid_value",
+        "session.audio.input.turn_detection.eagerness",
         None,
     ),
-    "unsupported: truncate": (
+    "truncate of an unknown item": (
         send_json(
             {
                 "type": "conversation.item.truncate",
@@ -454,8 +456,8 @@ BAD_INPUT: dict[str, tuple[Callable[[WebSocketTestSession], None], str, str | No
                 "audio_end_ms": 10,
             }
         ),
-        "unsupported_feature",
-        "type",
+        "item_not_found",
+        "item_id",
         None,
     ),
     "unsupported: output_audio_buffer.clear": (

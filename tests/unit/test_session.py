@@ -60,7 +60,8 @@ TAIL_S = 1.0
 """Silence after it: long enough for the default 500 ms end of turn."""
 CHUNK_MS = (20, 40, 100, 60)
 """Append sizes, cycled: what clients send."""
-SERVER_VAD = TurnDetection()
+# The base behaviour: plain silence-based turns (the turn-taking extensions have their own tests).
+SERVER_VAD = TurnDetection(speculative_start_ms=None, min_interruption_ms=0, echo_guard=False)
 
 
 # --- audio ----------------------------------------------------------------------------------
@@ -371,7 +372,9 @@ async def test_speech_while_waiting_for_asr_drops_that_answer(make, hello, quest
 
 async def test_without_interrupt_response_the_next_turn_waits(make, hello, question) -> None:
     fake = FakeBackbone(reply=["word "] * 60, chunk_delay_s=0.02)
-    session, events = await make(fake, turn_detection=TurnDetection(interrupt_response=False))
+    session, events = await make(
+        fake, turn_detection=SERVER_VAD.model_copy(update={"interrupt_response": False})
+    )
     await feed(session, turn(hello))
     await events.until(OutputAudioDelta)
     await feed(session, turn(question))

@@ -1,0 +1,158 @@
+"""Echo guard: take the agent's own voice back out of the microphone input.
+
+A client that plays the answer on a speaker without an echo canceller of its own sends the
+agent's voice back to us; the VAD would hear "speech" and the agent would interrupt itself. The
+server knows exactly what it sent, so it can subtract it: the reference is the audio it sent,
+laid out on the input stream's timeline from when it was sent (the client plays a response's
+chunks back to back), and the echo is that reference, delayed (network, playback buffer, room)
+and scaled.
+
+Per block of input we estimate the delay by cross-correlation over the last second (GCC-PHAT),
+fit a short filter around that delay by least squares, and subtract it. What is left is the
+user (and noise); the VAD and ASR get that residual. This handles the direct echo path; rooms
+with long reverberation leave a tail, which a client-side canceller handles better.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from voxgate.model.types import INPUT_SAMPLE_RATE
+
+MAX_DELAY_S = 0.6
+"""Longest playback + acoustic delay searched (jitter buffers add 100-300 ms)."""
+HISTORY_S = 1.0
+"""Input kept to estimate the delay."""
+TAPS = 16
+"""Filter length around the estimated delay (1 ms): the direct path and its first smear."""
+MIN_REFERENCE_RMS = 1e-3
+"""Below this the agent is silent here: nothing to cancel."""
+REESTIMATE_S = 0.25
+"""How often the delay is estimated again once cancelling works (rooms and buffers drift)."""
+LOCKED_RESIDUAL = 0.3
+"""Residual/input energy below which the delay estimate is trusted (~5 dB of cancellation)."""
+
+
+class EchoGuard:
+    """One session's echo canceller. `play` records what was sent; `clean` filters the input.
+
+    `play` is called from the event loop and `clean` from the VAD thread: a lock guards both.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._ref = np.zeros(0, np.float32)
+        self._ref_start = 0  # input-stream position of self._ref[0]
+        self._history = np.zeros(0, np.float32)
+        self._history_end = 0  # input-stream position just past self._history
+        self._delay: int | None = None
+        self._locked = False  # the current delay estimate cancels the echo well
+        self._estimated_at = 0  # input position of the last estimate
+
+    @property
+    def delay_ms(self) -> float | None:
+        return None if self._delay is None else self._delay * 1000 / INPUT_SAMPLE_RATE
+
+    def play(self, samples: np.ndarray, sent_at: int) -> None:
+        """Audio (16 kHz) the client will play, sent when the input stream was at `sent_at`.
+
+        Chunks of one answer play back to back, so each starts where the previous ended (or at
+        `sent_at` if the client had run dry)."""
+        with self._lock:
+            end = self._ref_start + len(self._ref)
+            start = max(sent_at, end)
+            if start > end:
+                self._ref = np.concatenate([self._ref, np.zeros(start - end, np.float32)])
+            self._ref = np.concatenate([self._ref, samples.astype(np.float32)])
+
+    def stop(self, at: int) -> None:
+        """The client stopped playing (barge-in, cancel): nothing after `at` will echo."""
+        with self._lock:
+            keep = max(0, at - self._ref_start)
+            self._ref = self._ref[:keep]
+
+    def clean(self, samples: np.ndarray, position: int) -> np.ndarray:
+        """The input block starting at stream `position` with the agent's echo removed."""
+        with self._lock:
+            self._remember(samples, position)
+            reach = int(MAX_DELAY_S * INPUT_SAMPLE_RATE) + TAPS
+            ref_end = self._ref_start + len(self._ref)
+            if position + len(samples) <= self._ref_start or position - reach >= ref_end:
+                self._forget_before(position - reach)
+                return samples
+            reference = self._reference(position - reach, position + len(samples))
+            self._forget_before(position - reach)
+        if not len(samples) or np.sqrt(np.mean(reference**2)) < MIN_REFERENCE_RMS:
+            return samples
+        stale = position - self._estimated_at >= REESTIMATE_S * INPUT_SAMPLE_RATE
+        if self._delay is None or not self._locked or stale:
+            # Until an estimate cancels well, every block brings more echo to estimate from.
+            self._estimate_delay()
+            self._estimated_at = position
+        cleaned = self._subtract(samples, reference, reach)
+        energy = float(np.dot(samples, samples))
+        if energy > 0:
+            self._locked = float(np.dot(cleaned, cleaned)) < LOCKED_RESIDUAL * energy
+        return cleaned
+
+    # --- internals ------------------------------------------------------------------------
+
+    def _remember(self, samples: np.ndarray, position: int) -> None:
+        if position != self._history_end:
+            self._history = np.zeros(0, np.float32)
+        keep = int(HISTORY_S * INPUT_SAMPLE_RATE)
+        self._history = np.concatenate([self._history, samples])[-keep:]
+        self._history_end = position + len(samples)
+
+    def _reference(self, start: int, end: int) -> np.ndarray:
+        """Reference samples for stream positions [start, end) (zeros where none was played)."""
+        out = np.zeros(end - start, np.float32)
+        lo, hi = max(start, self._ref_start), min(end, self._ref_start + len(self._ref))
+        if hi > lo:
+            out[lo - start : hi - start] = self._ref[lo - self._ref_start : hi - self._ref_start]
+        return out
+
+    def _forget_before(self, position: int) -> None:
+        cut = position - self._ref_start
+        if cut > 0:
+            self._ref = self._ref[cut:]
+            self._ref_start = position
+
+    def _estimate_delay(self) -> None:
+        """GCC-PHAT between the recent input and the reference: the lag of the echo."""
+        with self._lock:
+            history = self._history.copy()
+            end = self._history_end
+            reach = int(MAX_DELAY_S * INPUT_SAMPLE_RATE)
+            reference = self._reference(end - len(history) - reach, end)
+        if (
+            len(history) < INPUT_SAMPLE_RATE // 4
+            or np.sqrt(np.mean(reference**2)) < MIN_REFERENCE_RMS
+        ):
+            return
+        n = 1 << int(np.ceil(np.log2(len(reference) + len(history))))
+        spectrum = np.fft.rfft(reference, n) * np.conj(np.fft.rfft(history, n))
+        corr = np.fft.irfft(spectrum / (np.abs(spectrum) + 1e-9), n)
+        # corr[k] = sum_i reference[i + k] * history[i]; an echo `lag` samples late lines
+        # history[i] up with reference[i + reach - lag]: lag 0..reach is corr[reach - lag].
+        lags = corr[: reach + 1][::-1]
+        self._delay = int(np.argmax(lags))
+
+    def _subtract(self, samples: np.ndarray, reference: np.ndarray, reach: int) -> np.ndarray:
+        delay = self._delay or 0
+        first = max(delay - TAPS // 2, 0)
+        # Column j: the reference delayed by (first + j) samples, aligned with `samples`.
+        n = len(samples)
+        columns = np.stack(
+            [reference[reach - (first + j) : reach - (first + j) + n] for j in range(TAPS)],
+            axis=1,
+        )
+        weights, *_ = np.linalg.lstsq(columns, samples, rcond=None)
+        echo = columns @ weights
+        # A least-squares projection never explains more energy than there is; if it seems to
+        # (an ill-conditioned fit, not rounding), keep the input as it was.
+        if np.dot(echo, echo) > 1.01 * np.dot(samples, samples):
+            return samples
+        return (samples - echo).astype(np.float32)
