@@ -66,6 +66,10 @@ class StepAudio2Options(BaseModel):
     """Cap on one synthesis (speech codes are 25 per second)."""
     voice: str | None = None
     """Default voice (the first in the model's voices/ folder if unset)."""
+    vocoder_device: str = "cpu"
+    """torch device of the token2wav vocoder ("cuda" beside the engine on a GPU machine)."""
+    vocoder_threads: int = Field(1, ge=1)
+    """torch threads for the vocoder on CPU: one leaves the other core to the engine."""
 
     def engine_args(self) -> dict[str, Any]:
         args: dict[str, Any] = {"limit_mm_per_prompt": {"audio": self.audio_pieces_per_prompt}}
@@ -144,9 +148,13 @@ class StepAudio2Backbone:
         if not (model_dir / "config.json").is_file():
             raise BackboneError(f"{model_dir} is not a Step-Audio-2 model folder (no config.json)")
         register()  # this process reads the config and tokenizer too
+        if options.vocoder_device == "cpu":
+            import torch
+
+            torch.set_num_threads(options.vocoder_threads)
         tokenizer, vocoder = await asyncio.gather(
             asyncio.to_thread(AutoTokenizer.from_pretrained, model_dir),
-            asyncio.to_thread(Token2Wav.load, model_dir),
+            asyncio.to_thread(Token2Wav.load, model_dir, options.vocoder_device),
         )
         async with EngineHost.start(model_dir, engine_config, **options.engine_args()) as engine:
             backbone = cls(engine, tokenizer, vocoder, options)
