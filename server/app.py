@@ -15,6 +15,8 @@ from voxgate.model import artifacts
 from voxgate.model.artifacts import SILERO_VAD
 from voxgate.model.backbone import Backbone
 from voxgate.server import rest, routes
+from voxgate.server.draining import Drain
+from voxgate.server.metrics import HttpMetrics, MeteredBackbone
 from voxgate.server.realtime import realtime_endpoint
 from voxgate.server.settings import Settings
 from voxgate.streaming.config import SessionConfig, Transcription
@@ -36,17 +38,26 @@ class SessionSlots:
         self.limit = limit
         self.active = 0
         self._lock = threading.Lock()
+        self._empty = asyncio.Event()
+        self._empty.set()
 
     def try_acquire(self) -> bool:
         with self._lock:
             if self.active >= self.limit:
                 return False
             self.active += 1
+            self._empty.clear()
             return True
 
     def release(self) -> None:
         with self._lock:
             self.active -= 1
+            if self.active == 0:
+                self._empty.set()
+
+    async def wait_empty(self) -> None:
+        """Return once nothing holds a slot (at once if nothing does)."""
+        await self._empty.wait()
 
 
 @dataclass
@@ -59,9 +70,12 @@ class Services:
     sessions: SessionSlots
     rest_requests: SessionSlots = field(init=False)
     """REST requests being served (a streamed answer counts until its last byte)."""
+    drain: Drain = field(init=False)
+    """Graceful shutdown: whether the server still takes new work (`server/draining.py`)."""
 
     def __post_init__(self) -> None:
         self.rest_requests = SessionSlots(self.settings.rest.max_concurrent_requests)
+        self.drain = Drain(self.settings.drain_deadline_s, self.sessions, self.rest_requests)
 
     @property
     def model_name(self) -> str:
@@ -129,12 +143,16 @@ def create_app(settings: Settings, backbone_factory: BackboneFactory | None = No
         vad_model = await asyncio.to_thread(SileroModel, vad_dir / SILERO_VAD.files[0].name)
         async with factory(settings) as backbone:
             app.state.services = Services(
-                settings, backbone, vad_model, SessionSlots(settings.realtime.max_sessions)
+                settings,
+                MeteredBackbone(backbone),
+                vad_model,
+                SessionSlots(settings.realtime.max_sessions),
             )
             log.info("voxgate ready: backbone %s", backbone.name)
             yield
 
     app = FastAPI(title="voxgate", version="0.1.0", lifespan=lifespan)
+    app.add_middleware(HttpMetrics)
     app.add_api_websocket_route("/v1/realtime", realtime_endpoint)
     app.include_router(routes.router)
     app.include_router(rest.router)

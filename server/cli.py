@@ -10,9 +10,9 @@ from voxgate.server.settings import Settings
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
+    from voxgate.server import logs
     from voxgate.server.app import create_app
+    from voxgate.server.draining import serve
 
     given = (
         ("host", args.host),
@@ -22,18 +22,9 @@ def _serve(args: argparse.Namespace) -> int:
     )
     overrides = {k: v for k, v in given if v is not None}
     settings = Settings(**overrides)
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        ws_max_size=settings.realtime.transport_max_bytes,
-        ws_ping_interval=settings.realtime.ping_interval_s,
-        ws_ping_timeout=settings.realtime.ping_interval_s,
-    )
+    logs.configure(settings.log_level, settings.log_format)
+    # SIGTERM / Ctrl+C drain first: live turns finish, then sessions close with 1001.
+    serve(create_app(settings), settings)
     return 0
 
 

@@ -45,7 +45,7 @@ from voxgate.model.types import (
     Segment,
     UnknownVoiceError,
 )
-from voxgate.server import auth
+from voxgate.server import auth, metrics
 from voxgate.server.audio_files import (
     AudioFileError,
     EmptyAudio,
@@ -264,6 +264,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def rest_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RestError)
+        metrics.rest_error(request.scope, exc.code)
         return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
 
     async def backbone_error(request: Request, exc: Exception) -> Response:
@@ -311,6 +312,14 @@ async def _serve(
     services = _authorised(request)
     settings = services.settings.rest
     retry = {"Retry-After": str(settings.retry_after_s)}
+    if services.drain.draining:
+        raise RestError(
+            503,
+            "server_shutting_down",
+            "this server is shutting down; retry to reach another one",
+            type="server_error",
+            headers=retry,
+        )
     if not services.backbone.is_healthy:
         raise RestError(
             503,
@@ -571,8 +580,9 @@ def _sse(event: dict[str, Any]) -> bytes:
     return b"data: " + json.dumps(event, separators=(",", ":")).encode() + b"\n\n"
 
 
-def _error_event(e: BackboneError) -> bytes:
+def _error_event(e: BackboneError, endpoint: str) -> bytes:
     log.warning("backbone failed a streamed REST request: %s", e)
+    metrics.REST_ERRORS.labels(endpoint=endpoint, code="backbone_error").inc()
     error = RestError(500, "backbone_error", str(e), type="server_error")
     return _sse({"type": "error", **error.body()})
 
@@ -585,7 +595,7 @@ async def _transcript_events(job: _TranscriptionJob) -> AsyncIterator[bytes]:
                 yield _sse(delta_event(text if first else " " + text))
                 first = False
     except BackboneError as e:
-        yield _error_event(e)
+        yield _error_event(e, "/v1/audio/transcriptions")
         return
     yield _sse(done_event(job.transcript))
 
@@ -712,7 +722,7 @@ async def _speech_events(
             async for data in audio:
                 yield _sse({"type": "speech.audio.delta", "audio": base64.b64encode(data).decode()})
     except BackboneError as e:
-        yield _error_event(e)
+        yield _error_event(e, "/v1/audio/speech")
         return
     # voxgate does not meter speech in tokens; OpenAI's `usage` is there, with zeros.
     usage = {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0}

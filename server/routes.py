@@ -24,6 +24,9 @@ async def ready(request: Request) -> JSONResponse:
     services = getattr(request.app.state, "services", None)
     if services is None or not services.backbone.is_healthy:
         return JSONResponse({"status": "unavailable"}, status_code=503)
+    if services.drain.draining:
+        # Shutting down: no new clients here (liveness, /health, stays fine meanwhile).
+        return JSONResponse({"status": "draining"}, status_code=503)
     return JSONResponse(
         {
             "status": "ready",

@@ -83,6 +83,12 @@ class Settings(BaseSettings):
     model: Path | None = None
     """The Step-Audio-2 model folder (local; `voxgate make-tiny-model DIR` writes a test one)."""
     log_level: str = "info"
+    log_format: Literal["text", "json"] = "text"
+    """`json`: one JSON object per log line, with `session_id` and `response_id` where a line
+    is about a realtime session (for log collectors); `text` for people."""
+    drain_deadline_s: float = Field(30.0, ge=0)
+    """On SIGTERM, how long live realtime turns and REST requests may take to finish before
+    the remaining sessions are closed (1001) and the server stops (`server/draining.py`)."""
     engine: EngineConfig = EngineConfig()
     cascade: CascadeConfig = CascadeConfig()
     stepaudio2: StepAudio2Options = StepAudio2Options()
