@@ -52,6 +52,11 @@ class EngineConfig(BaseModel):
     """Keep vLLM's own Prometheus metrics (`vllm:*`) on."""
     scheduling_policy: Literal["priority", "fcfs"] = "priority"
     """"priority" serves live turns before REST work; "fcfs" exists to measure the difference."""
+    tensor_parallel_size: int = Field(1, ge=1)
+    """GPUs one engine splits each layer over (vLLM's tensor parallelism), for a model too big
+    for one GPU; all on this node. The engine stays one per server process."""
+    pipeline_parallel_size: int = Field(1, ge=1)
+    """GPUs one engine splits the layers over in stages (vLLM's pipeline parallelism)."""
 
 
 class EngineHost:
@@ -84,6 +89,8 @@ class EngineHost:
             kv_cache_memory_bytes=int(config.kv_cache_gib * (1 << 30)),
             scheduling_policy=config.scheduling_policy,
             disable_log_stats=not config.log_stats,
+            tensor_parallel_size=config.tensor_parallel_size,
+            pipeline_parallel_size=config.pipeline_parallel_size,
             **engine_args,
         )
         if "speculative_config" in engine_args:
