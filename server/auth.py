@@ -4,13 +4,20 @@
 - the WebSocket subprotocol `openai-insecure-api-key.KEY` (browsers cannot set headers);
 - the query parameter `?api_key=KEY` (simple browser and CLI clients).
 Without a configured key everything is allowed, and the server says so in its start-up log.
+
+Wherever the key is accepted, so is an unexpired client secret that this app minted
+(`server/client_secrets.py`), presented in the same forms.
 """
 
 from __future__ import annotations
 
 import hmac
+from typing import TYPE_CHECKING
 
 from starlette.requests import HTTPConnection
+
+if TYPE_CHECKING:
+    from voxgate.server.client_secrets import ClientSecret, ClientSecretStore
 
 SUBPROTOCOL_KEY_PREFIX = "openai-insecure-api-key."
 
@@ -30,11 +37,22 @@ def presented_key(conn: HTTPConnection) -> str | None:
     return conn.query_params.get("api_key")
 
 
+def presents_api_key(conn: HTTPConnection, api_key: str) -> bool:
+    presented = presented_key(conn)
+    return presented is not None and hmac.compare_digest(presented.encode(), api_key.encode())
+
+
+def client_secret(conn: HTTPConnection) -> ClientSecret | None:
+    """The unexpired client secret `conn` presents, if this app minted it."""
+    store: ClientSecretStore | None = getattr(conn.app.state, "client_secrets", None)
+    presented = presented_key(conn)
+    return None if store is None or presented is None else store.get(presented)
+
+
 def is_authorised(conn: HTTPConnection, api_key: str | None) -> bool:
     if api_key is None:
         return True
-    presented = presented_key(conn)
-    return presented is not None and hmac.compare_digest(presented.encode(), api_key.encode())
+    return presents_api_key(conn, api_key) or client_secret(conn) is not None
 
 
 def reply_subprotocol(conn: HTTPConnection) -> str | None:

@@ -64,6 +64,20 @@ class RestSettings(BaseModel):
     """Long audio is transcribed in pieces of at most this long, cut at silences."""
 
 
+class ClientSecretSettings(BaseModel):
+    """Client secrets for browsers, `POST /v1/realtime/client_secrets` (nested under
+    `VOXGATE_CLIENT_SECRETS__*`)."""
+
+    default_ttl_s: int = Field(60, ge=10, le=7200)
+    """Lifetime of a secret whose request does not say (`expires_after.seconds`)."""
+    max_ttl_s: int = Field(7200, ge=10, le=7200)
+    """Longest lifetime a request may ask for (OpenAI's limit is 2 hours)."""
+    max_active: int = Field(1024, ge=1)
+    """Unexpired secrets kept at once; one more is refused with 429 until the soonest expires."""
+    max_body_bytes: int = Field(256 << 10, ge=1024)
+    """Largest minting request (its session's instructions are most of it); larger gets 413."""
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="VOXGATE_", env_nested_delimiter="__", use_attribute_docstrings=True
@@ -94,3 +108,4 @@ class Settings(BaseSettings):
     stepaudio2: StepAudio2Options = StepAudio2Options()
     realtime: RealtimeSettings = RealtimeSettings()
     rest: RestSettings = RestSettings()
+    client_secrets: ClientSecretSettings = ClientSecretSettings()
