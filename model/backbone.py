@@ -39,6 +39,15 @@ class Backbone(Protocol):
         ...
 
     @property
+    def can_reason(self) -> bool:
+        """Whether think mode (`ResponseOptions.reasoning_tokens`) is available."""
+        ...
+
+    async def summarize(self, summary: str, turns: Sequence[Turn], *, priority: int) -> str:
+        """Fold `turns` into the running `summary` (compacted memory), keeping names and facts."""
+        ...
+
+    @property
     def follows_instructions(self) -> bool:
         """Whether `synthesize(instructions=...)` changes how the speech sounds."""
         ...
@@ -77,7 +86,9 @@ class Backbone(Protocol):
     ) -> AsyncIterator[ResponseOutput]:
         """Answer the conversation: TextDelta and AudioChunk as produced, then one ResponseEnd.
 
-        Each TextDelta comes right before the audio that speaks it. Closing or cancelling
-        the iterator stops the work and aborts the engine request.
+        Each TextDelta comes right before the audio that speaks it; ReasoningDelta (think mode)
+        comes first and is never spoken; a ToolCall replaces the answer when the model calls a
+        function. Closing or cancelling the iterator stops the work and aborts the engine
+        request.
         """
         ...

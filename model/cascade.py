@@ -9,28 +9,33 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import aclosing, asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, Field
 
-from voxgate.model import artifacts, smollm2
+from voxgate.model import artifacts, smollm2, tools
 from voxgate.model.artifacts import PIPER_JOE, WHISPER_TINY_EN
 from voxgate.model.asr import WhisperASR
 from voxgate.model.clauses import ClauseSplitter, clean_for_speech
 from voxgate.model.engine import EngineConfig, EngineHost
 from voxgate.model.lm import ChatLM, SamplingConfig
+from voxgate.model.memory import SUMMARY_INSTRUCTIONS, SUMMARY_TOKENS, summary_request, with_summary
 from voxgate.model.tts import PiperTTS
 from voxgate.model.types import (
     INPUT_SAMPLE_RATE,
     AudioChunk,
+    BackboneError,
     ResponseEnd,
     ResponseOptions,
     ResponseOutput,
     TextDelta,
+    ToolCall,
     Transcription,
     Turn,
     TurnTrace,
@@ -41,6 +46,8 @@ from voxgate.model.types import (
 log = logging.getLogger(__name__)
 
 VOICE_NAME = "joe"
+TOOL_DECISION_TOKENS = 256
+"""Enough for a function name and its arguments as JSON."""
 
 CLAUSE_QUEUE_SIZE = 16
 """Clauses waiting for TTS. When full, the LM reader waits (vLLM keeps the tokens)."""
@@ -183,8 +190,17 @@ class CascadeBackbone:
     ) -> AsyncIterator[ResponseOutput]:
         if options.audio:
             self._check_voice(options.voice)
-        prompt = self._lm.prompts.build(
-            options.instructions, conversation, options.max_output_tokens, options.conversation_id
+        if options.reasoning_tokens:
+            raise BackboneError("think mode needs a backbone that can reason; SmolLM2 cannot")
+        system = with_summary(options.instructions, options.summary)
+        if options.tools and options.tool_choice != "none":
+            call, end = await self._decide_tool(system, conversation, options)
+            if call is not None:
+                yield call
+                yield end
+                return
+        prompt, start = self._lm.prompts.build_window(
+            system, conversation, options.max_output_tokens, options.conversation_id
         )
         trace.mark("lm_submit")
         text = self._lm.stream(
@@ -202,7 +218,7 @@ class CascadeBackbone:
                         yield TextDelta(item)
                     else:
                         trace.mark("lm_done")
-                        yield item
+                        yield replace(item, context_start=start)
             return
 
         clauses: asyncio.Queue[str | ResponseEnd | BaseException] = asyncio.Queue(CLAUSE_QUEUE_SIZE)
@@ -217,10 +233,62 @@ class CascadeBackbone:
                 async for chunk in self._tts.synthesize(item, options.speed):
                     trace.mark("tts_first_chunk")
                     yield chunk
-            yield item
+            yield replace(item, context_start=start)
         finally:
             producer.cancel()
             await asyncio.gather(producer, return_exceptions=True)
+
+    async def _decide_tool(
+        self, system: str, conversation: Sequence[Turn], options: ResponseOptions
+    ) -> tuple[ToolCall | None, ResponseEnd]:
+        """Ask the LM, under a JSON-schema grammar, whether to call a function (and how)."""
+        prompt = self._lm.prompts.build(
+            f"{system}\n\n{tools.instructions(options.tools, options.tool_choice)}",
+            conversation,
+            TOOL_DECISION_TOKENS,
+        )
+        text, end = "", ResponseEnd("stop", len(prompt), 0)
+        decision = self._lm.stream(
+            prompt,
+            request_id=f"{options.request_id}-tool",
+            max_output_tokens=TOOL_DECISION_TOKENS,
+            sampling=SamplingConfig(0.0, 1.0, 1.0),
+            priority=options.priority,
+            schema=tools.decision_schema(options.tools, options.tool_choice),
+        )
+        async with aclosing(decision):
+            async for item in decision:
+                if isinstance(item, str):
+                    text += item
+                else:
+                    end = item
+        try:
+            return tools.parse_decision(text, options.tools), end
+        except ValueError as e:
+            if options.tool_choice != "auto":
+                raise BackboneError(f"the model could not produce the required call: {e}") from e
+            log.warning("no usable tool decision (%s); answering in words", e)
+            return None, end
+
+    @property
+    def can_reason(self) -> bool:
+        return False
+
+    async def summarize(self, summary: str, turns: Sequence[Turn], *, priority: int) -> str:
+        prompt = self._lm.prompts.render(SUMMARY_INSTRUCTIONS, [summary_request(summary, turns)])
+        text = ""
+        stream = self._lm.stream(
+            prompt,
+            request_id=f"summary-{uuid.uuid4().hex[:12]}",
+            max_output_tokens=SUMMARY_TOKENS,
+            sampling=SamplingConfig(0.0, 1.0, 1.1),
+            priority=priority,
+        )
+        async with aclosing(stream):
+            async for item in stream:
+                if isinstance(item, str):
+                    text += item
+        return text.strip() or summary
 
     async def _split_clauses(
         self,

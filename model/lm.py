@@ -64,6 +64,16 @@ class PromptBuilder:
         conversation_id: str | None = None,
     ) -> Any:
         """The prompt of the newest part of `conversation` that fits the context budget."""
+        return self.build_window(instructions, conversation, max_output_tokens, conversation_id)[0]
+
+    def build_window(
+        self,
+        instructions: str,
+        conversation: Sequence[Turn],
+        max_output_tokens: int,
+        conversation_id: str | None = None,
+    ) -> tuple[Any, int]:
+        """The prompt, and the index of the first turn it holds (earlier ones did not fit)."""
         budget = self.context_tokens - max_output_tokens
         if budget <= 0:
             raise ValueError("max_output_tokens leaves no room for the prompt")
@@ -74,10 +84,10 @@ class PromptBuilder:
             start = self._first_fitting(instructions, turns, start, int(budget * self.low_water))
             if start == len(turns):
                 self._forget(conversation_id)
-                return self.fit_last_turn(instructions, turns[-1], budget)
+                return self.fit_last_turn(instructions, turns[-1], budget), len(turns) - 1
             prompt = self.render(instructions, turns[start:])
         self._remember(conversation_id, turns[start] if start < len(turns) else None)
-        return prompt
+        return prompt, start
 
     def _first_fitting(self, instructions: str, turns: list[Turn], lo: int, target: int) -> int:
         """Smallest start >= lo whose prompt fits `target` (len(turns) if none does)."""
@@ -147,15 +157,19 @@ class ChatLM:
         max_output_tokens: int,
         sampling: SamplingConfig,
         priority: int = 0,
+        schema: dict[str, Any] | None = None,
     ) -> AsyncIterator[str | ResponseEnd]:
-        """Yield text deltas, then one ResponseEnd."""
+        """Yield text deltas, then one ResponseEnd; with `schema`, the text is JSON valid for
+        it (vLLM's structured outputs constrain the decoding)."""
         from vllm import SamplingParams
+        from vllm.sampling_params import StructuredOutputsParams
 
         params = SamplingParams(
             max_tokens=max_output_tokens,
             temperature=sampling.temperature,
             top_p=sampling.top_p,
             repetition_penalty=sampling.repetition_penalty,
+            structured_outputs=None if schema is None else StructuredOutputsParams(json=schema),
         )
         output_tokens = 0
         finish_reason = "stop"

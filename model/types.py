@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -38,6 +38,22 @@ class TextDelta:
 
 
 @dataclass(frozen=True, slots=True)
+class ReasoningDelta:
+    """Thinking before the answer (think mode): shown to the client as text, never spoken."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """The answer is a function call: `arguments` is JSON valid for the tool's schema."""
+
+    call_id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True, slots=True)
 class ResponseEnd:
     """The last item of every `respond()` stream that was not cancelled."""
 
@@ -46,9 +62,22 @@ class ResponseEnd:
     output_tokens: int
     output_audio_tokens: int = 0
     """Of `output_tokens`, the speech codes (each is 40 ms of audio); 0 for text LMs."""
+    context_start: int = 0
+    """Index of the first conversation turn the prompt held: the turns before it did not fit
+    the context budget (the session may fold them into its summary)."""
 
 
-ResponseOutput = TextDelta | AudioChunk | ResponseEnd
+ResponseOutput = TextDelta | AudioChunk | ReasoningDelta | ToolCall | ResponseEnd
+
+
+@dataclass(frozen=True, slots=True)
+class ToolSpec:
+    """A function the model may call (OpenAI's function tool)."""
+
+    name: str
+    description: str
+    parameters: dict[str, Any]
+    """JSON Schema of the arguments object."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +109,8 @@ class Role(StrEnum):
     ASSISTANT = "assistant"
     SYSTEM = "system"
     """Extra instructions placed in the conversation (the persona itself is separate)."""
+    TOOL = "tool"
+    """A function's result, handed back by the client."""
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -128,6 +159,13 @@ class ResponseOptions:
     conversation_id: str | None = None
     """Same id for every response of one conversation (lets the backbone keep its context
     window stable, so the engine's prefix cache is reused); None for one-off requests."""
+    summary: str = ""
+    """What the conversation said before its oldest turn still kept (compacted memory)."""
+    tools: tuple[ToolSpec, ...] = ()
+    tool_choice: str = "auto"
+    """"auto" | "none" | "required" | the name of the one tool to call."""
+    reasoning_tokens: int = 0
+    """Think mode: at most this many tokens of reasoning before the answer (0: off)."""
 
 
 @dataclass(slots=True)

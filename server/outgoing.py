@@ -14,6 +14,7 @@ from typing import Any
 from voxgate.server import protocol
 from voxgate.streaming.events import (
     ErrorReported,
+    FunctionCallArgumentsDelta,
     InputCleared,
     InputCommitted,
     InputTranscribed,
@@ -28,6 +29,8 @@ from voxgate.streaming.events import (
     OutputItemFinished,
     OutputItemStarted,
     OutputTextDelta,
+    ReasoningDeltaEvent,
+    ReasoningDone,
     Response,
     ResponseFinished,
     ResponseStarted,
@@ -35,6 +38,7 @@ from voxgate.streaming.events import (
     SessionEvent,
     SpeechStartedEvent,
     SpeechStoppedEvent,
+    SummaryUpdated,
 )
 from voxgate.streaming.timings import turn_timings
 
@@ -156,6 +160,20 @@ class Outgoing:
                 response=r, item=item, output_index=index, previous_item_id=prev
             ):
                 started = protocol.wire_item(item, as_started=True)
+                if item.kind == "function_call":
+                    events = [
+                        _event(
+                            "response.output_item.added",
+                            response_id=r.id,
+                            output_index=index,
+                            item=started,
+                        )
+                    ]
+                    if r.in_conversation:
+                        events.append(
+                            _event("conversation.item.added", item=started, previous_item_id=prev)
+                        )
+                    return events
                 events = [
                     _event(
                         "response.output_item.added",
@@ -190,6 +208,52 @@ class Outgoing:
                         "response.output_audio.delta",
                         **_ref(r, item),
                         delta=base64.b64encode(data).decode(),
+                    )
+                ]
+            case FunctionCallArgumentsDelta(response=r, item=item, delta=delta):
+                return [
+                    _event(
+                        "response.function_call_arguments.delta",
+                        response_id=r.id,
+                        item_id=item.id,
+                        output_index=r.items.index(item),
+                        call_id=item.call_id,
+                        delta=delta,
+                    )
+                ]
+            case OutputItemFinished(response=r, item=item, output_index=index) if (
+                item.kind == "function_call"
+            ):
+                done = protocol.wire_item(item)
+                events = [
+                    _event(
+                        "response.function_call_arguments.done",
+                        response_id=r.id,
+                        item_id=item.id,
+                        output_index=index,
+                        call_id=item.call_id,
+                        name=item.name,
+                        arguments=item.arguments,
+                    ),
+                    _event(
+                        "response.output_item.done", response_id=r.id, output_index=index, item=done
+                    ),
+                ]
+                if r.in_conversation:
+                    events.append(_event("conversation.item.done", item=done))
+                return events
+            case ReasoningDeltaEvent(response=r, delta=delta):
+                return [_event("voxgate.response.reasoning.delta", response_id=r.id, delta=delta)]
+            case ReasoningDone(response=r):
+                return [
+                    _event("voxgate.response.reasoning.done", response_id=r.id, text=r.reasoning)
+                ]
+            case SummaryUpdated(summary=summary, items_folded=folded):
+                return [
+                    _event(
+                        "voxgate.conversation.summary.updated",
+                        summary=summary,
+                        items_folded=folded,
                     )
                 ]
             case OutputItemFinished(response=r, item=item, output_index=index):

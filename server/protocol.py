@@ -9,11 +9,21 @@ models are the reference; the tests validate every server event against them.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter
+import jsonschema
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    TypeAdapter,
+    ValidationError,
+)
 
-from voxgate.model.types import Role
+from voxgate.model.types import Role, ToolSpec
 from voxgate.streaming.audio import AudioFormat
 from voxgate.streaming.config import SessionConfig, Transcription, TurnDetection
 from voxgate.streaming.events import Item, ItemStatus, Response, ResponseStatus
@@ -122,6 +132,10 @@ class SessionAudioParams(Strict):
     output: AudioOutputParams | None = None
 
 
+class Reasoning(Strict):
+    effort: Literal["minimal", "low", "medium", "high", "xhigh"] | None = None
+
+
 class SessionParams(Strict):
     type: Literal["realtime", "transcription"]
     model: str | None = None
@@ -130,12 +144,12 @@ class SessionParams(Strict):
     audio: SessionAudioParams | None = None
     max_output_tokens: int | Literal["inf"] | None = None
     tools: list[dict[str, Any]] | None = None
-    tool_choice: Any = None
+    tool_choice: Literal["auto", "none", "required"] | FunctionChoice | dict[str, Any] | None = None
     tracing: Any = None
     truncation: Any = None
     include: list[str] | None = None
     prompt: Any = None
-    reasoning: Any = None
+    reasoning: Reasoning | None = None
     parallel_tool_calls: bool | None = None
 
 
@@ -160,13 +174,42 @@ class MessageItem(Strict):
     status: Literal["completed", "incomplete", "in_progress"] | None = None
 
 
+class FunctionCallItem(Strict):
+    type: Literal["function_call"]
+    call_id: str = Field(max_length=128)
+    name: str = Field(max_length=128)
+    arguments: str
+    id: str | None = Field(None, max_length=64)
+    object: Literal["realtime.item"] | None = None
+    status: Literal["completed", "incomplete", "in_progress"] | None = None
+
+
+class FunctionCallOutputItem(Strict):
+    type: Literal["function_call_output"]
+    call_id: str = Field(max_length=128)
+    output: str
+    id: str | None = Field(None, max_length=64)
+    object: Literal["realtime.item"] | None = None
+    status: Literal["completed", "incomplete", "in_progress"] | None = None
+
+
+class FunctionTool(Strict):
+    type: Literal["function"] = "function"
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[a-zA-Z0-9_-]+$")
+    description: str = ""
+    parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object"})
+
+
+class FunctionChoice(Strict):
+    type: Literal["function"]
+    name: str
+
+
 class OtherItem(BaseModel):
-    """Function calls, MCP items: parsed only to be refused by name."""
+    """MCP items: parsed only to be refused by name."""
 
     model_config = ConfigDict(extra="allow")
     type: Literal[
-        "function_call",
-        "function_call_output",
         "mcp_approval_response",
         "mcp_list_tools",
         "mcp_call",
@@ -174,7 +217,9 @@ class OtherItem(BaseModel):
     ]
 
 
-WireItem = Annotated[MessageItem | OtherItem, Field(discriminator="type")]
+WireItem = Annotated[
+    MessageItem | FunctionCallItem | FunctionCallOutputItem | OtherItem, Field(discriminator="type")
+]
 
 
 # --- client events ------------------------------------------------------------------------
@@ -234,9 +279,9 @@ class ResponseParams(Strict):
     input: list[WireItem] | None = None
     metadata: dict[str, str] | None = None
     tools: list[dict[str, Any]] | None = None
-    tool_choice: Any = None
+    tool_choice: Literal["auto", "none", "required"] | FunctionChoice | dict[str, Any] | None = None
     prompt: Any = None
-    reasoning: Any = None
+    reasoning: Reasoning | None = None
     parallel_tool_calls: bool | None = None
 
 
@@ -281,6 +326,8 @@ UNION_TAGS = CLIENT_EVENT_TYPES | {
     "server_vad",
     "semantic_vad",
     "message",
+    "function_call",
+    "function_call_output",
     *OtherItem.model_fields["type"].annotation.__args__,  # type: ignore[union-attr]
 }
 """Discriminator values pydantic puts into error locations (they are not field names)."""
@@ -319,17 +366,22 @@ def session_config(current: SessionConfig, params: SessionParams) -> SessionConf
     """Apply a `session.update` to the current config (only the fields the client set)."""
     if params.type != "realtime":
         raise Unsupported("session.type", "'transcription' sessions")
-    for name in ("tracing", "prompt", "reasoning", "include", "parallel_tool_calls"):
+    for name in ("tracing", "prompt", "include"):
         if getattr(params, name) is not None:
             raise Unsupported(f"session.{name}", name)
-    if params.tools:
-        raise Unsupported("session.tools", "function tools")
-    if params.tool_choice not in (None, "auto", "none"):
-        raise Unsupported("session.tool_choice", "forcing a tool")
+    if params.parallel_tool_calls:
+        raise Unsupported("session.parallel_tool_calls", "more than one call per response")
     if params.truncation not in (None, "auto"):
         raise Unsupported("session.truncation", "truncation other than 'auto'")
 
     update: dict[str, Any] = {}
+    if params.tools is not None:
+        update["tools"] = function_tools(params.tools, "session.tools")
+    if params.tool_choice is not None:
+        tools = update.get("tools", current.tools)
+        update["tool_choice"] = tool_choice(params.tool_choice, tools, "session.tool_choice")
+    if _set(params, "reasoning"):
+        update["reasoning_effort"] = params.reasoning.effort if params.reasoning else None
     if params.instructions is not None:
         update["instructions"] = params.instructions
     if params.output_modalities is not None:
@@ -358,6 +410,47 @@ def session_config(current: SessionConfig, params: SessionParams) -> SessionConf
         if out.speed is not None:
             update["speed"] = out.speed
     return current.model_copy(update=update)
+
+
+def function_tools(tools: list[dict[str, Any]], param: str) -> tuple[ToolSpec, ...]:
+    """The session's or response's function tools, checked: names unique, schemas valid."""
+    specs: list[ToolSpec] = []
+    for i, raw in enumerate(tools):
+        if raw.get("type", "function") != "function":
+            raise Unsupported(f"{param}[{i}].type", f"{raw.get('type')!r} tools")
+        try:
+            tool = FunctionTool.model_validate(raw)
+        except ValidationError as e:
+            first = e.errors(include_url=False)[0]
+            where = ".".join(str(part) for part in first["loc"])
+            code = "missing_required_parameter" if first["type"] == "missing" else "invalid_value"
+            raise SessionRejected(code, first["msg"], f"{param}[{i}].{where}") from e
+        try:
+            jsonschema.Draft202012Validator.check_schema(tool.parameters)
+        except jsonschema.SchemaError as e:
+            raise SessionRejected(
+                "invalid_value", f"not a JSON Schema: {e.message}", f"{param}[{i}].parameters"
+            ) from e
+        if any(spec.name == tool.name for spec in specs):
+            raise SessionRejected(
+                "invalid_value", f"two tools are named {tool.name!r}", f"{param}[{i}].name"
+            )
+        specs.append(ToolSpec(tool.name, tool.description, tool.parameters))
+    return tuple(specs)
+
+
+def tool_choice(
+    choice: str | FunctionChoice | dict[str, Any], tools: Sequence[ToolSpec], param: str
+) -> str:
+    if isinstance(choice, dict):
+        raise Unsupported(f"{param}.type", f"{choice.get('type')!r} tool choices")
+    if isinstance(choice, FunctionChoice):
+        if all(t.name != choice.name for t in tools):
+            raise SessionRejected(
+                "invalid_value", f"no tool named {choice.name!r}", f"{param}.name"
+            )
+        return choice.name
+    return choice
 
 
 def _transcription(params: TranscriptionParams | None) -> Transcription | None:
@@ -495,8 +588,21 @@ def wire_session(config: SessionConfig, session_id: str, model: str) -> dict[str
                 "speed": config.speed,
             },
         },
-        "tools": [],
-        "tool_choice": "auto",
+        "tools": [
+            {
+                "type": "function",
+                "name": t.name,
+                "description": t.description,
+                "parameters": t.parameters,
+            }
+            for t in config.tools
+        ],
+        "tool_choice": (
+            config.tool_choice
+            if config.tool_choice in ("auto", "none", "required")
+            else {"type": "function", "name": config.tool_choice}
+        ),
+        **({"reasoning": {"effort": config.reasoning_effort}} if config.reasoning_effort else {}),
         "max_output_tokens": "inf"
         if config.max_output_tokens is None
         else config.max_output_tokens,
@@ -507,6 +613,20 @@ def wire_session(config: SessionConfig, session_id: str, model: str) -> dict[str
 def wire_item(item: Item, *, as_started: bool = False) -> dict[str, Any]:
     """`as_started`: the item as it was when it started (in progress, no content yet)."""
     status = ItemStatus.IN_PROGRESS if as_started else item.status
+    base = {"id": item.id, "object": "realtime.item", "status": status.value}
+    if item.kind == "function_call":
+        return base | {
+            "type": "function_call",
+            "call_id": item.call_id,
+            "name": item.name,
+            "arguments": "" if as_started else item.arguments,
+        }
+    if item.kind == "function_call_output":
+        return base | {
+            "type": "function_call_output",
+            "call_id": item.call_id,
+            "output": item.output,
+        }
     if item.role is Role.USER:
         part = (
             {"type": "input_audio", "transcript": item.transcript}

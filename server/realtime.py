@@ -14,11 +14,13 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from voxgate.model.types import Role, ToolSpec
 from voxgate.server import auth, logs, metrics, protocol
 from voxgate.server.draining import CLOSE_GOING_AWAY, TurnActivity
 from voxgate.server.errors import validation_error
@@ -28,6 +30,8 @@ from voxgate.server.protocol import (
     ConversationItemDelete,
     ConversationItemRetrieve,
     ConversationItemTruncate,
+    FunctionCallItem,
+    FunctionCallOutputItem,
     InputAudioBufferAppend,
     InputAudioBufferClear,
     InputAudioBufferCommit,
@@ -39,7 +43,7 @@ from voxgate.server.protocol import (
     Unsupported,
 )
 from voxgate.streaming.audio import AudioFormat
-from voxgate.streaming.events import ErrorReported, OutputAudioDelta, ResponseFinished
+from voxgate.streaming.events import ErrorReported, Item, OutputAudioDelta, ResponseFinished
 from voxgate.streaming.session import RealtimeSession, ResponseRequest, SessionRejected, new_id
 from voxgate.streaming.timings import turn_timings
 
@@ -249,6 +253,31 @@ class RealtimeConnection:
                 item, audio = protocol.message_item(wire, new_id("item"))
                 data = _b64_audio(audio, "item.content[0].audio") if audio is not None else None
                 await session.add_item(item, previous, data)
+            case ConversationItemCreate(item=FunctionCallItem() as call, previous_item_id=previous):
+                await session.add_item(
+                    Item(
+                        call.id or new_id("item"),
+                        Role.ASSISTANT,
+                        kind="function_call",
+                        call_id=call.call_id,
+                        name=call.name,
+                        arguments=call.arguments,
+                    ),
+                    previous,
+                )
+            case ConversationItemCreate(
+                item=FunctionCallOutputItem() as result, previous_item_id=previous
+            ):
+                await session.add_item(
+                    Item(
+                        result.id or new_id("item"),
+                        Role.TOOL,
+                        kind="function_call_output",
+                        call_id=result.call_id,
+                        output=result.output,
+                    ),
+                    previous,
+                )
             case ConversationItemCreate(item=other):
                 raise Unsupported("item.type", f"{other.type!r} items")
             case ConversationItemDelete(item_id=item_id):
@@ -260,7 +289,7 @@ class RealtimeConnection:
             ):
                 await session.truncate_item(item_id, index, end_ms)
             case ResponseCreate(response=params):
-                await session.create_response(_response_request(params))
+                await session.create_response(_response_request(params, session.config.tools))
             case ResponseCancel(response_id=response_id):
                 await session.cancel_response(response_id)
             case OutputAudioBufferClear():
@@ -306,16 +335,15 @@ def _b64_audio(data: str, param: str) -> bytes:
     return audio
 
 
-def _response_request(params: protocol.ResponseParams | None) -> ResponseRequest:
+def _response_request(
+    params: protocol.ResponseParams | None, session_tools: Sequence[ToolSpec]
+) -> ResponseRequest:
     if params is None:
         return ResponseRequest()
-    for name in ("prompt", "reasoning", "parallel_tool_calls"):
-        if getattr(params, name) is not None:
-            raise Unsupported(f"response.{name}", name)
-    if params.tools:
-        raise Unsupported("response.tools", "function tools")
-    if params.tool_choice not in (None, "auto", "none"):
-        raise Unsupported("response.tool_choice", "forcing a tool")
+    if params.prompt is not None:
+        raise Unsupported("response.prompt", "prompt")
+    if params.parallel_tool_calls:
+        raise Unsupported("response.parallel_tool_calls", "more than one call per response")
     if params.conversation not in (None, "auto", "none"):
         raise Unsupported("response.conversation", "conversations other than 'auto' and 'none'")
     request = ResponseRequest(
@@ -323,6 +351,15 @@ def _response_request(params: protocol.ResponseParams | None) -> ResponseRequest
         in_conversation=params.conversation != "none",
         metadata=params.metadata,
     )
+    if params.tools is not None:
+        request.tools = protocol.function_tools(params.tools, "response.tools")
+    if params.tool_choice is not None:
+        tools = request.tools if request.tools is not None else session_tools
+        request.tool_choice = protocol.tool_choice(
+            params.tool_choice, tools, "response.tool_choice"
+        )
+    if params.reasoning is not None:
+        request.reasoning_effort = params.reasoning.effort
     if params.output_modalities is not None:
         request.audio_output = protocol.audio_output(params.output_modalities)
     if params.max_output_tokens is not None:

@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from voxgate.model.types import ToolSpec
 from voxgate.streaming.audio import AudioFormat
 from voxgate.streaming.vad import VadParams
 
@@ -59,6 +60,12 @@ class SessionConfig(BaseModel):
     transcription: Transcription | None = None
     max_output_tokens: int | None = Field(256, ge=1)
     """Answer length in tokens; None is the protocol's "inf": the server's cap."""
+    tools: tuple[ToolSpec, ...] = ()
+    """Functions the model may call."""
+    tool_choice: str = "auto"
+    """"auto" | "none" | "required" | a tool's name (that call is forced)."""
+    reasoning_effort: Literal["minimal", "low", "medium", "high", "xhigh"] | None = None
+    """Think mode (backbones that can reason): how many tokens it may think first."""
 
 
 class SessionLimits(BaseModel):
@@ -75,3 +82,5 @@ class SessionLimits(BaseModel):
     """Largest audio delta sent to the client."""
     max_output_tokens: int = Field(512, ge=1)
     """Cap on any response's max_output_tokens (including "inf")."""
+    max_reasoning_tokens: int = Field(1024, ge=16)
+    """Cap on think mode's reasoning per response (the effort levels scale up to it)."""

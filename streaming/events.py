@@ -23,9 +23,13 @@ class ItemStatus(StrEnum):
     INCOMPLETE = "incomplete"
 
 
+ItemKind = Literal["message", "function_call", "function_call_output"]
+
+
 @dataclass(slots=True)
 class Item:
-    """A conversation message. User audio items get their `transcript` once ASR is done."""
+    """A conversation item: a message (user audio items get their `transcript` once ASR is
+    done), a function call the model made, or the result the client handed back."""
 
     id: str
     role: Role
@@ -42,6 +46,12 @@ class Item:
     """Assistant audio sent so far (what `conversation.item.truncate` may cut back to)."""
     spoken: list[tuple[int, int]] = field(default_factory=list, repr=False)
     """(audio ms, transcript offset) where each piece of the transcript starts being spoken."""
+    kind: ItemKind = "message"
+    call_id: str = ""
+    name: str = ""
+    """The function's name (function_call; the matching call's for function_call_output)."""
+    arguments: str = ""
+    output: str = ""
 
     def heard_transcript(self, audio_end_ms: int) -> str:
         """The part of the transcript spoken in the first `audio_end_ms` of the audio: whole
@@ -62,7 +72,12 @@ class Item:
 
     @property
     def content_text(self) -> str:
-        """The words of this item, whatever its modality."""
+        """The words of this item, whatever its modality (function calls in words too)."""
+        match self.kind:
+            case "function_call":
+                return f"(called {self.name} with {self.arguments})"
+            case "function_call_output":
+                return f"{self.name or 'the function'} returned: {self.output}"
         return (self.transcript or "") if self.audio else self.text
 
 
@@ -99,6 +114,11 @@ class Response:
     held: list[SessionEvent] | None = None
     """While not None, this response's events wait here instead of going to the client (a
     speculative answer not yet adopted, or an answer paused by a possible interruption)."""
+    provisional: bool = False
+    """Answers a turn not yet committed: its items join the conversation at adoption."""
+    reasoning: str = ""
+    """Think mode: what the model thought before answering (sent as text, never spoken)."""
+    context_start: int = 0
 
 
 # --- events -------------------------------------------------------------------------------
@@ -168,6 +188,34 @@ class OutputTextDelta:
     response: Response
     item: Item
     delta: str
+
+
+@dataclass(frozen=True, slots=True)
+class FunctionCallArgumentsDelta:
+    response: Response
+    item: Item
+    delta: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReasoningDeltaEvent:
+    """Think mode, extension event: reasoning text of the response (not spoken)."""
+
+    response: Response
+    delta: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReasoningDone:
+    response: Response
+
+
+@dataclass(frozen=True, slots=True)
+class SummaryUpdated:
+    """Extension event: older turns were folded into the conversation's running summary."""
+
+    summary: str
+    items_folded: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,6 +292,10 @@ SessionEvent = (
     | OutputItemStarted
     | OutputTextDelta
     | OutputAudioDelta
+    | FunctionCallArgumentsDelta
+    | ReasoningDeltaEvent
+    | ReasoningDone
+    | SummaryUpdated
     | OutputItemFinished
     | ResponseFinished
     | ItemDone

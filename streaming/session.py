@@ -24,14 +24,18 @@ from typing import Any, Literal
 import numpy as np
 
 from voxgate.model.backbone import Backbone
+from voxgate.model.memory import SUMMARY_PRIORITY
 from voxgate.model.types import (
     INPUT_SAMPLE_RATE,
     AudioChunk,
     BackboneError,
+    ReasoningDelta,
     ResponseEnd,
     ResponseOptions,
     Role,
     TextDelta,
+    ToolCall,
+    ToolSpec,
     Transcription,
     Turn,
     TurnTrace,
@@ -43,6 +47,7 @@ from voxgate.streaming.echo import EchoGuard
 from voxgate.streaming.events import (
     CancelReason,
     ErrorReported,
+    FunctionCallArgumentsDelta,
     InputCleared,
     InputCommitted,
     InputTranscribed,
@@ -58,6 +63,8 @@ from voxgate.streaming.events import (
     OutputItemFinished,
     OutputItemStarted,
     OutputTextDelta,
+    ReasoningDeltaEvent,
+    ReasoningDone,
     Response,
     ResponseFinished,
     ResponseStarted,
@@ -66,6 +73,7 @@ from voxgate.streaming.events import (
     SessionEvent,
     SpeechStartedEvent,
     SpeechStoppedEvent,
+    SummaryUpdated,
 )
 from voxgate.streaming.turns import (
     InputAudioBuffer,
@@ -134,6 +142,9 @@ class ResponseRequest:
     metadata: dict[str, str] | None = None
     provisional: Item | None = None
     """A user turn not yet committed that this (speculative) answer replies to."""
+    tools: tuple[ToolSpec, ...] | None = None
+    tool_choice: str | None = None
+    reasoning_effort: str | None = None
 
 
 @dataclass(slots=True)
@@ -206,6 +217,9 @@ class RealtimeSession:
         """Held while the VAD runs (in a thread) or while the session ends a turn itself."""
         self._speculation: _Speculation | None = None
         self._pause: _Pause | None = None
+        self._summary = ""
+        """What the conversation said before its oldest item still kept (compacted memory)."""
+        self._folding: asyncio.Task[None] | None = None
 
     # --- configuration --------------------------------------------------------------------
 
@@ -232,8 +246,18 @@ class RealtimeSession:
                 param,
             )
 
+    def _check_reasoning(self, effort: str | None, param: str) -> None:
+        if effort is not None and not self._backbone.can_reason:
+            raise SessionRejected(
+                "unsupported_feature",
+                f"think mode (reasoning) needs a backbone that can reason; "
+                f"{self._backbone.name} cannot",
+                param,
+            )
+
     async def _apply(self, config: SessionConfig) -> None:
         self._check_voice(config.voice, "session.audio.output.voice")
+        self._check_reasoning(config.reasoning_effort, "session.reasoning")
         if config.input_format != self.config.input_format:
             self._decoder = InputDecoder(config.input_format)
         if config.turn_detection != self.config.turn_detection or self._detector is None:
@@ -462,6 +486,7 @@ class RealtimeSession:
         answer = td is not None and td.create_response
         if spec.response is not None and spec.task is not None:
             response = spec.response
+            response.provisional = False  # items it starts from now on join at once
             if response.items:
                 # The answer was written before the turn was committed: it follows it now.
                 assistant = response.items[0]
@@ -654,6 +679,17 @@ class RealtimeSession:
         transcribe when it has no transcript."""
         if any(existing.id == item.id for existing in self.items):
             raise SessionRejected("invalid_value", f"item id {item.id!r} already exists", "item.id")
+        if item.kind == "function_call_output":
+            calls = [
+                i for i in self.items if i.kind == "function_call" and i.call_id == item.call_id
+            ]
+            if not calls:
+                raise SessionRejected(
+                    "invalid_value",
+                    f"no function call with call_id {item.call_id!r} in the conversation",
+                    "item.call_id",
+                )
+            item.name = calls[-1].name
         samples = None
         if audio_data is not None:
             try:
@@ -713,6 +749,7 @@ class RealtimeSession:
                 f"response {self._running.response.id} is still in progress; cancel it first",
             )
         self._check_voice(request.voice or self.config.voice, "response.audio.output.voice")
+        self._check_reasoning(request.reasoning_effort, "response.reasoning")
         trace, self._unanswered = self._unanswered or TurnTrace(), None
         self._start_response(request, trace)
 
@@ -736,6 +773,7 @@ class RealtimeSession:
             metadata=request.metadata,
             trace=trace,
             held=[] if held else None,
+            provisional=request.provisional is not None,
         )
         task = asyncio.create_task(self._run_response(response, request), name=response.id)
         self._tasks.add(task)
@@ -789,7 +827,6 @@ class RealtimeSession:
             await self._emit(ResponseFinished(running.response))
 
     async def _run_response(self, response: Response, request: ResponseRequest) -> None:
-        item: Item | None = None
         try:
             await self._emit(ResponseStarted(response))
             # A manual commit followed at once by response.create: its ASR may still be running.
@@ -798,33 +835,30 @@ class RealtimeSession:
             context = request.input_items if request.input_items is not None else self.items
             if request.provisional is not None:
                 context = [*context, request.provisional]
-            turns = [
-                Turn(i.role, text, i.samples, key=i.id)
+            entries = [
+                (Turn(self._role_of(i), text, i.samples, key=i.id), i)
                 for i in context
                 if (text := i.content_text.strip()) or i.samples is not None
             ]
-            item = Item(
-                new_id("item"),
-                Role.ASSISTANT,
-                audio=response.audio,
-                transcript="" if response.audio else None,
-                status=ItemStatus.IN_PROGRESS,
-            )
-            # A speculative answer joins the conversation when its turn is committed.
-            joins = response.in_conversation and request.provisional is None
-            previous = self._append_item(item) if joins else None
-            response.items.append(item)
-            await self._emit(OutputItemStarted(response, item, 0, previous))
+            config = self.config
+            effort = request.reasoning_effort or config.reasoning_effort
             options = ResponseOptions(
                 request_id=response.id,
-                instructions=request.instructions or self.config.instructions,
+                instructions=request.instructions or config.instructions,
                 voice=response.voice,
                 audio=response.audio,
                 max_output_tokens=response.max_output_tokens,
-                speed=self.config.speed,
+                speed=config.speed,
                 conversation_id=self.id if request.input_items is None else None,
+                summary=self._summary if request.input_items is None else "",
+                tools=request.tools if request.tools is not None else config.tools,
+                tool_choice=request.tool_choice or config.tool_choice,
+                reasoning_tokens=self._reasoning_budget(effort),
             )
-            await self._stream_response(response, item, turns, options)
+            await self._stream_response(response, [t for t, _ in entries], options)
+            if response.context_start and request.input_items is None:
+                # The oldest turns no longer fit: fold them into the summary, in the background.
+                self._fold([i for _, i in entries[: response.context_start]])
         except asyncio.CancelledError:
             if response.reason is None:
                 raise  # the session is closing: nobody is left to tell
@@ -838,13 +872,15 @@ class RealtimeSession:
             response.error = ("server_error", "the response failed inside the server")
         if self._running is not None and self._running.response is response:
             self._running = None
-        if item is not None:
+        if response.reasoning:
+            await self._emit(ReasoningDone(response))
+        for index, item in enumerate(response.items):
             item.status = (
                 ItemStatus.COMPLETED
                 if response.status == ResponseStatus.COMPLETED
                 else ItemStatus.INCOMPLETE
             )
-            await self._emit(OutputItemFinished(response, item, 0))
+            await self._emit(OutputItemFinished(response, item, index))
         if response.error is not None:
             # Before response.done: a client that ends its turn there must not miss it.
             code, message = response.error
@@ -854,25 +890,70 @@ class RealtimeSession:
             trace, self._answer_pending = self._answer_pending, None
             self._start_response(ResponseRequest(), trace)
 
+    @staticmethod
+    def _role_of(item: Item) -> Role:
+        return {"function_call": Role.ASSISTANT, "function_call_output": Role.TOOL}.get(
+            item.kind, item.role
+        )
+
+    def _reasoning_budget(self, effort: str | None) -> int:
+        if effort is None:
+            return 0
+        share = {"minimal": 1 / 16, "low": 1 / 4, "medium": 1 / 2, "high": 3 / 4, "xhigh": 1.0}
+        return max(16, int(self._limits.max_reasoning_tokens * share[effort]))
+
+    async def _begin_item(self, response: Response, item: Item) -> None:
+        """An output item starts: it joins the conversation (unless the answer is still
+        speculative) and the client hears of it."""
+        joins = response.in_conversation and not response.provisional
+        previous = self._append_item(item) if joins else None
+        response.items.append(item)
+        await self._emit(OutputItemStarted(response, item, len(response.items) - 1, previous))
+
     async def _stream_response(
-        self, response: Response, item: Item, turns: Sequence[Turn], options: ResponseOptions
+        self, response: Response, turns: Sequence[Turn], options: ResponseOptions
     ) -> None:
         fmt = AudioFormat(response.audio_format)
         encoder = OutputEncoder(fmt)
         chunk_ms = self._limits.output_chunk_ms
         sent = 0  # samples of audio sent, at the output rate
+        item: Item | None = None  # the spoken (or written) answer, made at its first output
         outputs = self._backbone.respond(turns, options, response.trace)
         async with aclosing(outputs):
             async for output in outputs:
+                if isinstance(output, TextDelta | AudioChunk) and item is None:
+                    item = Item(
+                        new_id("item"),
+                        Role.ASSISTANT,
+                        audio=response.audio,
+                        transcript="" if response.audio else None,
+                        status=ItemStatus.IN_PROGRESS,
+                    )
+                    await self._begin_item(response, item)
                 match output:
-                    case TextDelta(text=text):
+                    case ReasoningDelta(text=text):
+                        response.reasoning += text
+                        await self._emit(ReasoningDeltaEvent(response, text))
+                    case ToolCall(call_id=call_id, name=name, arguments=arguments):
+                        call = Item(
+                            new_id("item"),
+                            Role.ASSISTANT,
+                            kind="function_call",
+                            call_id=call_id,
+                            name=name,
+                            status=ItemStatus.IN_PROGRESS,
+                        )
+                        await self._begin_item(response, call)
+                        call.arguments = arguments
+                        await self._emit(FunctionCallArgumentsDelta(response, call, arguments))
+                    case TextDelta(text=text) if item is not None:
                         if response.audio:
                             item.spoken.append((item.audio_ms, len(item.transcript or "")))
                             item.transcript = (item.transcript or "") + text
                         else:
                             item.text += text
                         await self._emit(OutputTextDelta(response, item, text))
-                    case AudioChunk():
+                    case AudioChunk() if item is not None:
                         for piece in audio.iter_slices(encoder.encode(output), fmt, chunk_ms):
                             sent += len(piece) // fmt.bytes_per_sample
                             item.audio_ms = audio.samples_to_ms(sent, fmt.sample_rate)
@@ -881,17 +962,44 @@ class RealtimeSession:
                         response.input_tokens = output.input_tokens
                         response.output_tokens = output.output_tokens
                         response.output_audio_tokens = output.output_audio_tokens
+                        response.context_start = output.context_start
                         if output.finish_reason == "length":
                             response.status = ResponseStatus.INCOMPLETE
                             response.reason = "max_output_tokens"
                         else:
                             response.status = ResponseStatus.COMPLETED
-        if response.audio and (tail := encoder.flush()):
+        if item is not None and response.audio and (tail := encoder.flush()):
             sent += len(tail) // fmt.bytes_per_sample
             item.audio_ms = audio.samples_to_ms(sent, fmt.sample_rate)
             await self._emit(OutputAudioDelta(response, item, tail))
         if response.status == ResponseStatus.IN_PROGRESS:
             response.status = ResponseStatus.COMPLETED
+
+    # --- compacted memory -----------------------------------------------------------------
+
+    def _fold(self, items: list[Item]) -> None:
+        """Fold `items` (older than the context holds) into the running summary, at low
+        priority and off the turn's critical path; one fold at a time."""
+        if self._folding is not None and not self._folding.done():
+            return
+        if items := [i for i in items if any(i is kept for kept in self.items)]:
+            self._folding = self._spawn(self._summarize(items))
+
+    async def _summarize(self, items: list[Item]) -> None:
+        turns = [Turn(self._role_of(i), i.content_text) for i in items if i.content_text.strip()]
+        try:
+            summary = await self._backbone.summarize(
+                self._summary, turns, priority=SUMMARY_PRIORITY
+            )
+        except Exception:
+            log.exception("folding %d items into the summary failed", len(items))
+            return
+        self._summary = summary
+        folded = [i for i in items if any(i is kept for kept in self.items)]
+        self.items = [kept for kept in self.items if all(kept is not f for f in folded)]
+        for item in folded:
+            await self._emit(ItemDeleted(item.id))
+        await self._emit(SummaryUpdated(summary, len(folded)))
 
     # --- plumbing -------------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ whether a response stream was stopped before it finished (barge-in, response.can
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -19,11 +20,14 @@ from voxgate.model.types import (
     INPUT_SAMPLE_RATE,
     AudioChunk,
     BackboneError,
+    ReasoningDelta,
     ResponseEnd,
     ResponseOptions,
     ResponseOutput,
+    Role,
     Segment,
     TextDelta,
+    ToolCall,
     Transcription,
     Turn,
     TurnTrace,
@@ -33,6 +37,7 @@ from voxgate.model.types import (
 )
 
 VOICE = Voice("joe", "en_US", 22050)
+FACT = re.compile(r"\b(my|i am|i'm|i live|i like)\b", re.IGNORECASE)
 TONE_HZ = 220.0
 CHUNK_SECONDS = 0.1
 """Audio per synthesised piece (2205 samples at the fake voice's rate)."""
@@ -122,6 +127,14 @@ class FakeBackbone:
         self.synth_chunks = 3
         self.is_healthy = True
         self.follows_instructions = False
+        self.can_reason = False
+        self.reasoning = ["Let me think. ", "The user greets me."]
+        """Think mode: what the fake 'thinks' before answering (when asked to)."""
+        self.tool_arguments: str | None = None
+        """When set and tools are offered, the fake calls the first tool with these arguments."""
+        self.context_window: int | None = None
+        """When set, only the newest this-many turns 'fit': older ones are reported dropped."""
+        self.summarize_calls: list[tuple[str, list[Turn], int]] = []
         self.transcribe_calls: list[TranscribeCall] = []
         self.synthesize_calls: list[SynthesizeCall] = []
         self.respond_calls: list[RespondCall] = []
@@ -194,14 +207,35 @@ class FakeBackbone:
         self.respond_calls.append(call)
         return self._respond(call)
 
+    async def summarize(self, summary: str, turns: Sequence[Turn], *, priority: int) -> str:
+        """Keeps the user's statements about themselves ("my ...", "I ..."): a stand-in for an
+        LM told to keep names and facts."""
+        self.summarize_calls.append((summary, list(turns), priority))
+        facts = [t.text for t in turns if t.role is Role.USER and FACT.search(t.text)]
+        return " ".join([summary, *facts]).strip()
+
     def _outputs(self, call: RespondCall) -> Iterator[ResponseOutput]:
+        options = call.options
+        if options.reasoning_tokens:
+            if not self.can_reason:
+                raise BackboneError("the fake backbone cannot reason")
+            for piece in self.reasoning:
+                yield ReasoningDelta(piece)
+        start = 0
+        if self.context_window is not None:
+            start = max(0, len(call.conversation) - self.context_window)
+        if options.tools and options.tool_choice != "none" and self.tool_arguments is not None:
+            tool = options.tools[0]
+            yield ToolCall(f"call_{len(self.respond_calls)}", tool.name, self.tool_arguments)
+            yield ResponseEnd("stop", input_tokens=11, output_tokens=5, context_start=start)
+            return
         for i, piece in enumerate(self.reply):
             if self.fail_after is not None and i == self.fail_after:
                 raise BackboneError("the fake backbone failed on purpose")
             yield TextDelta(piece)
             if call.options.audio:
                 yield AudioChunk(tone(), VOICE.sample_rate)
-        yield ResponseEnd(self.finish_reason, input_tokens=11, output_tokens=7)
+        yield ResponseEnd(self.finish_reason, input_tokens=11, output_tokens=7, context_start=start)
 
     async def _respond(self, call: RespondCall) -> AsyncIterator[ResponseOutput]:
         trace = call.trace

@@ -14,14 +14,17 @@ import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import aclosing, asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, Field
 
+from voxgate.model import tools
 from voxgate.model.engine import EngineConfig, EngineHost
 from voxgate.model.lm import PromptBuilder
+from voxgate.model.memory import SUMMARY_INSTRUCTIONS, SUMMARY_TOKENS, summary_request, with_summary
 from voxgate.model.priority import PriorityExecutor
 from voxgate.model.stepaudio2 import audio, regimes
 from voxgate.model.stepaudio2.parsing import OutputSplitter, SpeechCodes, TextPiece
@@ -31,11 +34,13 @@ from voxgate.model.types import (
     INPUT_SAMPLE_RATE,
     AudioChunk,
     BackboneError,
+    ReasoningDelta,
     ResponseEnd,
     ResponseOptions,
     ResponseOutput,
     Segment,
     TextDelta,
+    ToolCall,
     Transcription,
     Turn,
     TurnTrace,
@@ -44,6 +49,8 @@ from voxgate.model.types import (
 )
 
 log = logging.getLogger(__name__)
+
+TOOL_DECISION_TOKENS = 256
 
 SAMPLES_PER_CODE = 960
 """One speech code is 40 ms at 24 kHz (25 codes per second)."""
@@ -242,9 +249,28 @@ class StepAudio2Backbone:
         self, conversation: Sequence[Turn], options: ResponseOptions, trace: TurnTrace
     ) -> AsyncIterator[ResponseOutput]:
         speaker = self._check_voice(options.voice) if options.audio else None
-        request = self._window.build(
-            options.instructions, conversation, options.max_output_tokens, options.conversation_id
+        if options.reasoning_tokens and not self.can_reason:
+            raise BackboneError("think mode needs the Think variant of Step-Audio-2 (<think>)")
+        system = with_summary(options.instructions, options.summary)
+        request, start = self._window.build_window(
+            system, conversation, options.max_output_tokens, options.conversation_id
         )
+        kept = conversation[start:]
+        if options.tools and options.tool_choice != "none":
+            call, end = await self._decide_tool(system, kept, options)
+            if call is not None:
+                yield call
+                yield replace(end, context_start=start)
+                return
+        if options.reasoning_tokens:
+            trace.mark("lm_submit")
+            thought = self._think(system, kept, options, trace)
+            async with aclosing(thought):
+                async for item in thought:
+                    if isinstance(item, Prompt):
+                        request = item  # the answer continues after the reasoning
+                    else:
+                        yield item
         if speaker is None:
             request.token_ids = request.token_ids[:-1]  # no <tts_start>: a text answer
             params = self._params(
@@ -258,14 +284,99 @@ class StepAudio2Backbone:
             )
             if text:
                 yield TextDelta(text)
-            yield end
+            yield replace(end, context_start=start)
             return
         params = self._params(regimes.REALTIME, max_tokens=options.max_output_tokens)
         trace.mark("lm_submit")
         stream = self._speech(request, params, options.request_id, options.priority, speaker, trace)
         async with aclosing(stream):
             async for item in stream:
-                yield item
+                yield replace(item, context_start=start) if isinstance(item, ResponseEnd) else item
+
+    @property
+    def can_reason(self) -> bool:
+        return self._tokens.think is not None and self._tokens.think_end is not None
+
+    async def _think(
+        self, system: str, turns: Sequence[Turn], options: ResponseOptions, trace: TurnTrace
+    ) -> AsyncIterator[ReasoningDelta | Prompt]:
+        """Think mode: reasoning first (streamed as text, never spoken), at most the budget;
+        then yield the prompt the spoken answer continues from (reasoning closed)."""
+        prompt = self._writer.dialogue(system, turns, answer="think")
+        end_think = self._tokens.think_end
+        assert end_think is not None
+        params = self._params(
+            regimes.REALTIME,
+            max_tokens=options.reasoning_tokens,
+            allowed=[*self._text_ids, end_think],
+        )
+        params.stop_token_ids = [end_think]
+        splitter = OutputSplitter(self._tokenizer, self._tokens)
+        thought: list[int] = []
+        async for output in self._engine.stream(
+            prompt.token_ids,
+            params,
+            f"{options.request_id}-think",
+            options.priority,
+            prompt.multi_modal_data(),
+        ):
+            ids = [t for t in output.outputs[0].token_ids if t != end_think]
+            trace.mark("lm_first_token")
+            thought += ids
+            for piece in splitter.push(ids):
+                if isinstance(piece, TextPiece):
+                    yield ReasoningDelta(piece.text)
+        if tail := splitter.finish():
+            yield ReasoningDelta(tail)
+        # Reasoning over (or cut at its budget): close it and open the spoken answer.
+        answer = Prompt(
+            token_ids=[
+                *prompt.token_ids,
+                *thought,
+                end_think,
+                *self._writer.encode("\n"),
+                self._tokens.tts_start,
+            ],
+            audio=prompt.audio,
+            length=prompt.length + len(thought) + 3,
+        )
+        yield answer
+
+    async def _decide_tool(
+        self, system: str, turns: Sequence[Turn], options: ResponseOptions
+    ) -> tuple[ToolCall | None, ResponseEnd]:
+        """The model's choice of function (or none), written under a JSON-schema grammar."""
+        from vllm.sampling_params import StructuredOutputsParams
+
+        prompt = self._writer.dialogue(
+            f"{system}\n\n{tools.instructions(options.tools, options.tool_choice)}",
+            turns,
+            answer="text",
+        )
+        params = self._params(regimes.ASR, max_tokens=TOOL_DECISION_TOKENS)
+        params.structured_outputs = StructuredOutputsParams(
+            json=tools.decision_schema(options.tools, options.tool_choice)
+        )
+        text, _codes, end = await self._generate(
+            prompt, params, f"{options.request_id}-tool", options.priority
+        )
+        try:
+            return tools.parse_decision(text, options.tools), end
+        except ValueError as e:
+            if options.tool_choice != "auto":
+                raise BackboneError(f"the model could not produce the required call: {e}") from e
+            log.warning("no usable tool decision (%s); answering in words", e)
+            return None, end
+
+    async def summarize(self, summary: str, turns: Sequence[Turn], *, priority: int) -> str:
+        request = self._writer.text_request(
+            SUMMARY_INSTRUCTIONS, summary_request(summary, turns).text
+        )
+        params = self._params(
+            regimes.ASR, max_tokens=SUMMARY_TOKENS, allowed=[*self._text_ids, self._tokens.eot]
+        )
+        text, _codes, _end = await self._generate(request, params, f"summary-{_rid()}", priority)
+        return text.strip() or summary
 
     # --- regimes on the engine ------------------------------------------------------------
 

@@ -124,8 +124,9 @@ class PromptWriter:
         self._speech_prefill(prompt)
         return prompt
 
-    def dialogue(self, instructions: str, turns: Sequence[Turn]) -> Prompt:
-        """The realtime prompt: persona, the conversation, then the speech prefill."""
+    def dialogue(self, instructions: str, turns: Sequence[Turn], answer: str = "speech") -> Prompt:
+        """The realtime prompt: persona, the conversation, then the assistant's opening:
+        "speech" (`<tts_start>`), "text" (plain), or "think" (`<think>`, think mode)."""
         prompt = Prompt()
         self._message(prompt, "system", instructions)
         for turn in turns:
@@ -141,7 +142,27 @@ class PromptWriter:
                     self._message(prompt, "assistant", turn.text)
                 case Role.SYSTEM:
                     self._message(prompt, "system", turn.text)
-        self._speech_prefill(prompt)
+                case Role.TOOL:
+                    self._message(prompt, "input", turn.text)  # the reference's tool-result role
+        match answer:
+            case "speech":
+                self._speech_prefill(prompt)
+            case "think":
+                if self.tokens.think is None:
+                    raise ValueError("this model has no <think> token: it cannot reason")
+                self._message(prompt, "assistant", end=False)
+                prompt.token_ids += [self.tokens.think, *self.encode("\n")]
+                prompt.length += 2
+            case _:
+                self._message(prompt, "assistant", end=False)
+        return prompt
+
+    def text_request(self, system: str, text: str) -> Prompt:
+        """A one-shot text task (a summary): system, the request, a plain assistant turn."""
+        prompt = Prompt()
+        self._message(prompt, "system", system)
+        self._message(prompt, "human", text)
+        self._message(prompt, "assistant", end=False)
         return prompt
 
     def _speech_prefill(self, prompt: Prompt) -> None:

@@ -36,6 +36,9 @@ SPECIALS = (
     "<tts_pad>",
     "<tool_call>",
     "</tool_call>",
+    # As in the Think variant: the tiny model can be asked to reason.
+    "<think>",
+    "</think>",
 )
 
 CORPUS = """\

@@ -38,6 +38,9 @@ class TokenMap:
     audio_0: int
     """Id of <audio_0>; <audio_k> is audio_0 + k (the codes are contiguous)."""
     vocab_size: int
+    think: int | None = None
+    """<think> and </think>: present in the Think variant only (think mode)."""
+    think_end: int | None = None
 
     @classmethod
     def from_tokenizer(cls, tokenizer: Any) -> TokenMap:
@@ -51,7 +54,14 @@ class TokenMap:
         audio_0 = id_of("<audio_0>")
         if id_of(f"<audio_{AUDIO_CODES}>") != audio_0 + AUDIO_CODES:
             raise ValueError("the audio code tokens are not contiguous")
-        return cls(*ids, audio_0=audio_0, vocab_size=len(tokenizer))
+        vocabulary = tokenizer.get_vocab()
+        return cls(
+            *ids,
+            audio_0=audio_0,
+            vocab_size=len(tokenizer),
+            think=vocabulary.get("<think>"),
+            think_end=vocabulary.get("</think>"),
+        )
 
     def is_audio(self, token: int) -> bool:
         """A speech code the vocoder can speak (not the padding code)."""

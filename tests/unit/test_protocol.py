@@ -710,8 +710,8 @@ def session_update(session: dict[str, Any]) -> dict[str, Any]:
     ("session", "param"),
     [
         ({"type": "transcription"}, "session.type"),
-        ({"tools": [{"type": "function", "name": "f"}]}, "session.tools"),
-        ({"tool_choice": "required"}, "session.tool_choice"),
+        ({"tools": [{"type": "mcp", "server_label": "s"}]}, "session.tools[0].type"),
+        ({"tool_choice": {"type": "mcp", "server_label": "s"}}, "session.tool_choice.type"),
         ({"truncation": "disabled"}, "session.truncation"),
         ({"tracing": "auto"}, "session.tracing"),
         ({"include": ["item.input_audio_transcription.logprobs"]}, "session.include"),

@@ -420,15 +420,15 @@ BAD_INPUT: dict[str, tuple[Callable[[WebSocketTestSession], None], str, str | No
         "item_id",
         None,
     ),
-    "unsupported: tools": (
+    "unsupported: mcp tools": (
         send_json(
             {
                 "type": "session.update",
-                "session": {"type": "realtime", "tools": [{"type": "function", "name": "f"}]},
+                "session": {"type": "realtime", "tools": [{"type": "mcp", "server_label": "s"}]},
             }
         ),
         "unsupported_feature",
-        "session.tools",
+        "session.tools[0].type",
         None,
     ),
     "bad semantic_vad eagerness": (
@@ -466,21 +466,21 @@ BAD_INPUT: dict[str, tuple[Callable[[WebSocketTestSession], None], str, str | No
         "type",
         None,
     ),
-    "unsupported: function call item": (
+    "function output for a call that was never made": (
         send_json(
             {
                 "type": "conversation.item.create",
                 "item": {"type": "function_call_output", "call_id": "c", "output": "{}"},
             }
         ),
-        "unsupported_feature",
-        "item.type",
+        "invalid_value",
+        "item.call_id",
         None,
     ),
-    "unsupported: response tools": (
+    "a tool without a name": (
         send_json({"type": "response.create", "response": {"tools": [{"type": "function"}]}}),
-        "unsupported_feature",
-        "response.tools",
+        "missing_required_parameter",
+        "response.tools[0].name",
         None,
     ),
 }
