@@ -20,8 +20,12 @@ SESSION_ID: ContextVar[str | None] = ContextVar("voxgate_session_id", default=No
 RESPONSE_ID: ContextVar[str | None] = ContextVar("voxgate_response_id", default=None)
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-_RECORD_FIELDS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
-"""Attributes every LogRecord has; anything else on a record came from `extra`."""
+_RECORD_FIELDS = frozenset(vars(logging.makeLogRecord({}))) | {
+    "message",
+    "asctime",
+    "color_message",  # uvicorn's copy of the message with terminal colours
+}
+"""Attributes every LogRecord has (and noise); anything else on a record came from `extra`."""
 
 
 @contextmanager
