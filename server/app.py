@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from voxgate.model import artifacts
 from voxgate.model.artifacts import SILERO_VAD
 from voxgate.model.backbone import Backbone
-from voxgate.server import client_secrets, rest, routes
+from voxgate.server import client_secrets, rest, routes, web
 from voxgate.server.draining import Drain
 from voxgate.server.metrics import HttpMetrics, MeteredBackbone
 from voxgate.server.realtime import realtime_endpoint
@@ -158,4 +158,5 @@ def create_app(settings: Settings, backbone_factory: BackboneFactory | None = No
     app.include_router(rest.router)
     rest.install_error_handlers(app)
     client_secrets.install(app, settings.client_secrets)
+    app.include_router(web.router)
     return app

@@ -1,4 +1,4 @@
-"""Client secrets (`POST /v1/realtime/client_secrets`), over a fake backbone.
+"""Client secrets (`POST /v1/realtime/client_secrets`) and the browser page, over a fake backbone.
 
 Minting is driven with the official SDK (`client.realtime.client_secrets.create`, its HTTP client
 being Starlette's `TestClient`); the secrets are then presented to `/v1/realtime` the way a
@@ -320,3 +320,36 @@ def test_store_expiry_and_bound() -> None:
     assert store.get(first.value) is None
     assert store.issue(10, CONFIG).value != first.value
     assert len(store) == 2
+
+
+# --- the page -----------------------------------------------------------------------------------
+
+
+def test_the_page_is_served_at_the_root(http: TestClient) -> None:
+    page = http.get("/")
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
+    assert '<script type="module" src="/web/app.js">' in page.text
+    for name, media_type in [
+        ("app.js", "text/javascript"),
+        ("audio-worklet.js", "text/javascript"),
+        ("style.css", "text/css"),
+    ]:
+        asset = http.get(f"/web/{name}")
+        assert asset.status_code == 200, name
+        assert asset.headers["content-type"].startswith(media_type)
+    assert "registerProcessor" in http.get("/web/audio-worklet.js").text
+
+
+def test_the_page_learns_whether_it_needs_a_secret(fake: FakeBackbone) -> None:
+    for api_key, required in [(SecretStr(KEY), True), (None, False)]:
+        with TestClient(app_for(fake, api_key=api_key)) as http:
+            config = http.get("/web/config.json")
+            assert config.json() == {"client_secret_required": required}
+
+
+@pytest.mark.parametrize(
+    "path", ["/web/nope.js", "/web/..%2f..%2fserver%2fapp.py", "/web/.hidden.js", "/web/cli.py"]
+)
+def test_nothing_else_is_served(http: TestClient, path: str) -> None:
+    assert http.get(path).status_code == 404
