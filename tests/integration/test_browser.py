@@ -1,0 +1,437 @@
+"""The browser client (`clients/web/`) in headless Chromium, against the real cascade server.
+
+Debian's `chromium` runs headless, driven by Playwright (the Python package, pointed at that
+binary: no browser is downloaded). Its fake microphone plays a WAV file of Piper speech, so the
+page captures real speech through its AudioWorklet, streams it to `/v1/realtime`, and gets the
+spoken answer back. The server has an API key, so the test does what an app's backend does: it
+mints a client secret with the key (the official SDK) and gives it to the page (`/?token=`).
+
+A screenshot of the page at the end (or at a failure) is saved under `$VOXGATE_ARTIFACTS`
+(default `artifacts/` in the repository) and its path printed.
+
+Nothing is installed here: without Chromium or Playwright the test fails with the command that
+installs them (`deploy/install.sh --test` does, as root).
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import wave
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import soxr
+from openai import OpenAI
+from realtime_helpers import words
+
+from voxgate.model.types import INPUT_SAMPLE_RATE
+
+pytestmark = [pytest.mark.engine, pytest.mark.timeout(420)]
+
+QUESTION = "What is the capital of France?"
+INSTRUCTIONS = "You are a geography tutor. Answer in one short sentence."
+MIC_RATE = 48_000
+LEADING_SILENCE_S = 1.5
+TRAILING_SILENCE_S = 30.0
+"""Chromium loops the file (and not every build honours `%noloop`): the question, then
+silence longer than the test, so the page hears it once."""
+ANSWER_TIMEOUT_MS = 240_000
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--autoplay-policy=no-user-gesture-required",
+    "--use-fake-ui-for-media-stream",
+    "--use-fake-device-for-media-stream",
+]
+INSTALL = "deploy/install.sh --test (as root), or: apt-get install -y chromium"
+
+
+def _chromium() -> str:
+    path = os.environ.get("VOXGATE_CHROMIUM") or shutil.which("chromium")
+    if path is None or not Path(path).exists():
+        pytest.fail(f"Debian's chromium is not installed; install it with: {INSTALL}")
+    return path
+
+
+def artifacts_dir() -> Path:
+    default = Path(__file__).resolve().parents[2] / "artifacts"
+    path = Path(os.environ.get("VOXGATE_ARTIFACTS", default))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def mic_file(path: Path, *parts: np.ndarray | float) -> Path:
+    """A 48 kHz mono pcm16 WAV for Chromium's fake microphone: 16 kHz speech (arrays, each
+    normalised to a peak of 0.7) and seconds of silence (numbers), in order."""
+    pieces = [
+        np.zeros(int(p * MIC_RATE), np.float32)
+        if isinstance(p, float)
+        else 0.7 * soxr.resample(p, INPUT_SAMPLE_RATE, MIC_RATE) / np.abs(p).max()
+        for p in parts
+    ]
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(MIC_RATE)
+        out.writeframes((np.clip(np.concatenate(pieces), -1, 1) * 32767).astype("<i2").tobytes())
+    return path
+
+
+@pytest.fixture
+def fake_mic(speak, tmp_path: Path) -> Path:
+    """A little silence, the question, then long silence."""
+    return mic_file(
+        tmp_path / "question.wav", LEADING_SILENCE_S, speak(QUESTION), TRAILING_SILENCE_S
+    )
+
+
+@contextmanager
+def chromium(*args: str) -> Iterator[Any]:
+    """Debian's Chromium, headless, driven by Playwright."""
+    executable = _chromium()
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.fail(f"the Python package playwright is not installed; install it with: {INSTALL}")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=executable, headless=True, args=[*CHROMIUM_FLAGS, *args]
+        )
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def save_screenshot(page: Any, name: str) -> None:
+    path = artifacts_dir() / name
+    page.screenshot(path=str(path), full_page=True)
+    print(f"\nscreenshot of the browser client: {path}")
+
+
+def test_the_page_talks_and_listens(server, fake_mic: Path) -> None:
+    with chromium(f"--use-file-for-fake-audio-capture={fake_mic}%noloop") as browser:
+        page = browser.new_page(viewport={"width": 1100, "height": 760})
+        try:
+            converse(page, server)
+        except BaseException:
+            save_screenshot(page, "browser-client-failure.png")
+            raise
+
+
+def converse(page: Any, server: Any) -> None:
+    problems: list[str] = []
+    page.on("pageerror", lambda error: problems.append(f"uncaught: {error}"))
+    page.on(
+        "console",
+        lambda message: problems.append(f"console: {message.text}")
+        if message.type == "error"
+        else None,
+    )
+    sdk = OpenAI(base_url=f"{server.base_url}/v1", api_key=server.api_key)
+
+    # A secret handed over in the address: the page takes it, and takes it out of the address.
+    secret = sdk.realtime.client_secrets.create().value
+    page.goto(f"{server.base_url}/?token={secret}")
+    page.wait_for_function("window.voxgateStats.authMode !== 'unknown'")
+    assert page.evaluate("voxgateStats.authMode") == "client_secret"
+    assert "token" not in page.url and page.input_value("#token") == secret
+    page.wait_for_function("document.querySelector('#voice').options.length > 0")
+
+    # The production pattern: the page asks the app's backend for a secret when it connects,
+    # and the backend mints one with the API key (here, the test plays the backend).
+    def app_backend(route: Any) -> None:
+        minted = sdk.realtime.client_secrets.create(
+            expires_after={"anchor": "created_at", "seconds": 60},
+            session={"type": "realtime", "instructions": INSTRUCTIONS},
+        )
+        route.fulfill(json=minted.to_dict())
+
+    page.route(f"{server.base_url}/app/client-secret", app_backend)
+    page.goto(f"{server.base_url}/?token_url=/app/client-secret")
+    page.wait_for_function("window.voxgateStats.authMode !== 'unknown'")
+    page.click("#connect")
+    page.wait_for_function("voxgateStats.state === 'connected'", timeout=30_000)
+    # The secret's session config is the session's: the settings panel shows its persona.
+    assert page.input_value("#instructions") == INSTRUCTIONS
+
+    # The page hears the question, the server answers, the page plays the answer. (An answer
+    # that reached the session's max_output_tokens ends `incomplete`: a whole answer too.)
+    page.wait_for_function(
+        """() => {
+            const s = window.voxgateStats;
+            const answered = (t) => t.status === 'completed' || t.status === 'incomplete';
+            return s.turns.some((t) => answered(t) && t.latencyMs !== null)
+                && s.assistantTranscripts.length > 0;
+        }""",
+        timeout=ANSWER_TIMEOUT_MS,
+    )
+    page.wait_for_function("voxgateStats.audioSecondsPlayed > 0.5", timeout=30_000)
+    stats = page.evaluate("voxgateStats")
+
+    assert stats["appendsSent"] > 20 and stats["audioSecondsSent"] > 2.0
+    assert stats["voicedFrames"] > 20  # the page's own detector heard the speech
+    assert {"capital", "france"} <= set(words(" ".join(stats["userTranscripts"]))), stats
+    assert stats["audioDeltas"] > 0 and stats["audioSecondsReceived"] > 0.5
+    turn = next(t for t in stats["turns"] if t["status"] in ("completed", "incomplete"))
+    assert turn["latencySource"] == "page"
+    assert 0 < turn["latencyMs"] < 60_000
+    assert turn["serverLatencyMs"] is not None and turn["serverLatencyMs"] > 0
+    assert stats["errors"] == []
+
+    # What the user sees: both transcripts and the turn's latency.
+    user_text = page.inner_text(".turn.user .text")
+    assert {"capital", "france"} <= set(words(user_text)), user_text
+    assistant_text = page.inner_text(".turn.assistant .text")
+    assert words(assistant_text), assistant_text
+    assert "turn latency" in page.inner_text(".turn.assistant .meta")
+    save_screenshot(page, "browser-client.png")
+
+    # The Interrupt button drops what the jitter buffer still holds (the answer arrives
+    # faster than it is spoken); the response is over, so nothing is cancelled, but the
+    # answer is truncated to what was heard.
+    held = page.evaluate("voxgateStats.bufferedSeconds")
+    page.click("#interrupt")
+    page.wait_for_function("voxgateStats.bufferedSeconds === 0", timeout=5_000)
+    played = page.evaluate("voxgateStats.audioSecondsPlayed")
+    page.wait_for_timeout(500)
+    assert page.evaluate("voxgateStats.audioSecondsPlayed") == played  # silence now
+    if held > 0.2:
+        assert page.evaluate("voxgateStats.flushes") == 1
+        assert played < stats["audioSecondsReceived"]
+        assert "interrupted" in page.get_attribute(".turn.assistant", "class")
+        # The server is told how much of the answer was heard.
+        page.wait_for_function("voxgateStats.truncations.length === 1", timeout=5_000)
+        (truncated,) = page.evaluate("voxgateStats.truncations")
+        assert truncated["itemId"] == page.get_attribute(".turn.assistant", "data-item-id")
+        assert abs(truncated["audioEndMs"] - 1000 * played) < 300, (truncated, played)
+    assert page.evaluate("voxgateStats.errors") == []
+    assert not problems, problems
+    save_screenshot(page, "browser-client-interrupted.png")
+    sdk.close()
+
+
+# --- the audio thread's code, run in Chromium on synthetic signals -------------------------------
+
+WORKLET = Path(__file__).resolve().parents[2] / "clients" / "web" / "audio-worklet.js"
+WORKLET_STUBS = """
+globalThis.sampleRate = 48000;
+globalThis.currentTime = 0;
+globalThis.AudioWorkletProcessor = class {
+  constructor() { this.port = { sent: [], postMessage(m) { this.sent.push(m); } }; }
+};
+globalThis.registerProcessor = (name, cls) => { (globalThis.processors ??= {})[name] = cls; };
+globalThis.tone = (hz, rate, n, amp = 0.5) =>
+  Float32Array.from({ length: n }, (_, i) => amp * Math.sin((2 * Math.PI * hz * i) / rate));
+globalThis.rms = (x, from = 0, to = x.length) => {
+  let e = 0;
+  for (let i = from; i < to; i++) e += x[i] * x[i];
+  return Math.sqrt(e / (to - from));
+};
+globalThis.join = (parts) => {
+  const out = new Float32Array(parts.reduce((n, p) => n + p.length, 0));
+  let at = 0;
+  for (const p of parts) { out.set(p, at); at += p.length; }
+  return out;
+};
+"""
+
+RESAMPLER_CHECKS = """() => {
+  const noise = Float32Array.from(
+    { length: 48000 }, (_, i) => ((Math.sin(i * 12.9898) * 43758.5453) % 1) * 0.5);
+  const whole = new Resampler(48000, 24000);
+  const batch = join([whole.process(noise), whole.flush()]);
+  const streaming = new Resampler(48000, 24000);
+  const parts = [];
+  for (let at = 0, k = 0; at < noise.length; k++) {
+    const n = 1 + ((k * 7919) % 700);  // uneven pieces, as render quanta and messages come
+    parts.push(streaming.process(noise.subarray(at, at + n)));
+    at += n;
+  }
+  parts.push(streaming.flush());
+  const streamed = join(parts);
+  let maxDiff = 0;
+  for (let i = 0; i < batch.length; i++) {
+    maxDiff = Math.max(maxDiff, Math.abs(batch[i] - streamed[i]));
+  }
+
+  const down = (hz) => {
+    const r = new Resampler(48000, 24000);
+    const y = r.process(tone(hz, 48000, 48000));
+    return rms(y, 1000, y.length - 1000) / (0.5 / Math.SQRT2);
+  };
+  // Up: the result must be the same tone sampled at 48 kHz (the kernel is centred: no delay).
+  const up = new Resampler(24000, 48000).process(tone(1000, 24000, 24000));
+  const ideal = tone(1000, 48000, up.length);
+  let upError = 0;
+  for (let i = 1000; i < up.length - 1000; i++) {
+    upError = Math.max(upError, Math.abs(up[i] - ideal[i]));
+  }
+  const odd = new Resampler(44100, 24000).process(tone(1000, 44100, 44100));
+  return {
+    batchLength: batch.length, streamedLength: streamed.length, maxDiff,
+    gain1k: down(1000), gain8k: down(8000), gain15k: down(15000),
+    upError, oddLength: odd.length, oddGain: rms(odd, 1000, odd.length - 1000) / (0.5 / Math.SQRT2),
+  };
+}"""
+
+JITTER_BUFFER_CHECKS = """() => {
+  const player = new processors["voxgate-playback"]();
+  const send = (data) => player.port.onmessage({ data });
+  const audio = (stream, ms) =>
+    send({ type: "audio", stream, samples: tone(440, 24000, ms * 24).buffer });
+  const quantum = () => {
+    const out = [[new Float32Array(128)]];
+    player.process([], out);
+    return out[0][0].some((v) => v !== 0);
+  };
+  const facts = {};
+  audio("r1", 50);
+  facts.silentBelowPrebuffer = !quantum();
+  audio("r1", 50);  // now past the 80 ms prebuffer
+  facts.playsAbovePrebuffer = quantum();
+  let quanta = 1;
+  while (quantum()) quanta++;
+  facts.playedMs = (quanta * 128) / 48;
+  facts.underrunsAfterRunningDry = player.underruns;
+  facts.stateAfterRunningDry = player.state;
+  send({ type: "end", stream: "r1" });  // the tail held for the resampler's look-ahead
+  let tail = 0;
+  while (quantum()) tail++;
+  facts.tailQuanta = tail;
+  facts.stateAtEnd = player.state;
+  audio("r2", 1000);
+  quantum();
+  send({ type: "pause" });  // a possible interruption: held, silent
+  facts.silentWhilePaused = !quantum() && !quantum();
+  send({ type: "resume" });
+  facts.playsAfterResume = quantum();
+  send({ type: "flush" });
+  facts.silentAfterFlush = !quantum();
+  facts.sent = player.port.sent.filter((m) => m.type !== "stats");
+  return facts;
+}"""
+
+
+def test_the_audio_worklet_resamples_and_buffers() -> None:
+    """The worklet's resampler and jitter buffer, fed synthetic signals (no server, no sound
+    card): streaming equals batch, the pass and stop bands, and the buffer's states."""
+    with chromium() as browser:
+        page = browser.new_page()
+        page.add_script_tag(content=WORKLET_STUBS + WORKLET.read_text())
+        resampler = page.evaluate(RESAMPLER_CHECKS)
+        buffer = page.evaluate(JITTER_BUFFER_CHECKS)
+
+    assert resampler["streamedLength"] == resampler["batchLength"], resampler
+    assert abs(resampler["batchLength"] - 24_000) <= 2, resampler
+    assert resampler["maxDiff"] < 1e-6, resampler
+    assert abs(resampler["gain1k"] - 1) < 0.01, resampler
+    assert abs(resampler["gain8k"] - 1) < 0.01, resampler  # all an ASR at 16 kHz hears
+    assert resampler["gain15k"] < 0.01, resampler  # above 12 kHz: stopped, not folded back (-40 dB)
+    assert resampler["upError"] < 2e-3, resampler
+    assert abs(resampler["oddLength"] - 24_000) <= 40 and abs(resampler["oddGain"] - 1) < 0.01
+
+    assert buffer["silentBelowPrebuffer"] and buffer["playsAbovePrebuffer"], buffer
+    assert 90 <= buffer["playedMs"] <= 102, buffer  # 100 ms less the look-ahead still held
+    assert (buffer["underrunsAfterRunningDry"], buffer["stateAfterRunningDry"]) == (1, "buffering")
+    assert buffer["tailQuanta"] >= 1 and buffer["stateAtEnd"] == "idle", buffer
+    assert buffer["silentWhilePaused"] and buffer["playsAfterResume"], buffer
+    assert buffer["silentAfterFlush"], buffer
+    kinds = [m["type"] for m in buffer["sent"]]
+    assert kinds == ["started", "drained", "started", "flushed"], buffer["sent"]
+    flushed = buffer["sent"][-1]
+    assert 0.9 < flushed["seconds"] < 1.0, flushed  # dropped: all but what was heard
+    assert flushed["stream"] == "r2" and flushed["heardSeconds"] == 256 / 48_000, flushed
+
+
+INTERJECTION = "Wait. What about Germany?"
+SCRIPTED_MIC = """
+// The page's microphone, played on cue: getUserMedia answers with a stream that carries
+// silence, and `window.say(base64 pcm16, rate)` speaks into it. The page's own path (its
+// AudioWorklet capture, resampling, appends) is unchanged.
+navigator.mediaDevices.getUserMedia = async () => {
+  const context = new AudioContext();
+  const mic = context.createMediaStreamDestination();
+  const hum = context.createConstantSource();  // keeps the track running between utterances
+  hum.offset.value = 0;
+  hum.connect(mic);
+  hum.start();
+  window.say = (data, rate) => {
+    const bytes = Uint8Array.from(atob(data), (c) => c.charCodeAt(0));
+    const pcm = new Int16Array(bytes.buffer);
+    const buffer = context.createBuffer(1, pcm.length, rate);
+    buffer.copyToChannel(Float32Array.from(pcm, (v) => v / 32768), 0);
+    const source = context.createBufferSource();
+    source.buffer = buffer;
+    source.connect(mic);
+    source.start();
+  };
+  await context.resume();
+  return mic.stream;
+};
+"""
+
+
+def say(page: Any, speech: np.ndarray) -> None:
+    pcm = (np.clip(0.7 * speech / np.abs(speech).max(), -1, 1) * 32767).astype("<i2")
+    page.evaluate("([data, rate]) => say(data, rate)", [base64.b64encode(pcm).decode(), 16000])
+
+
+def test_speaking_interrupts_the_answer(server, speak) -> None:
+    """Barge-in by voice: the user speaks while the answer plays. The page drops the audio it
+    still holds, tells the server how much was heard, and the new question is answered.
+
+    The interjection must come while the answer plays, which depends on how fast the server
+    answers: so this test speaks on cue (a scripted microphone) instead of from a WAV file."""
+    sdk = OpenAI(base_url=f"{server.base_url}/v1", api_key=server.api_key)
+    secret = sdk.realtime.client_secrets.create().value
+    sdk.close()
+    with chromium() as browser:
+        page = browser.new_page(viewport={"width": 1100, "height": 760})
+        page.add_init_script(SCRIPTED_MIC)
+        try:
+            page.goto(f"{server.base_url}/?token={secret}")
+            page.wait_for_function("window.voxgateStats.authMode !== 'unknown'")
+            page.click("#connect")
+            page.wait_for_function("voxgateStats.state === 'connected'", timeout=30_000)
+            say(page, speak(QUESTION))
+            page.wait_for_function(
+                "voxgateStats.audioSecondsPlayed > 0.2 && voxgateStats.bufferedSeconds > 0.8",
+                timeout=ANSWER_TIMEOUT_MS,
+            )
+            say(page, speak(INTERJECTION))
+            page.wait_for_function(
+                """() => {
+                    const s = window.voxgateStats;
+                    const answered = (t) => t.status === 'completed' || t.status === 'incomplete';
+                    return s.userTranscripts.length >= 2 && s.turns.length >= 2
+                        && answered(s.turns[s.turns.length - 1]);
+                }""",
+                timeout=ANSWER_TIMEOUT_MS,
+            )
+            stats = page.evaluate("voxgateStats")
+            first, second = stats["turns"][0], stats["turns"][-1]
+            assert stats["flushes"] == 1, stats  # the rest of the first answer was dropped
+            (truncated,) = stats["truncations"]
+            first_item = page.get_attribute(".turn.assistant >> nth=0", "data-item-id")
+            assert truncated["itemId"] == first_item
+            assert 0 < truncated["audioEndMs"] < 1000 * first["receivedSeconds"], stats
+            assert "interrupted" in page.get_attribute(".turn.assistant >> nth=0", "class")
+            assert "germany" in words(stats["userTranscripts"][1]), stats["userTranscripts"]
+            assert second["latencyMs"] is not None and len(stats["assistantTranscripts"]) >= 2
+            assert stats["errors"] == []
+            save_screenshot(page, "browser-client-barge-in.png")
+        except BaseException:
+            save_screenshot(page, "browser-client-barge-in-failure.png")
+            raise
