@@ -38,7 +38,7 @@ from voxgate.server.errors import RestError, rest_validation_error
 from voxgate.server.protocol import SessionParams, Strict, Unsupported
 from voxgate.server.rest import _inline_refs as inline_refs
 from voxgate.streaming.config import SessionConfig
-from voxgate.streaming.session import new_id
+from voxgate.streaming.session import SessionRejected, new_id
 
 if TYPE_CHECKING:
     from voxgate.server.app import Services
@@ -239,6 +239,8 @@ def _session_config(services: Services, params: SessionParams | None) -> Session
         config = SessionConfig.model_validate(config.model_dump())
     except Unsupported as e:
         raise RestError(400, "unsupported_feature", str(e), e.param) from e
+    except SessionRejected as e:
+        raise RestError(400, e.code, e.message, e.param) from e
     except ValidationError as e:
         raise RestError(400, "invalid_value", str(e.errors()[0]["msg"]), "session") from e
     voices = [v.name for v in services.backbone.voices]
