@@ -177,7 +177,9 @@ class DrainingServer(uvicorn.Server):
     async def on_tick(self, counter: int) -> bool:
         if self._drain_requested and self._draining is None:
             self._draining = asyncio.create_task(self._drain())
-        if self._draining is not None and self._draining.done():
+        if self._draining is not None and self._draining.done() and not self.should_exit:
+            if not self._draining.cancelled() and (error := self._draining.exception()):
+                log.error("the drain failed; shutting down now", exc_info=error)
             self.should_exit = True
         return await super().on_tick(counter)
 
