@@ -174,8 +174,8 @@ async def create_client_secret(request: Request) -> dict[str, Any]:
         raise RestError(
             401, "invalid_api_key", "minting a client secret needs the server's API key"
         )
-    params = _parse(await _read_body(request, settings.client_secrets.max_body_bytes))
     limits = settings.client_secrets
+    params = _parse(await _read_body(request, limits.max_body_bytes))
     ttl_s = limits.default_ttl_s
     if params.expires_after is not None and params.expires_after.seconds is not None:
         ttl_s = params.expires_after.seconds

@@ -229,7 +229,7 @@ class Connection {
     this.session = null;
     this.energy = new SpeechEnergy();
     this.turnEnd = null; // {at, source} of the user's last finished turn, for the next response
-    this.response = null; // the active response: {id, turnEnd, firstAudioAt, done, record, itemId}
+    this.response = null; // the latest response: {id, done, record, itemId}
     this.records = new Map(); // response id -> the turn record in stats.turns
     this.playingStream = null; // the response whose audio the jitter buffer holds or plays
     this.held = null; // the response paused while the server judges an interruption
@@ -466,7 +466,8 @@ class Connection {
         break;
       }
       case "response.output_item.added":
-        if (this.response && event.response_id === this.response.id) {
+        // Only spoken or written answers are shown (function calls are the app's business).
+        if (event.item.type === "message" && event.response_id === this.response?.id) {
           this.response.itemId = event.item.id;
           setText(bubble(event.item.id, "assistant"), "…", true);
         }
