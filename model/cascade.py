@@ -46,7 +46,7 @@ from voxgate.model.types import (
 log = logging.getLogger(__name__)
 
 VOICE_NAME = "joe"
-TOOL_DECISION_TOKENS = 256
+TOOL_DECISION_TOKENS = 512
 """Enough for a function name and its arguments as JSON."""
 
 CLAUSE_QUEUE_SIZE = 16

@@ -78,7 +78,15 @@ class EngineHost:
             os.environ["VLLM_CPU_OMP_THREADS_BIND"] = config.cpu_threads_bind
             os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
         from vllm import AsyncEngineArgs
+        from vllm.config import StructuredOutputsConfig
         from vllm.v1.engine.async_llm import AsyncLLM
+
+        # Structured outputs (function calls) write compact JSON: a grammar that allows any
+        # whitespace lets a weak model ramble in whitespace until its token budget runs out.
+        engine_args.setdefault(
+            "structured_outputs_config",
+            StructuredOutputsConfig(backend="xgrammar", disable_any_whitespace=True),
+        )
 
         args = AsyncEngineArgs(
             model=str(model_dir),

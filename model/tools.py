@@ -68,7 +68,9 @@ def parse_decision(text: str, tools: Sequence[ToolSpec]) -> ToolCall | None:
     """The call the model chose, or None for "answer in words". Raises ValueError if the text
     is not a valid decision (which constrained decoding should make impossible)."""
     try:
-        decision = json.loads(text)
+        # strict=False: grammars may let raw control characters into strings; the arguments
+        # are written out again below, properly escaped.
+        decision = json.loads(text, strict=False)
     except json.JSONDecodeError as e:
         raise ValueError(f"the tool decision is not JSON: {e}") from e
     if not isinstance(decision, dict) or "call" not in decision:

@@ -31,6 +31,8 @@ MIN_REFERENCE_RMS = 1e-3
 """Below this the agent is silent here: nothing to cancel."""
 REESTIMATE_S = 0.25
 """How often the delay is estimated again once cancelling works (rooms and buffers drift)."""
+UNLOCKED_RETRY_S = 0.05
+"""How often it is estimated while no estimate cancels well yet."""
 LOCKED_RESIDUAL = 0.3
 """Residual/input energy below which the delay estimate is trusted (~5 dB of cancellation)."""
 
@@ -86,9 +88,11 @@ class EchoGuard:
             self._forget_before(position - reach)
         if not len(samples) or np.sqrt(np.mean(reference**2)) < MIN_REFERENCE_RMS:
             return samples
-        stale = position - self._estimated_at >= REESTIMATE_S * INPUT_SAMPLE_RATE
-        if self._delay is None or not self._locked or stale:
-            # Until an estimate cancels well, every block brings more echo to estimate from.
+        since = position - self._estimated_at
+        # Until an estimate cancels well, each new 50 ms of echo is worth another look; once
+        # it does (or when the client plays nothing at all), every REESTIMATE_S is enough.
+        retry = not self._locked and since >= UNLOCKED_RETRY_S * INPUT_SAMPLE_RATE
+        if self._delay is None or retry or since >= REESTIMATE_S * INPUT_SAMPLE_RATE:
             self._estimate_delay()
             self._estimated_at = position
         cleaned = self._subtract(samples, reference, reach)

@@ -118,6 +118,7 @@ class Response:
     """Answers a turn not yet committed: its items join the conversation at adoption."""
     reasoning: str = ""
     """Think mode: what the model thought before answering (sent as text, never spoken)."""
+    reasoning_done: bool = False
     context_start: int = 0
 
 

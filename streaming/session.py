@@ -872,7 +872,8 @@ class RealtimeSession:
             response.error = ("server_error", "the response failed inside the server")
         if self._running is not None and self._running.response is response:
             self._running = None
-        if response.reasoning:
+        if response.reasoning and not response.reasoning_done:
+            response.reasoning_done = True
             await self._emit(ReasoningDone(response))
         for index, item in enumerate(response.items):
             item.status = (
@@ -921,6 +922,13 @@ class RealtimeSession:
         outputs = self._backbone.respond(turns, options, response.trace)
         async with aclosing(outputs):
             async for output in outputs:
+                if (
+                    response.reasoning
+                    and not response.reasoning_done
+                    and not isinstance(output, ReasoningDelta)
+                ):
+                    response.reasoning_done = True  # over: say so before the answer begins
+                    await self._emit(ReasoningDone(response))
                 if isinstance(output, TextDelta | AudioChunk) and item is None:
                     item = Item(
                         new_id("item"),

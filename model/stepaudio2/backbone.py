@@ -50,7 +50,7 @@ from voxgate.model.types import (
 
 log = logging.getLogger(__name__)
 
-TOOL_DECISION_TOKENS = 256
+TOOL_DECISION_TOKENS = 512
 
 SAMPLES_PER_CODE = 960
 """One speech code is 40 ms at 24 kHz (25 codes per second)."""

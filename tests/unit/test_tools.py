@@ -67,3 +67,11 @@ def test_the_model_is_told_about_each_tool() -> None:
     assert "get_weather" in text and "The weather now in a city." in text and '"city"' in text
     assert '{"call": "none"}' in text
     assert '"none"' not in tools.instructions([WEATHER], "required")
+
+
+def test_raw_control_characters_are_escaped_in_the_call() -> None:
+    # A grammar may let a raw control character into a string; the call handed out is JSON.
+    call = tools.parse_decision('{"call":"get_weather","arguments":{"city":"\x0bOslo"}}', [WEATHER])
+    assert call is not None
+    assert call.arguments == '{"city": "\\u000bOslo"}'
+    assert json.loads(call.arguments) == {"city": "\x0bOslo"}
