@@ -55,6 +55,21 @@ def _make_tiny_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def _make_voice(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import soundfile
+
+    from voxgate.model.stepaudio2.token2wav.voice import Voice
+
+    model = Path(args.model)
+    audio, rate = soundfile.read(args.wav, dtype="float32", always_2d=True)
+    voice = Voice.from_wav(args.name, audio.mean(axis=1), rate, model / "token2wav")
+    voice.save(model / "voices" / f"{args.name}.npz")
+    print(f"voice {args.name!r} written to {model / 'voices'}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="voxgate", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -77,6 +92,14 @@ def main(argv: list[str] | None = None) -> int:
     tiny.add_argument("directory")
     tiny.add_argument("--seed", type=int, default=0)
     tiny.set_defaults(run=_make_tiny_model)
+    voice = commands.add_parser(
+        "make-voice",
+        help="make a Step-Audio-2 voice (voices/NAME.npz) from a recording of a speaker",
+    )
+    voice.add_argument("--model", required=True, help="the Step-Audio-2 model folder")
+    voice.add_argument("--wav", required=True, help="a clean recording, at most 30 s")
+    voice.add_argument("--name", required=True)
+    voice.set_defaults(run=_make_voice)
     args = parser.parse_args(argv)
     return args.run(args)
 
