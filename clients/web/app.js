@@ -476,6 +476,7 @@ class Connection {
         const samples = floatsFromBase64Pcm16(event.delta);
         stats.audioDeltas += 1;
         stats.audioSecondsReceived += samples.length / WIRE_RATE;
+        renderStats();
         this.release(event.response_id, true); // a held answer that goes on was no interruption
         const record = this.records.get(event.response_id);
         if (record) record.receivedSeconds += samples.length / WIRE_RATE;
