@@ -107,7 +107,14 @@ async def test_barge_in_cancels_the_response_and_aborts_the_engine_request(
                 "type": "realtime",
                 "max_output_tokens": 500,
                 "audio": {
-                    "input": {"turn_detection": {"type": "server_vad", "create_response": False}}
+                    "input": {
+                        "turn_detection": {
+                            "type": "server_vad",
+                            "create_response": False,
+                            # One engine request to count: no early transcription of the pause.
+                            "x_voxgate": {"speculative_start_ms": 0},
+                        }
+                    }
                 },
             }
         )

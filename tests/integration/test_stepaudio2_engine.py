@@ -79,7 +79,14 @@ async def test_barge_in_aborts_the_unified_engine_request(unified_server, speak)
                 "type": "realtime",
                 "max_output_tokens": 3800,
                 "audio": {
-                    "input": {"turn_detection": {"type": "server_vad", "create_response": False}}
+                    "input": {
+                        "turn_detection": {
+                            "type": "server_vad",
+                            "create_response": False,
+                            # One engine request to count: no early transcription of the pause.
+                            "x_voxgate": {"speculative_start_ms": 0},
+                        }
+                    }
                 },
             }
         )
