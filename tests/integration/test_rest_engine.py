@@ -136,8 +136,9 @@ async def test_streamed_transcription(server, fox) -> None:
 
 def librivox_clips() -> list[tuple[np.ndarray, str]]:
     if not LIBRIVOX.is_dir():
-        pytest.skip(
-            "pocketsphinx-testdata is not installed (apt-get install pocketsphinx-testdata)"
+        pytest.fail(
+            "pocketsphinx-testdata is not installed: apt-get install -y pocketsphinx-testdata "
+            "(deploy/install.sh --test installs it)"
         )
     references = {}
     for line in (LIBRIVOX / "transcription").read_text().splitlines():
