@@ -29,9 +29,11 @@ class TurnDetection(BaseModel):
     """After a false interruption the agent goes on where it paused, or stays silent."""
     echo_guard: bool = True
     """Take the agent's own voice (sent by this server) out of the input before the VAD."""
-    speculative_start_ms: int | None = Field(200, ge=32, le=5000)
+    speculative_start_ms: int | None = Field(None, ge=32, le=5000)
     """After this much silence, start transcribing and answering before the turn surely ends;
-    kept if the turn ends, dropped if the user goes on. None turns it off."""
+    kept if the turn ends, dropped if the user goes on. None (the default) is off: on the
+    2-core CPU default the early work competes with the rest for the CPU and did not lower
+    latency (bench/turn_taking.py); with spare compute, 200 is a good value."""
     eagerness: Literal["low", "medium", "high", "auto"] | None = None
     """Semantic end of turn (`semantic_vad`): end early after a complete thought, wait longer
     after one that trails off. None: plain silence-based end of turn (`server_vad`)."""

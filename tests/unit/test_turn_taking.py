@@ -292,5 +292,5 @@ def _user(text: str):
 
 def test_turn_detection_defaults_take_turns_naturally() -> None:
     td = TurnDetection()
-    assert td.echo_guard and td.speculative_start_ms == 200 and td.min_interruption_ms == 250
+    assert td.echo_guard and td.speculative_start_ms is None and td.min_interruption_ms == 250
     assert isinstance(Events, type)
