@@ -8,10 +8,8 @@ clock, not by waiting.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pydantic
@@ -26,6 +24,7 @@ from pydantic import SecretStr
 from starlette.testclient import WebSocketTestSession
 from starlette.websockets import WebSocketDisconnect
 
+from voxgate.model.artifacts import default_home
 from voxgate.server.app import create_app
 from voxgate.server.client_secrets import ClientSecretsFull, ClientSecretStore
 from voxgate.server.settings import ClientSecretSettings, Settings
@@ -40,7 +39,7 @@ CONFIG = SessionConfig(instructions="be kind", voice="joe")
 
 def app_for(fake: FakeBackbone, **overrides: Any) -> FastAPI:
     settings = Settings(
-        home=Path(os.environ["VOXGATE_HOME"]),
+        home=default_home(),
         fetch_missing_models=False,
         **({"api_key": SecretStr(KEY)} | overrides),
     )

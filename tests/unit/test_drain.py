@@ -26,6 +26,7 @@ from fastapi.testclient import TestClient
 from starlette.testclient import WebSocketTestSession
 from starlette.websockets import WebSocketDisconnect
 
+from voxgate.model.artifacts import default_home
 from voxgate.model.types import INPUT_SAMPLE_RATE, Role
 from voxgate.server.app import create_app
 from voxgate.server.draining import DrainState, TurnActivity
@@ -50,7 +51,7 @@ TESTS = Path(__file__).parents[1]
 
 def app_for(fake: FakeBackbone, **overrides: Any):
     settings = Settings(
-        home=Path(os.environ["VOXGATE_HOME"]),
+        home=default_home(),
         fetch_missing_models=False,
         **({"api_key": None} | overrides),
     )

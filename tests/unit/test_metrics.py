@@ -10,11 +10,9 @@ import base64
 import io
 import json
 import logging
-import os
 import socket
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,6 +27,7 @@ from prometheus_client import REGISTRY
 from pydantic import SecretStr
 from starlette.testclient import WebSocketTestSession
 
+from voxgate.model.artifacts import default_home
 from voxgate.model.types import INPUT_SAMPLE_RATE
 from voxgate.server import logs, metrics
 from voxgate.server.app import create_app
@@ -45,7 +44,7 @@ PCM_BYTES_PER_S = 48_000
 def app_for(fake: FakeBackbone, **overrides: Any) -> FastAPI:
     realtime = overrides.pop("realtime", {})
     settings = Settings(
-        home=Path(os.environ["VOXGATE_HOME"]),
+        home=default_home(),
         fetch_missing_models=False,
         realtime=RealtimeSettings(**realtime),
         **({"api_key": None} | overrides),

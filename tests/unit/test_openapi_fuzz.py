@@ -7,9 +7,6 @@ examples are derandomised, so a run is reproducible, and kept few, so the test s
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
 import schemathesis
 from fakes import FakeBackbone, backbone_factory
@@ -17,6 +14,7 @@ from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.generation.modes import GenerationMode
 
+from voxgate.model.artifacts import default_home
 from voxgate.server.app import create_app
 from voxgate.server.settings import RestSettings, Settings
 
@@ -27,7 +25,7 @@ MAX_EXAMPLES = 12
 
 APP = create_app(
     Settings(
-        home=Path(os.environ.get("VOXGATE_HOME", "~/.cache/voxgate")).expanduser(),
+        home=default_home(),
         fetch_missing_models=False,
         api_key=None,
         # Small limits, so that generated bodies also run into them.

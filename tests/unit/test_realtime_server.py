@@ -9,11 +9,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import os
 import socket
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,6 +28,7 @@ from pydantic import SecretStr
 from starlette.testclient import WebSocketTestSession
 from starlette.websockets import WebSocketDisconnect
 
+from voxgate.model.artifacts import default_home
 from voxgate.model.types import INPUT_SAMPLE_RATE, Role, Turn
 from voxgate.server.app import create_app
 from voxgate.server.settings import RealtimeSettings, Settings
@@ -47,7 +46,7 @@ MAX_EVENTS = 2000
 def settings(**overrides: Any) -> Settings:
     realtime = {"max_event_bytes": MAX_EVENT_BYTES} | overrides.pop("realtime", {})
     return Settings(
-        home=Path(os.environ["VOXGATE_HOME"]),
+        home=default_home(),
         fetch_missing_models=False,
         realtime=RealtimeSettings(**realtime),
         **({"api_key": None} | overrides),  # not whatever VOXGATE_API_KEY says

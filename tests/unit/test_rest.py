@@ -11,11 +11,9 @@ import asyncio
 import base64
 import io
 import json
-import os
 import socket
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -32,6 +30,7 @@ from openai.types.audio import Transcription, TranscriptionVerbose
 from openai.types.audio.transcription_stream_event import TranscriptionStreamEvent
 from pydantic import SecretStr
 
+from voxgate.model.artifacts import default_home
 from voxgate.model.types import INPUT_SAMPLE_RATE, AudioChunk, BackboneError
 from voxgate.server.app import create_app
 from voxgate.server.audio_files import OUTPUT_SAMPLE_RATE, decode_upload
@@ -47,7 +46,7 @@ FAKE_PIECE_S = 0.3
 def settings(**overrides: Any) -> Settings:
     rest = overrides.pop("rest", {})
     return Settings(
-        home=Path(os.environ["VOXGATE_HOME"]),
+        home=default_home(),
         fetch_missing_models=False,
         rest=RestSettings(**rest),
         **({"api_key": None} | overrides),
