@@ -90,6 +90,37 @@ async def stream_speech(connection: Any, pcm: bytes, *, realtime: bool) -> None:
             await asyncio.sleep(max(0.0, start + sent / 48_000 - time.monotonic()))
 
 
+async def start_an_answer_to_interrupt(
+    connection: Any, prompt: str, max_output_tokens: int
+) -> None:
+    """Ask for a long text-prompted answer, with the VAD on but not answering by itself, so a
+    barge-in test can talk over it and count exactly one engine request."""
+    await connection.session.update(
+        session={
+            "type": "realtime",
+            "max_output_tokens": max_output_tokens,
+            "audio": {
+                "input": {
+                    "turn_detection": {
+                        "type": "server_vad",
+                        "create_response": False,
+                        # One engine request to count: no early transcription of the pause.
+                        "x_voxgate": {"speculative_start_ms": 0},
+                    }
+                }
+            },
+        }
+    )
+    await connection.conversation.item.create(
+        item={
+            "type": "message",
+            "role": "user",
+            "content": [{"type": "input_text", "text": prompt}],
+        }
+    )
+    await connection.response.create()
+
+
 def sdk_client(server: Any) -> AsyncOpenAI:
     return AsyncOpenAI(base_url=f"{server.base_url}/v1", api_key=server.api_key)
 

@@ -20,6 +20,7 @@ from realtime_helpers import (
     rms,
     sdk_client,
     silence,
+    start_an_answer_to_interrupt,
     stream_speech,
     words,
 )
@@ -102,30 +103,9 @@ async def test_barge_in_cancels_the_response_and_aborts_the_engine_request(
     aborted_before = server.metric("voxgate_engine_requests_aborted_total")
     generated_before = server.metric("vllm:generation_tokens_total")
     async with sdk_client(server).realtime.connect(model="voxgate") as conn:
-        await conn.session.update(
-            session={
-                "type": "realtime",
-                "max_output_tokens": 500,
-                "audio": {
-                    "input": {
-                        "turn_detection": {
-                            "type": "server_vad",
-                            "create_response": False,
-                            # One engine request to count: no early transcription of the pause.
-                            "x_voxgate": {"speculative_start_ms": 0},
-                        }
-                    }
-                },
-            }
+        await start_an_answer_to_interrupt(
+            conn, "Tell me a long story about a dragon.", max_output_tokens=500
         )
-        await conn.conversation.item.create(
-            item={
-                "type": "message",
-                "role": "user",
-                "content": [{"type": "input_text", "text": "Tell me a long story about a dragon."}],
-            }
-        )
-        await conn.response.create()
         await collect(conn, until="response.output_audio.delta")
         # The user talks over the agent.
         await stream_speech(conn, pcm24(speak("Wait, stop please.")) + silence(0.3), realtime=False)

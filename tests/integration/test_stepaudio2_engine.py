@@ -20,7 +20,15 @@ import httpx
 import numpy as np
 import pytest
 from conftest import RunningServer, launch, unified_env
-from realtime_helpers import collect, eventually, pcm24, sdk_client, silence, stream_speech
+from realtime_helpers import (
+    collect,
+    eventually,
+    pcm24,
+    sdk_client,
+    silence,
+    start_an_answer_to_interrupt,
+    stream_speech,
+)
 
 pytestmark = [pytest.mark.engine, pytest.mark.timeout(300)]
 
@@ -74,30 +82,7 @@ async def test_a_spoken_realtime_turn_returns_transcripts_and_audio(unified_serv
 async def test_barge_in_aborts_the_unified_engine_request(unified_server, speak) -> None:
     aborted = unified_server.metric("voxgate_engine_requests_aborted_total")
     async with sdk_client(unified_server).realtime.connect(model="voxgate") as conn:
-        await conn.session.update(
-            session={
-                "type": "realtime",
-                "max_output_tokens": 3800,
-                "audio": {
-                    "input": {
-                        "turn_detection": {
-                            "type": "server_vad",
-                            "create_response": False,
-                            # One engine request to count: no early transcription of the pause.
-                            "x_voxgate": {"speculative_start_ms": 0},
-                        }
-                    }
-                },
-            }
-        )
-        await conn.conversation.item.create(
-            item={
-                "type": "message",
-                "role": "user",
-                "content": [{"type": "input_text", "text": "Tell me a story."}],
-            }
-        )
-        await conn.response.create()
+        await start_an_answer_to_interrupt(conn, "Tell me a story.", max_output_tokens=3800)
         # Interrupt at once: the tiny LM writes ~1000 tokens a second, so only an early
         # barge-in finds its request still generating (3800 tokens take seconds).
         await collect(conn, until="response.output_item.added")

@@ -5,7 +5,6 @@ the deadline, and SIGTERM to a real server process (over the fake backbone).
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import os
 import signal
@@ -23,16 +22,15 @@ import pytest
 import websockets
 from fakes import FakeBackbone, backbone_factory
 from fastapi.testclient import TestClient
+from in_process import pcm, send_audio
 from starlette.testclient import WebSocketTestSession
 from starlette.websockets import WebSocketDisconnect
 
 from voxgate.model.artifacts import default_home
-from voxgate.model.types import INPUT_SAMPLE_RATE, Role
+from voxgate.model.types import Role
 from voxgate.server.app import create_app
 from voxgate.server.draining import DrainState, TurnActivity
 from voxgate.server.settings import Settings
-from voxgate.streaming import audio
-from voxgate.streaming.audio import AudioFormat, StreamResampler
 from voxgate.streaming.config import TurnDetection
 from voxgate.streaming.events import (
     InputCommitted,
@@ -92,20 +90,6 @@ def closed_with(ws: WebSocketTestSession) -> tuple[int, list[str]]:
         for _ in range(5000):
             types.append(ws.receive_json()["type"])
     return closed.value.code, types
-
-
-def pcm(samples: np.ndarray) -> bytes:
-    resampler = StreamResampler(INPUT_SAMPLE_RATE, 24_000)
-    return audio.encode(
-        np.concatenate([resampler.process(samples), resampler.flush()]), AudioFormat.PCM
-    )
-
-
-def send_audio(ws: WebSocketTestSession, data: bytes) -> None:
-    for piece in audio.iter_slices(data, AudioFormat.PCM, 40):
-        ws.send_json(
-            {"type": "input_audio_buffer.append", "audio": base64.b64encode(piece).decode()}
-        )
 
 
 # --- in process ------------------------------------------------------------------------------

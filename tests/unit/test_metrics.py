@@ -10,19 +10,17 @@ import base64
 import io
 import json
 import logging
-import socket
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import pytest
 import soundfile as sf
-import uvicorn
 import websockets
 from fakes import CHUNK_SECONDS, FakeBackbone, backbone_factory
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from in_process import pcm, send_audio, serving
 from prometheus_client import REGISTRY
 from pydantic import SecretStr
 from starlette.testclient import WebSocketTestSession
@@ -32,8 +30,6 @@ from voxgate.model.types import INPUT_SAMPLE_RATE
 from voxgate.server import logs, metrics
 from voxgate.server.app import create_app
 from voxgate.server.settings import RealtimeSettings, Settings
-from voxgate.streaming import audio
-from voxgate.streaming.audio import AudioFormat, StreamResampler
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -61,24 +57,6 @@ def fake() -> FakeBackbone:
 def client(fake: FakeBackbone) -> Iterator[TestClient]:
     with TestClient(app_for(fake)) as client:
         yield client
-
-
-@asynccontextmanager
-async def serving(app: FastAPI) -> AsyncIterator[int]:
-    """Run `app` with uvicorn on a free port of 127.0.0.1; yield the port."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(app, log_level="warning", ws="websockets-sansio", lifespan="on")
-    server = uvicorn.Server(config)
-    config.load()
-    server.lifespan = config.lifespan_class(config)
-    await server.startup(sockets=[sock])
-    try:
-        yield sock.getsockname()[1]
-    finally:
-        server.should_exit = True
-        await server.shutdown(sockets=[sock])
-        sock.close()
 
 
 def value(name: str, **labels: str) -> float:
@@ -110,21 +88,6 @@ def receive_until(ws: WebSocketTestSession, kind: str) -> list[dict[str, Any]]:
         if event["type"] == kind:
             return got
     raise AssertionError(f"no {kind}")
-
-
-def pcm(samples: np.ndarray) -> bytes:
-    """16 kHz float32 -> 24 kHz pcm16."""
-    resampler = StreamResampler(INPUT_SAMPLE_RATE, 24_000)
-    return audio.encode(
-        np.concatenate([resampler.process(samples), resampler.flush()]), AudioFormat.PCM
-    )
-
-
-def send_audio(ws: WebSocketTestSession, data: bytes) -> None:
-    for piece in audio.iter_slices(data, AudioFormat.PCM, 40):
-        ws.send_json(
-            {"type": "input_audio_buffer.append", "audio": base64.b64encode(piece).decode()}
-        )
 
 
 def sync(ws: WebSocketTestSession) -> None:

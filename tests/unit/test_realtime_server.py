@@ -9,19 +9,17 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import socket
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 import pydantic
 import pytest
-import uvicorn
 import websockets
 from fakes import FakeBackbone, backbone_factory
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from in_process import pcm, serving
 from openai import AsyncOpenAI
 from openai.types.realtime.realtime_server_event import RealtimeServerEvent
 from pydantic import SecretStr
@@ -29,11 +27,11 @@ from starlette.testclient import WebSocketTestSession
 from starlette.websockets import WebSocketDisconnect
 
 from voxgate.model.artifacts import default_home
-from voxgate.model.types import INPUT_SAMPLE_RATE, Role, Turn
+from voxgate.model.types import Role, Turn
 from voxgate.server.app import create_app
 from voxgate.server.settings import RealtimeSettings, Settings
 from voxgate.streaming import audio
-from voxgate.streaming.audio import AudioFormat, StreamResampler
+from voxgate.streaming.audio import AudioFormat
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -130,14 +128,6 @@ def still_works(ws: WebSocketTestSession, note: str = "still here") -> None:
 
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
-
-
-def pcm(samples: np.ndarray) -> bytes:
-    """16 kHz float32 -> 24 kHz pcm16, the default input format."""
-    resampler = StreamResampler(INPUT_SAMPLE_RATE, 24_000)
-    return audio.encode(
-        np.concatenate([resampler.process(samples), resampler.flush()]), AudioFormat.PCM
-    )
 
 
 def appends(data: bytes, ms: int = 40) -> list[dict[str, Any]]:
@@ -611,24 +601,6 @@ def test_http_routes(client: TestClient, fake: FakeBackbone) -> None:
 
 
 # --- a real server and the official SDK -----------------------------------------------------
-
-
-@asynccontextmanager
-async def serving(app: FastAPI) -> AsyncIterator[int]:
-    """Run `app` with uvicorn on a free port of 127.0.0.1; yield the port."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(app, log_level="warning", ws="websockets-sansio", lifespan="on")
-    server = uvicorn.Server(config)
-    config.load()
-    server.lifespan = config.lifespan_class(config)
-    await server.startup(sockets=[sock])  # returns once the app's lifespan has started
-    try:
-        yield sock.getsockname()[1]
-    finally:
-        server.should_exit = True
-        await server.shutdown(sockets=[sock])
-        sock.close()
 
 
 async def sdk_events_until(connection: Any, kind: str) -> list[Any]:

@@ -11,9 +11,7 @@ import asyncio
 import base64
 import io
 import json
-import socket
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
@@ -21,10 +19,10 @@ import numpy as np
 import pydantic
 import pytest
 import soundfile as sf
-import uvicorn
 from fakes import VOICE, FakeBackbone, SynthesizeCall, backbone_factory
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from in_process import serving
 from openai import AsyncOpenAI, BadRequestError, NotFoundError
 from openai.types.audio import Transcription, TranscriptionVerbose
 from openai.types.audio.transcription_stream_event import TranscriptionStreamEvent
@@ -620,24 +618,6 @@ async def test_over_capacity_is_429_with_retry_after(fake, hello_wav) -> None:
 
 
 # --- a real server: streaming and the official SDK --------------------------------------------
-
-
-@asynccontextmanager
-async def serving(app: FastAPI) -> AsyncIterator[int]:
-    """Run `app` with uvicorn on a free port of 127.0.0.1; yield the port."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(app, log_level="warning", lifespan="on")
-    server = uvicorn.Server(config)
-    config.load()
-    server.lifespan = config.lifespan_class(config)
-    await server.startup(sockets=[sock])
-    try:
-        yield sock.getsockname()[1]
-    finally:
-        server.should_exit = True
-        await server.shutdown(sockets=[sock])
-        sock.close()
 
 
 async def until(condition, timeout_s: float = 10.0) -> None:

@@ -1,0 +1,52 @@
+"""Helpers for tests that run the app in this process: a real uvicorn server on a free port,
+and microphone audio in the wire's default format."""
+
+from __future__ import annotations
+
+import base64
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import numpy as np
+import uvicorn
+from fastapi import FastAPI
+from starlette.testclient import WebSocketTestSession
+
+from voxgate.model.types import INPUT_SAMPLE_RATE
+from voxgate.streaming import audio
+from voxgate.streaming.audio import AudioFormat, StreamResampler
+
+
+@asynccontextmanager
+async def serving(app: FastAPI) -> AsyncIterator[int]:
+    """Run `app` with uvicorn on a free port of 127.0.0.1; yield the port."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    config = uvicorn.Config(app, log_level="warning", ws="websockets-sansio", lifespan="on")
+    server = uvicorn.Server(config)
+    config.load()
+    server.lifespan = config.lifespan_class(config)
+    await server.startup(sockets=[sock])  # returns once the app's lifespan has started
+    try:
+        yield sock.getsockname()[1]
+    finally:
+        server.should_exit = True
+        await server.shutdown(sockets=[sock])
+        sock.close()
+
+
+def pcm(samples: np.ndarray) -> bytes:
+    """16 kHz float32 -> 24 kHz pcm16, the default input format."""
+    resampler = StreamResampler(INPUT_SAMPLE_RATE, 24_000)
+    return audio.encode(
+        np.concatenate([resampler.process(samples), resampler.flush()]), AudioFormat.PCM
+    )
+
+
+def send_audio(ws: WebSocketTestSession, data: bytes) -> None:
+    """Send pcm16 as 40 ms `input_audio_buffer.append` events."""
+    for piece in audio.iter_slices(data, AudioFormat.PCM, 40):
+        ws.send_json(
+            {"type": "input_audio_buffer.append", "audio": base64.b64encode(piece).decode()}
+        )
