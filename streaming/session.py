@@ -343,6 +343,12 @@ class RealtimeSession:
                         self._hold(self._running, self._speech.item_id)
                     else:
                         interrupted = self._stop_running("turn_detected")
+                if interrupted is not None:
+                    log.info(
+                        "speech at %d ms of input interrupts response %s",
+                        start_ms,
+                        interrupted.response.id,
+                    )
                 # Stopping first made room: speech_started is not stuck behind stale audio.
                 await self._emit(SpeechStartedEvent(self._speech.item_id, start_ms))
                 if interrupted is not None:

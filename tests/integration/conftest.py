@@ -51,6 +51,10 @@ class RunningServer:
             raise KeyError(f"{name}{labels} not in /metrics")
         return total
 
+    def log_tail(self, lines: int = 40) -> str:
+        """The end of the server's log, for failure messages."""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
 
 def _free_port() -> int:
     with socket.socket() as s:

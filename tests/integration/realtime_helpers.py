@@ -7,6 +7,7 @@ import base64
 import random
 import re
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,6 +54,14 @@ class WireTurn:
 
     def all(self, type_: str) -> list[dict[str, Any]]:
         return [e for e in self.events if e["type"] == type_]
+
+    def summary(self) -> str:
+        """For failure messages: how many of each event, the errors, the seconds of audio."""
+        counts = Counter(self.types)
+        return (
+            f"events {dict(counts)}; errors {self.all('error')}; "
+            f"{len(self.audio) / 2 / AudioFormat.PCM.sample_rate:.1f} s of audio"
+        )
 
 
 async def collect(connection: Any, until: str = "response.done") -> WireTurn:

@@ -66,7 +66,8 @@ async def test_a_weather_tool_round_trip_through_the_sdk(server) -> None:
         await conn.response.create()
         answer = await collect(conn)
     response = answer.first("response.done")["response"]
-    assert response["status"] == "completed"
+    # The answer is sampled: it may run to the session's length limit ("incomplete").
+    assert response["status"] in ("completed", "incomplete")
     spoken = response["output"][0]["content"][0]["transcript"]
     assert words(spoken) and "response.output_audio.delta" in answer.types
 

@@ -102,15 +102,18 @@ async def test_barge_in_cancels_the_response_and_aborts_the_engine_request(
 ) -> None:
     aborted_before = server.metric("voxgate_engine_requests_aborted_total")
     generated_before = server.metric("vllm:generation_tokens_total")
+    interruption = pcm24(speak("Wait, stop please.")) + silence(0.3)
     async with sdk_client(server).realtime.connect(model="voxgate") as conn:
         await start_an_answer_to_interrupt(
             conn, "Tell me a long story about a dragon.", max_output_tokens=500
         )
         await collect(conn, until="response.output_audio.delta")
         # The user talks over the agent.
-        await stream_speech(conn, pcm24(speak("Wait, stop please.")) + silence(0.3), realtime=False)
+        await stream_speech(conn, interruption, realtime=False)
         turn = await collect(conn, until="response.done")
-    assert "input_audio_buffer.speech_started" in turn.types
+    assert "input_audio_buffer.speech_started" in turn.types, (
+        f"{turn.summary()}\n{server.log_tail()}"
+    )
     assert turn.types.index("input_audio_buffer.speech_started") < turn.types.index("response.done")
     response = turn.first("response.done")["response"]
     assert response["status"] == "cancelled"

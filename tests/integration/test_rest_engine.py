@@ -234,7 +234,10 @@ async def test_speech_in_each_format_transcribes_back(server, fmt: str) -> None:
         heard = await client.audio.transcriptions.create(
             file=("speech.wav", wav_bytes(audio, INPUT_SAMPLE_RATE)), model="whisper-1"
         )
-    assert wer(SPOKEN_TEXT, heard.text) <= 0.1, heard.text
+    # Piper samples its prosody, so each synthesis differs a little and tiny.en mishears some
+    # (200 round trips: median WER 0.06, max 0.22, e.g. "But whether it's lovely today");
+    # audio broken in encoding or decoding is not heard as the sentence at all.
+    assert wer(SPOKEN_TEXT, heard.text) <= 0.3, heard.text
 
 
 async def test_speech_as_events_in_pieces(server) -> None:
