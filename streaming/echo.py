@@ -16,6 +16,7 @@ with long reverberation leave a tail, which a client-side canceller handles bett
 from __future__ import annotations
 
 import threading
+from collections import deque
 
 import numpy as np
 
@@ -35,6 +36,10 @@ UNLOCKED_RETRY_S = 0.05
 """How often it is estimated while no estimate cancels well yet."""
 LOCKED_RESIDUAL = 0.3
 """Residual/input energy below which the delay estimate is trusted (~5 dB of cancellation)."""
+MAX_REFERENCE_S = 600.0
+"""Reference kept ahead of the input. A client that sends no audio while the agent talks
+(text-only, push-to-talk) never moves the input on, so without a bound the reference of a long
+session would grow without end; the oldest is dropped first."""
 
 
 class EchoGuard:
@@ -45,8 +50,10 @@ class EchoGuard:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._ref = np.zeros(0, np.float32)
-        self._ref_start = 0  # input-stream position of self._ref[0]
+        # What was sent, as (input-stream position, samples) chunks in order; gaps are silence.
+        # Chunks, not one array: appending stays cheap however long the answer.
+        self._chunks: deque[tuple[int, np.ndarray]] = deque()
+        self._ref_end = 0  # input-stream position just past the last sample sent
         self._history = np.zeros(0, np.float32)
         self._history_end = 0  # input-stream position just past self._history
         self._delay: int | None = None
@@ -62,30 +69,38 @@ class EchoGuard:
 
         Chunks of one answer play back to back, so each starts where the previous ended (or at
         `sent_at` if the client had run dry)."""
+        if not len(samples):
+            return
         with self._lock:
-            end = self._ref_start + len(self._ref)
-            start = max(sent_at, end)
-            if start > end:
-                self._ref = np.concatenate([self._ref, np.zeros(start - end, np.float32)])
-            self._ref = np.concatenate([self._ref, samples.astype(np.float32)])
+            start = max(sent_at, self._ref_end)
+            self._chunks.append((start, samples.astype(np.float32)))
+            self._ref_end = start + len(samples)
+            limit = self._ref_end - int(MAX_REFERENCE_S * INPUT_SAMPLE_RATE)
+            while self._chunks and self._chunks[0][0] < limit:
+                self._chunks.popleft()
 
     def stop(self, at: int) -> None:
         """The client stopped playing (barge-in, cancel): nothing after `at` will echo."""
         with self._lock:
-            keep = max(0, at - self._ref_start)
-            self._ref = self._ref[:keep]
+            while self._chunks and self._chunks[-1][0] >= at:
+                self._chunks.pop()
+            if self._chunks:
+                start, samples = self._chunks[-1]
+                self._chunks[-1] = (start, samples[: at - start])
+            self._ref_end = min(self._ref_end, at)
 
     def clean(self, samples: np.ndarray, position: int) -> np.ndarray:
         """The input block starting at stream `position` with the agent's echo removed."""
         with self._lock:
             self._remember(samples, position)
             reach = int(MAX_DELAY_S * INPUT_SAMPLE_RATE) + TAPS
-            ref_end = self._ref_start + len(self._ref)
-            if position + len(samples) <= self._ref_start or position - reach >= ref_end:
-                self._forget_before(position - reach)
+            # The delay estimate lines the last HISTORY_S of input up with the reference up to
+            # `reach` before it: keep that much.
+            self._forget_before(position - reach - int(HISTORY_S * INPUT_SAMPLE_RATE))
+            ref_start = self._chunks[0][0] if self._chunks else self._ref_end
+            if position + len(samples) <= ref_start or position - reach >= self._ref_end:
                 return samples
             reference = self._reference(position - reach, position + len(samples))
-            self._forget_before(position - reach)
         if not len(samples) or np.sqrt(np.mean(reference**2)) < MIN_REFERENCE_RMS:
             return samples
         since = position - self._estimated_at
@@ -113,16 +128,18 @@ class EchoGuard:
     def _reference(self, start: int, end: int) -> np.ndarray:
         """Reference samples for stream positions [start, end) (zeros where none was played)."""
         out = np.zeros(end - start, np.float32)
-        lo, hi = max(start, self._ref_start), min(end, self._ref_start + len(self._ref))
-        if hi > lo:
-            out[lo - start : hi - start] = self._ref[lo - self._ref_start : hi - self._ref_start]
+        for at, samples in self._chunks:  # those before the input were forgotten already
+            if at >= end:
+                break
+            if at + len(samples) <= start:
+                continue
+            lo, hi = max(start, at), min(end, at + len(samples))
+            out[lo - start : hi - start] = samples[lo - at : hi - at]
         return out
 
     def _forget_before(self, position: int) -> None:
-        cut = position - self._ref_start
-        if cut > 0:
-            self._ref = self._ref[cut:]
-            self._ref_start = position
+        while self._chunks and self._chunks[0][0] + len(self._chunks[0][1]) <= position:
+            self._chunks.popleft()
 
     def _estimate_delay(self) -> None:
         """GCC-PHAT between the recent input and the reference: the lag of the echo."""

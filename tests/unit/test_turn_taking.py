@@ -34,6 +34,7 @@ from voxgate.model.types import (
 )
 from voxgate.streaming import audio
 from voxgate.streaming.config import TurnDetection
+from voxgate.streaming.echo import MAX_REFERENCE_S, EchoGuard
 from voxgate.streaming.events import (
     InputCommitted,
     ItemStatus,
@@ -253,6 +254,25 @@ async def test_the_user_is_still_heard_over_the_echo(make, morning, story) -> No
     mic[start : start + len(morning)] += morning
     await feed(session, mic)
     assert of(events.ready(), SpeechStartedEvent)
+
+
+def test_the_echo_reference_stays_bounded_when_no_audio_comes_in() -> None:
+    """A client that listens without sending audio never moves the input on: the reference of
+    what was sent must not grow without end (memory), nor cost more per chunk as it grows."""
+    guard = EchoGuard()
+    chunk = 0.1 * np.random.default_rng(0).standard_normal(INPUT_SAMPLE_RATE // 5)  # 200 ms
+    chunk = chunk.astype(np.float32)
+    chunks = int((MAX_REFERENCE_S + 60) * 5)
+    for _ in range(chunks):
+        guard.play(chunk, sent_at=0)
+    held = guard._reference(0, chunks * len(chunk))
+    kept = np.flatnonzero(held)
+    assert len(kept) <= MAX_REFERENCE_S * INPUT_SAMPLE_RATE
+    assert kept[-1] == chunks * len(chunk) - 1  # the newest is kept, the oldest dropped
+    # What was kept still cancels: the echo of the newest audio is taken out.
+    position = chunks * len(chunk) - INPUT_SAMPLE_RATE
+    cleaned = [guard.clean(0.5 * chunk, position + i * len(chunk)) for i in range(5)]
+    assert np.abs(cleaned[-1]).max() < 0.01
 
 
 # --- truncation -----------------------------------------------------------------------------
