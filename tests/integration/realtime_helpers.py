@@ -130,6 +130,55 @@ async def start_an_answer_to_interrupt(
     await connection.response.create()
 
 
+@dataclass
+class Interruption:
+    turn: WireTurn
+    """Events from the user's first words to the interrupted response's `response.done`."""
+    generated_tokens: float
+    """Tokens the engine wrote for the answer, counted from before it was asked for."""
+
+
+async def talk_over_an_answer(
+    server: Any,
+    speech: bytes,
+    prompt: str,
+    *,
+    max_output_tokens: int,
+    after: str,
+    attempts: int = 3,
+) -> Interruption:
+    """Ask for a long answer and, once `after` arrives, send `speech` (prepared beforehand) as
+    fast as the socket takes it, until a barge-in lands while the engine is still generating.
+
+    An attempt can show an engine abort only if the engine had not finished the answer yet. On
+    a loaded machine, or with a model that may stop after a few hundred tokens (the random tiny
+    checkpoint), it sometimes has; that attempt is repeated, up to `attempts` in all."""
+    for _ in range(attempts):
+        finished_before = _finished_requests(server)
+        generated_before = server.metric("vllm:generation_tokens_total")
+        async with sdk_client(server).realtime.connect(model="voxgate") as conn:
+            await start_an_answer_to_interrupt(conn, prompt, max_output_tokens)
+            await collect(conn, until=after)
+            await stream_speech(conn, speech, realtime=False)
+            turn = await collect(conn)
+        assert await eventually(lambda: server.metric("vllm:num_requests_running") == 0)
+        if _finished_requests(server) == finished_before:  # the answer's request never finished
+            generated = server.metric("vllm:generation_tokens_total") - generated_before
+            return Interruption(turn, generated)
+    raise AssertionError(
+        f"the engine finished the answer by itself in each of {attempts} attempts: the "
+        f"barge-in landed too late or did not abort it "
+        f"(last: {turn.summary()})\n{server.log_tail()}"
+    )
+
+
+def _finished_requests(server: Any) -> float:
+    """Engine requests that ended by themselves (a stop token or the length limit)."""
+    return server.metric("vllm:request_success_total", finished_reason="stop") + server.metric(
+        "vllm:request_success_total", finished_reason="length"
+    )
+
+
 def sdk_client(server: Any) -> AsyncOpenAI:
     return AsyncOpenAI(base_url=f"{server.base_url}/v1", api_key=server.api_key)
 

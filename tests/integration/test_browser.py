@@ -394,6 +394,8 @@ def test_speaking_interrupts_the_answer(server, speak) -> None:
 
     The interjection must come while the answer plays, which depends on how fast the server
     answers: so this test speaks on cue (a scripted microphone) instead of from a WAV file."""
+    # Spoken beforehand: synthesising on cue can stall for seconds on a loaded machine.
+    question, interjection = speak(QUESTION), speak(INTERJECTION)
     sdk = OpenAI(base_url=f"{server.base_url}/v1", api_key=server.api_key)
     secret = sdk.realtime.client_secrets.create().value
     sdk.close()
@@ -405,12 +407,12 @@ def test_speaking_interrupts_the_answer(server, speak) -> None:
             page.wait_for_function("window.voxgateStats.authMode !== 'unknown'")
             page.click("#connect")
             page.wait_for_function("voxgateStats.state === 'connected'", timeout=30_000)
-            say(page, speak(QUESTION))
+            say(page, question)
             page.wait_for_function(
                 "voxgateStats.audioSecondsPlayed > 0.2 && voxgateStats.bufferedSeconds > 0.8",
                 timeout=ANSWER_TIMEOUT_MS,
             )
-            say(page, speak(INTERJECTION))
+            say(page, interjection)
             page.wait_for_function(
                 """() => {
                     const s = window.voxgateStats;

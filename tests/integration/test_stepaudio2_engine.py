@@ -22,12 +22,11 @@ import pytest
 from conftest import RunningServer, launch, unified_env
 from realtime_helpers import (
     collect,
-    eventually,
     pcm24,
     sdk_client,
     silence,
-    start_an_answer_to_interrupt,
     stream_speech,
+    talk_over_an_answer,
 )
 
 pytestmark = [pytest.mark.engine, pytest.mark.timeout(300)]
@@ -81,20 +80,21 @@ async def test_a_spoken_realtime_turn_returns_transcripts_and_audio(unified_serv
 
 async def test_barge_in_aborts_the_unified_engine_request(unified_server, speak) -> None:
     aborted = unified_server.metric("voxgate_engine_requests_aborted_total")
-    async with sdk_client(unified_server).realtime.connect(model="voxgate") as conn:
-        await start_an_answer_to_interrupt(conn, "Tell me a story.", max_output_tokens=3800)
-        # Interrupt at once: the tiny LM writes ~1000 tokens a second, so only an early
-        # barge-in finds its request still generating (3800 tokens take seconds).
-        await collect(conn, until="response.output_item.added")
-        await stream_speech(conn, pcm24(speak("Stop, please.")) + silence(0.3), realtime=False)
-        turn = await collect(conn)
-    response = turn.first("response.done")["response"]
+    # Interrupt at once: the tiny LM writes ~1000 tokens a second, so only an early barge-in
+    # finds its request still generating.
+    interrupted = await talk_over_an_answer(
+        unified_server,
+        pcm24(speak("Stop, please.")) + silence(0.3),
+        "Tell me a story.",
+        max_output_tokens=3800,
+        after="response.output_item.added",
+    )
+    response = interrupted.turn.first("response.done")["response"]
     assert (response["status"], response["status_details"]["reason"]) == (
         "cancelled",
         "turn_detected",
     )
     assert unified_server.metric("voxgate_engine_requests_aborted_total") == aborted + 1
-    assert await eventually(lambda: unified_server.metric("vllm:num_requests_running") == 0)
 
 
 def test_rest_transcription_returns_text(unified_server, speak) -> None:
