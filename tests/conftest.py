@@ -7,6 +7,7 @@ run, it does not skip.
 from __future__ import annotations
 
 import functools
+import json
 from pathlib import Path
 
 import numpy as np
@@ -37,9 +38,18 @@ def piper_path() -> Path:
 
 @functools.cache
 def _piper(path: Path):
-    from piper import PiperVoice
+    import onnxruntime
+    from piper import PiperConfig, PiperVoice
 
-    return PiperVoice.load(str(path))
+    # One thread, as the server runs it: ONNX Runtime's default pool spins on both cores and,
+    # next to a busy server, made a short sentence take seconds.
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = onnxruntime.InferenceSession(
+        str(path), sess_options=options, providers=["CPUExecutionProvider"]
+    )
+    config = PiperConfig.from_dict(json.loads(Path(f"{path}.json").read_text(encoding="utf-8")))
+    return PiperVoice(session=session, config=config)
 
 
 @pytest.fixture(scope="session")
