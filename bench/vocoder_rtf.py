@@ -11,6 +11,8 @@ first voice of the model:
 - streamed:    `stream().push()` in bursts of `--burst` tokens (as an LM emits them), `finish()`
 - first chunk: the `push` that returns the first audio: 25 + 3 tokens through the flow and HiFT
 - voice setup: encoding the speaker prompt, done once per voice and cached (not in the others)
+- |stream-whole|: the largest difference between a streamed and the whole utterance's samples
+  (0 on the CPU, where both run the same arithmetic; a GPU may pick other kernels by shape)
 `--full-size` builds the published architecture with random weights and a 6 s random voice
 prompt: the speed of the real model without its files (speed does not depend on the values).
 RTF = compute seconds / audio seconds (below 1 is faster than real time). Medians over
@@ -45,30 +47,35 @@ def run_once(t2w: Token2Wav, tokens: list[int], burst: int) -> dict[str, float]:
     t0 = time.perf_counter()
     with torch.inference_mode():
         t2w.flow.setup(*t2w._prompt_tensors(voice))
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()  # setup returns device tensors; the others return numpy
     figures["voice setup s"] = time.perf_counter() - t0
     t2w.stream(voice).push(tokens[:28])  # the voice's prompt state is cached from here on
 
     t0 = time.perf_counter()
-    t2w.synthesize(tokens, voice)
+    whole = t2w.synthesize(tokens, voice)
     figures["whole RTF"] = (time.perf_counter() - t0) / seconds
 
     t0 = time.perf_counter()
     t2w.synthesize(tokens, voice, full_context=True)
     figures["full RTF"] = (time.perf_counter() - t0) / seconds
 
-    stream, first, busy = t2w.stream(voice), None, 0.0
+    stream, first, busy, pieces = t2w.stream(voice), None, 0.0, []
     for i in range(0, len(tokens), burst):
         t0 = time.perf_counter()
-        audio = stream.push(tokens[i : i + burst])
+        pieces.append(stream.push(tokens[i : i + burst]))
         spent = time.perf_counter() - t0
         busy += spent
-        if first is None and len(audio):
+        if first is None and len(pieces[-1]):
             first = spent
     t0 = time.perf_counter()
-    stream.finish()
+    pieces.append(stream.finish())
     busy += time.perf_counter() - t0
     figures["streamed RTF"] = busy / seconds
     figures["first chunk s"] = first if first is not None else float("nan")
+    # Streaming is meant to be the same arithmetic as `whole` (bit-identical on the CPU); on
+    # another device, kernels picked by shape may round differently: how far apart they are.
+    figures["|stream-whole|"] = float(np.abs(np.concatenate(pieces) - whole).max())
     return figures
 
 
@@ -124,6 +131,9 @@ def main() -> None:
     for name in runs[0]:
         values = [r[name] for r in runs]
         spread = f"(min {min(values):.3f}, max {max(values):.3f})"
+        if name == "|stream-whole|":  # tiny or zero: print it so that 1e-6 is not "0.000"
+            print(f"  {name:<14} {max(values):8.1e}   (max of {len(values)} runs)")
+            continue
         print(f"  {name:<14} {statistics.median(values):8.3f}   {spread}")
 
 

@@ -434,5 +434,8 @@ def test_real_checkpoint_voice_from_wav_and_streaming() -> None:
     whole = t2w.synthesize(ids[:60], voice)
     streamed = np.concatenate(push_in_bursts(t2w, ids[:60], [10, 20, 5], voice))
     assert whole.shape == (60 * SAMPLES_PER_TOKEN,)
-    np.testing.assert_array_equal(streamed, whole)
+    # Bit for bit on the CPU (test_streamed_audio_equals_the_whole_utterance); on CUDA the
+    # kernels chosen by shape round differently: 6.8e-05 at most, measured on an H200 with the
+    # full-size model (bench/vocoder_rtf.py's |stream-whole|). 1e-3 is -60 dBFS, inaudible.
+    np.testing.assert_allclose(streamed, whole, rtol=0, atol=1e-3)
     assert 0.01 < np.abs(whole).max() < 0.99

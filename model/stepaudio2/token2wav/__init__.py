@@ -4,7 +4,8 @@ A flow-matching decoder (conformer encoder + DiT, `flow.py`) turns tokens into m
 on a speaker prompt (`voice.py`); a HiFT vocoder (`hift.py`) turns mel into waveform. The
 modules load the published `token2wav/{flow.yaml,flow.pt,hift.pt}` as they are. `Token2Wav`
 synthesises whole utterances or streams (`streaming.py`: 25-token chunks with 3 tokens of
-lookahead, caches carried across chunks, output identical to the whole utterance's).
+lookahead, caches carried across chunks, output identical to the whole utterance's on the
+CPU; on CUDA within float rounding, 7e-5 at most on an H200).
 """
 
 from .streaming import StreamClosed, Token2WavStream
