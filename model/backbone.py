@@ -43,6 +43,11 @@ class Backbone(Protocol):
         """Whether think mode (`ResponseOptions.reasoning_tokens`) is available."""
         ...
 
+    async def check_instructions(self, instructions: str, max_output_tokens: int) -> None:
+        """Raise `ContextBudgetExceeded` unless `instructions` fit the model's context beside an
+        answer of `max_output_tokens` and some conversation (CPU work: off the event loop)."""
+        ...
+
     async def summarize(self, summary: str, turns: Sequence[Turn], *, priority: int) -> str:
         """Fold `turns` into the running `summary` (compacted memory), keeping names and facts."""
         ...

@@ -106,7 +106,7 @@ class CascadeBackbone:
             )
         await asyncio.to_thread(ensure_artifacts, home, fetch_missing)
         lm_dir = smollm2.hf_directory(home)
-        async with EngineHost.start(lm_dir, engine_config) as engine:
+        async with EngineHost.start(lm_dir, engine_config, f"voxgate-{cls.name}") as engine:
             lm, asr, tts = await asyncio.gather(
                 asyncio.to_thread(ChatLM, engine, lm_dir, config.context_tokens),
                 asyncio.to_thread(
@@ -199,8 +199,12 @@ class CascadeBackbone:
                 yield call
                 yield end
                 return
-        prompt, start = self._lm.prompts.build_window(
-            system, conversation, options.max_output_tokens, options.conversation_id
+        prompt, start = await asyncio.to_thread(
+            self._lm.prompts.build_window,
+            system,
+            conversation,
+            options.max_output_tokens,
+            options.window,
         )
         trace.mark("lm_submit")
         text = self._lm.stream(
@@ -242,7 +246,8 @@ class CascadeBackbone:
         self, system: str, conversation: Sequence[Turn], options: ResponseOptions
     ) -> tuple[ToolCall | None, ResponseEnd]:
         """Ask the LM, under a JSON-schema grammar, whether to call a function (and how)."""
-        prompt = self._lm.prompts.build(
+        prompt = await asyncio.to_thread(
+            self._lm.prompts.build,
             f"{system}\n\n{tools.instructions(options.tools, options.tool_choice)}",
             conversation,
             TOOL_DECISION_TOKENS,
@@ -274,8 +279,15 @@ class CascadeBackbone:
     def can_reason(self) -> bool:
         return False
 
+    async def check_instructions(self, instructions: str, max_output_tokens: int) -> None:
+        await asyncio.to_thread(
+            self._lm.prompts.check_instructions, instructions, max_output_tokens
+        )
+
     async def summarize(self, summary: str, turns: Sequence[Turn], *, priority: int) -> str:
-        prompt = self._lm.prompts.render(SUMMARY_INSTRUCTIONS, [summary_request(summary, turns)])
+        prompt = await asyncio.to_thread(
+            self._lm.prompts.render, SUMMARY_INSTRUCTIONS, [summary_request(summary, turns)]
+        )
         text = ""
         stream = self._lm.stream(
             prompt,

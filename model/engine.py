@@ -4,6 +4,10 @@ Every backbone generates through `EngineHost.stream()`, which streams `RequestOu
 outputs and aborts the engine request as soon as its consumer goes away (cancellation is the
 only stop signal). Requests carry a priority: with `scheduling_policy="priority"` vLLM serves
 lower numbers first, so live realtime turns (priority 0) go ahead of REST work.
+
+vLLM's own exceptions stop here: a dead engine becomes `EngineUnavailable`, a request the
+engine refuses `RequestRejected`, any other engine failure a `BackboneError`. The layers above
+map those to the protocol's error shapes and never see a vLLM type.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from typing import TYPE_CHECKING, Any, Literal
 from prometheus_client import REGISTRY, CollectorRegistry, Counter
 from prometheus_client.core import GaugeMetricFamily
 from pydantic import BaseModel, Field
+
+from voxgate.model.types import BackboneError, EngineUnavailable, RequestRejected
 
 if TYPE_CHECKING:
     from vllm import SamplingParams
@@ -65,11 +71,16 @@ class EngineHost:
     def __init__(self, engine: AsyncLLM, model_dir: Path) -> None:
         self._engine = engine
         self.model_dir = model_dir
+        self._dead = False
 
     @classmethod
     @asynccontextmanager
     async def start(
-        cls, model_dir: Path, config: EngineConfig, **engine_args: Any
+        cls,
+        model_dir: Path,
+        config: EngineConfig,
+        served_model_name: str = "voxgate",
+        **engine_args: Any,
     ) -> AsyncIterator[EngineHost]:
         """Start the engine; `engine_args` are backbone-specific `AsyncEngineArgs` fields
         (e.g. `limit_mm_per_prompt`, `speculative_config`)."""
@@ -90,6 +101,8 @@ class EngineHost:
 
         args = AsyncEngineArgs(
             model=str(model_dir),
+            # vLLM labels its metrics with this name; the default is the model's local path.
+            served_model_name=served_model_name,
             dtype=config.dtype,
             enforce_eager=config.enforce_eager,
             max_model_len=config.max_model_len,
@@ -114,7 +127,8 @@ class EngineHost:
 
     @property
     def is_healthy(self) -> bool:
-        return not self._engine.errored
+        """False once the engine has died (its EngineCore process gone); it never recovers."""
+        return not (self._dead or self._engine.errored)
 
     async def stream(
         self,
@@ -125,27 +139,42 @@ class EngineHost:
         multi_modal_data: dict[str, Any] | None = None,
     ) -> AsyncIterator[RequestOutput]:
         """Stream delta outputs of one request; closing or cancelling the iterator aborts it."""
+        from vllm.exceptions import GracefulHTTPError, VLLMClientError
         from vllm.renderers.inputs.preprocess import parse_model_prompt
         from vllm.sampling_params import RequestOutputKind
+        from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
 
+        if not self.is_healthy:
+            raise EngineUnavailable("the speech engine has stopped; this server is restarting")
         params.output_kind = RequestOutputKind.DELTA
         prompt: dict[str, Any] = {"prompt_token_ids": prompt_token_ids}
         if multi_modal_data:
             prompt["multi_modal_data"] = multi_modal_data
-        # The renderer runs the multimodal processor (e.g. log-mel) off the event loop.
-        parsed = parse_model_prompt(self._engine.model_config, prompt)
-        (engine_input,) = await self._engine.renderer.render_cmpl_async([parsed])
-        request = self._engine.generate(
-            engine_input, params, request_id=request_id, priority=priority
-        )
-        # vLLM aborts the request when its generator is cancelled or closed; aclosing makes
-        # closing this wrapper close vLLM's generator at once instead of at garbage collection.
         finished = False
         try:
+            # The renderer runs the multimodal processor (e.g. log-mel) off the event loop.
+            parsed = parse_model_prompt(self._engine.model_config, prompt)
+            (engine_input,) = await self._engine.renderer.render_cmpl_async([parsed])
+            request = self._engine.generate(
+                engine_input, params, request_id=request_id, priority=priority
+            )
+            # vLLM aborts the request when its generator is cancelled or closed; aclosing
+            # makes closing this wrapper close vLLM's generator at once, not at garbage
+            # collection.
             async with aclosing(request):
                 async for output in request:
                     finished = output.finished
                     yield output
+        except EngineDeadError as e:
+            self._dead = True
+            raise EngineUnavailable(
+                "the speech engine has stopped; this server is restarting"
+            ) from e
+        except (VLLMClientError, GracefulHTTPError, ValueError) as e:
+            raise RequestRejected(f"the engine refused the request: {e}") from e
+        except EngineGenerateError as e:
+            log.error("engine request %s failed", request_id, exc_info=e.__cause__ or e)
+            raise BackboneError("the engine failed this request") from e
         finally:
             if not finished:
                 REQUESTS_ABORTED.inc()

@@ -8,24 +8,32 @@ Dropping is done in steps, not one turn at a time: when a conversation outgrows 
 its window is cut to `low_water` of the budget and then stays put while it grows back. Every
 prompt of the conversation then starts with the same tokens, which vLLM's prefix cache has
 already computed, instead of a new start each turn and a full prefill (seconds on a CPU).
+Where a window starts is the conversation's own state (`ContextWindow`, kept by its session
+and gone with it): the builder itself keeps nothing per conversation.
+
+Rendering and tokenising are CPU work: callers on the event loop run them in a thread. The
+tokenizer is used under a lock (a fast tokenizer shared by threads can fail with "Already
+borrowed"), and no prompt that needs many tokens gets this far: the session caps instructions
+and items in characters, and `check_instructions` refuses instructions that do not fit.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
+import threading
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from voxgate.model.engine import EngineHost
-from voxgate.model.types import ResponseEnd, Turn
+from voxgate.model.types import ContextBudgetExceeded, ContextWindow, ResponseEnd, Turn
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
-WINDOWS_KEPT = 4096
-"""Conversations whose window start is remembered (least recently used forgotten first)."""
+
+MIN_TURN_TOKENS = 64
+"""Room instructions must leave for the conversation (beside the answer's budget)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,49 +52,69 @@ class PromptBuilder:
         self._tokenizer = tokenizer
         self.context_tokens = context_tokens
         self.low_water = low_water
-        self._window_starts: OrderedDict[str, Turn] = OrderedDict()
+        self.lock = threading.RLock()
+        """Held while the tokenizer works (subclasses that tokenize take it too)."""
 
     def render(self, instructions: str, turns: Sequence[Turn]) -> Any:
         """The prompt for `turns` (token ids here; subclasses may return richer prompts)."""
         messages = [{"role": "system", "content": instructions}]
         # A text LM reads what was said; a turn known only as audio has nothing for it.
         messages += [{"role": t.role.value, "content": t.text} for t in turns if t.text]
-        ids = self._tokenizer.apply_chat_template(
-            messages, tokenize=True, add_generation_prompt=True, return_dict=False
-        )
+        with self.lock:
+            ids = self._tokenizer.apply_chat_template(
+                messages, tokenize=True, add_generation_prompt=True, return_dict=False
+            )
         return list(ids)
+
+    def check_instructions(self, instructions: str, max_output_tokens: int) -> None:
+        """Raise `ContextBudgetExceeded` unless `instructions` leave room for a turn beside
+        an answer of `max_output_tokens` (checked when a client sets them, not at the first
+        answer)."""
+        used = self.size(self.render(instructions, [])) + max_output_tokens
+        if used + MIN_TURN_TOKENS > self.context_tokens:
+            raise ContextBudgetExceeded(
+                f"the instructions take {used - max_output_tokens} tokens; beside an answer of "
+                f"{max_output_tokens} tokens and room for the conversation ({MIN_TURN_TOKENS}), "
+                f"that passes this model's context of {self.context_tokens} tokens: shorten "
+                "them or lower max_output_tokens"
+            )
 
     def build(
         self,
         instructions: str,
         conversation: Sequence[Turn],
         max_output_tokens: int,
-        conversation_id: str | None = None,
+        window: ContextWindow | None = None,
     ) -> Any:
         """The prompt of the newest part of `conversation` that fits the context budget."""
-        return self.build_window(instructions, conversation, max_output_tokens, conversation_id)[0]
+        return self.build_window(instructions, conversation, max_output_tokens, window)[0]
 
     def build_window(
         self,
         instructions: str,
         conversation: Sequence[Turn],
         max_output_tokens: int,
-        conversation_id: str | None = None,
+        window: ContextWindow | None = None,
     ) -> tuple[Any, int]:
-        """The prompt, and the index of the first turn it holds (earlier ones did not fit)."""
+        """The prompt, and the index of the first turn it holds (earlier ones did not fit).
+
+        `window`, when given, is where this conversation's prompts start: read, and moved
+        when the conversation outgrows its budget."""
         budget = self.context_tokens - max_output_tokens
         if budget <= 0:
-            raise ValueError("max_output_tokens leaves no room for the prompt")
+            raise ContextBudgetExceeded("max_output_tokens leaves no room for the prompt")
         turns = list(conversation)
-        start = self._remembered_start(conversation_id, turns)
+        start = window.start_in(turns) if window is not None else 0
         prompt = self.render(instructions, turns[start:])
         if self.size(prompt) > budget:
             start = self._first_fitting(instructions, turns, start, int(budget * self.low_water))
             if start == len(turns):
-                self._forget(conversation_id)
+                if window is not None:
+                    window.forget()
                 return self.fit_last_turn(instructions, turns[-1], budget), len(turns) - 1
             prompt = self.render(instructions, turns[start:])
-        self._remember(conversation_id, turns[start] if start < len(turns) else None)
+        if window is not None and start < len(turns):
+            window.starts_at(turns[start])
         return prompt, start
 
     def _first_fitting(self, instructions: str, turns: list[Turn], lo: int, target: int) -> int:
@@ -101,27 +129,6 @@ class PromptBuilder:
                 lo = mid + 1
         return lo
 
-    def _remembered_start(self, conversation_id: str | None, turns: list[Turn]) -> int:
-        if conversation_id is None or (first := self._window_starts.get(conversation_id)) is None:
-            return 0
-        self._window_starts.move_to_end(conversation_id)
-        for i, turn in enumerate(turns):
-            if turn == first or (first.key is not None and turn.key == first.key):
-                return i
-        return 0  # the turn is gone (deleted): start over from the whole conversation
-
-    def _remember(self, conversation_id: str | None, first: Turn | None) -> None:
-        if conversation_id is None or first is None:
-            return
-        self._window_starts[conversation_id] = first
-        self._window_starts.move_to_end(conversation_id)
-        while len(self._window_starts) > WINDOWS_KEPT:
-            self._window_starts.popitem(last=False)
-
-    def _forget(self, conversation_id: str | None) -> None:
-        if conversation_id is not None:
-            self._window_starts.pop(conversation_id, None)
-
     def size(self, prompt: Any) -> int:
         """Tokens the engine will hold for a rendered prompt."""
         return len(prompt)
@@ -131,9 +138,10 @@ class PromptBuilder:
         overhead = len(self.render(instructions, [Turn(turn.role, "")]))
         room = budget - overhead
         if room <= 0:
-            raise ValueError("the instructions alone exceed the context budget")
-        text_ids = self._tokenizer.encode(turn.text, add_special_tokens=False)
-        tail = self._tokenizer.decode(text_ids[-room:])
+            raise ContextBudgetExceeded("the instructions alone exceed the context budget")
+        with self.lock:
+            text_ids = self._tokenizer.encode(turn.text, add_special_tokens=False)
+            tail = self._tokenizer.decode(text_ids[-room:])
         prompt = self.render(instructions, [Turn(turn.role, tail)])
         # Re-tokenising a cut string can grow it by a token or two.
         while len(prompt) > budget and tail:

@@ -5,6 +5,10 @@ object whose schema (built here) allows exactly: `{"call": "none"}`, or `{"call"
 "arguments": {...}}` for each tool, with that tool's own parameter schema. vLLM's structured
 outputs constrain decoding to that schema, so what comes out parses and validates; it is
 validated again here anyway, and anything invalid is never handed out as a call.
+
+Schemas come from clients: only self-contained ones are accepted (`remote_ref`), and the
+validator here has a registry that never retrieves anything (jsonschema's default would fetch
+a remote `$ref` with `urlopen`, from the server, with no timeout).
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import jsonschema
+from referencing import Registry, Resource
+from referencing.exceptions import NoSuchResource, Unresolvable
 
 from voxgate.model.types import ToolCall, ToolSpec
 
@@ -64,6 +70,39 @@ def instructions(tools: Sequence[ToolSpec], choice: str) -> str:
     return "\n".join(lines)
 
 
+REF_KEYWORDS = ("$ref", "$dynamicRef", "$recursiveRef")
+
+
+def remote_ref(schema: Any) -> str | None:
+    """The first reference in `schema` that points outside it (anything but `#...`), if any."""
+    stack = [schema]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key in REF_KEYWORDS and not (isinstance(value, str) and value.startswith("#")):
+                    return str(value)
+                stack.append(value)
+        elif isinstance(node, list):
+            stack.extend(node)
+    return None
+
+
+def _no_retrieval(uri: str) -> Resource:
+    raise NoSuchResource(ref=uri)
+
+
+_LOCAL_ONLY = Registry(retrieve=_no_retrieval)  # type: ignore[call-arg]
+
+
+def validate(instance: Any, schema: dict[str, Any]) -> None:
+    """jsonschema validation that resolves only references inside `schema`."""
+    validator = jsonschema.Draft202012Validator(schema, registry=_LOCAL_ONLY)
+    error = jsonschema.exceptions.best_match(validator.iter_errors(instance))
+    if error is not None:
+        raise error
+
+
 def parse_decision(text: str, tools: Sequence[ToolSpec]) -> ToolCall | None:
     """The call the model chose, or None for "answer in words". Raises ValueError if the text
     is not a valid decision (which constrained decoding should make impossible)."""
@@ -83,7 +122,8 @@ def parse_decision(text: str, tools: Sequence[ToolSpec]) -> ToolCall | None:
         raise ValueError(f"the model called an unknown function {decision['call']!r}")
     arguments = decision.get("arguments")
     try:
-        jsonschema.validate(arguments, tool.parameters or {"type": "object"})
-    except jsonschema.ValidationError as e:
-        raise ValueError(f"arguments for {tool.name} do not match its schema: {e.message}") from e
+        validate(arguments, tool.parameters or {"type": "object"})
+    except (jsonschema.ValidationError, Unresolvable) as e:
+        message = getattr(e, "message", str(e))
+        raise ValueError(f"arguments for {tool.name} do not match its schema: {message}") from e
     return ToolCall(f"call_{uuid.uuid4().hex[:20]}", tool.name, json.dumps(arguments))

@@ -8,6 +8,7 @@ them to whatever the client asked for).
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Literal
@@ -142,6 +143,36 @@ class Voice:
     sample_rate: int
 
 
+@dataclass(slots=True)
+class ContextWindow:
+    """Where one conversation's prompts start (the newest turns that fit its context budget).
+
+    The conversation's owner (a realtime session) keeps it and drops it with the
+    conversation; the backbone reads it and moves it forward when the conversation outgrows
+    the budget, so consecutive prompts share their start (and vLLM's prefix cache)."""
+
+    first_key: str | None = None
+    """The item id of the first turn in the window, when that turn has one."""
+    first: tuple[Role, str] | None = None
+    """Its role and words otherwise (a turn without a key)."""
+
+    def start_in(self, turns: Sequence[Turn]) -> int:
+        """The index of the window's first turn in `turns` (0 if it is gone or unset)."""
+        for i, turn in enumerate(turns):
+            if self.first_key is not None and turn.key == self.first_key:
+                return i
+            if self.first_key is None and self.first == (turn.role, turn.text):
+                return i
+        return 0
+
+    def starts_at(self, turn: Turn) -> None:
+        self.first_key = turn.key
+        self.first = None if turn.key is not None else (turn.role, turn.text)
+
+    def forget(self) -> None:
+        self.first_key, self.first = None, None
+
+
 @dataclass(frozen=True, slots=True)
 class ResponseOptions:
     request_id: str
@@ -156,9 +187,10 @@ class ResponseOptions:
     temperature: float = 0.7
     priority: int = 0
     """vLLM priority: lower is served first. Realtime turns use 0."""
-    conversation_id: str | None = None
-    """Same id for every response of one conversation (lets the backbone keep its context
-    window stable, so the engine's prefix cache is reused); None for one-off requests."""
+    window: ContextWindow | None = None
+    """The conversation's context window (the same object for every response of one
+    conversation: lets the backbone keep its prompt's start stable, so the engine's prefix
+    cache is reused); None for one-off requests."""
     summary: str = ""
     """What the conversation said before its oldest turn still kept (compacted memory)."""
     tools: tuple[ToolSpec, ...] = ()
@@ -189,10 +221,42 @@ class TurnTrace:
 
 
 class BackboneError(Exception):
-    """A backbone could not serve a request (the message is safe to show a client)."""
+    """A backbone could not serve a request (the message is safe to show a client).
+
+    `code` is the stable error code the server reports (REST bodies, realtime `error`
+    events); `status` the HTTP status a REST request gets for it. Subclasses say what went
+    wrong more precisely; the server maps every one of them in one place.
+    """
+
+    code = "backbone_error"
+    status = 500
 
 
 class UnknownVoiceError(BackboneError):
+    code = "unknown_voice"
+    status = 400
+
     def __init__(self, voice: str, known: list[str]) -> None:
         super().__init__(f"unknown voice {voice!r}; this server has: {', '.join(known)}")
         self.voice = voice
+
+
+class ContextBudgetExceeded(BackboneError):
+    """The instructions (with the answer's token budget) do not fit the model's context."""
+
+    code = "context_length_exceeded"
+    status = 400
+
+
+class RequestRejected(BackboneError):
+    """The engine refused a request as malformed (vLLM raised ValueError on it)."""
+
+    code = "invalid_request"
+    status = 400
+
+
+class EngineUnavailable(BackboneError):
+    """The engine has died; nothing more can be served by this process."""
+
+    code = "engine_unavailable"
+    status = 503

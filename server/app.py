@@ -3,23 +3,28 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 
 from fastapi import FastAPI
+from fastapi.responses import HTMLResponse
 
 from voxgate.model import artifacts
 from voxgate.model.artifacts import SILERO_VAD
 from voxgate.model.backbone import Backbone
-from voxgate.server import client_secrets, rest, routes, web
+from voxgate.server import browsers, client_secrets, metrics, rest, routes, web
+from voxgate.server.client_secrets import ClientSecretStore
 from voxgate.server.draining import Drain
+from voxgate.server.engine_watch import EngineWatch
 from voxgate.server.metrics import HttpMetrics, MeteredBackbone
 from voxgate.server.realtime import realtime_endpoint
 from voxgate.server.settings import Settings
 from voxgate.streaming.config import SessionConfig, Transcription
+from voxgate.streaming.slots import Slots
 from voxgate.streaming.vad import SileroModel, SileroVad
 
 log = logging.getLogger(__name__)
@@ -30,34 +35,8 @@ DEFAULT_MAX_OUTPUT_TOKENS = 128
 BackboneFactory = Callable[[Settings], AbstractAsyncContextManager[Backbone]]
 
 
-class SessionSlots:
-    """Counts live realtime sessions against `max_sessions` (and REST requests against
-    `rest.max_concurrent_requests`)."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.active = 0
-        self._lock = threading.Lock()
-        self._empty = asyncio.Event()
-        self._empty.set()
-
-    def try_acquire(self) -> bool:
-        with self._lock:
-            if self.active >= self.limit:
-                return False
-            self.active += 1
-            self._empty.clear()
-            return True
-
-    def release(self) -> None:
-        with self._lock:
-            self.active -= 1
-            if self.active == 0:
-                self._empty.set()
-
-    async def wait_empty(self) -> None:
-        """Return once nothing holds a slot (at once if nothing does)."""
-        await self._empty.wait()
+LOOP_LAG_PROBE_S = 0.1
+"""How often the event-loop lag probe's timer fires (`voxgate_event_loop_lag_seconds`)."""
 
 
 @dataclass
@@ -67,15 +46,27 @@ class Services:
     settings: Settings
     backbone: Backbone
     vad_model: SileroModel
-    sessions: SessionSlots
-    rest_requests: SessionSlots = field(init=False)
+    client_secrets: ClientSecretStore
+    sessions: Slots = field(init=False)
+    """Realtime sessions open (`realtime.max_sessions`)."""
+    out_of_band_responses: Slots = field(init=False)
+    """Out-of-band realtime responses running, over all sessions."""
+    rest_requests: Slots = field(init=False)
     """REST requests being served (a streamed answer counts until its last byte)."""
+    rest_bodies: Slots = field(init=False)
+    """REST request bodies being received (before a `rest_requests` slot is taken)."""
     drain: Drain = field(init=False)
     """Graceful shutdown: whether the server still takes new work (`server/draining.py`)."""
+    engine_watch: EngineWatch = field(init=False)
+    """Whether the engine has died (`server/engine_watch.py`)."""
 
     def __post_init__(self) -> None:
-        self.rest_requests = SessionSlots(self.settings.rest.max_concurrent_requests)
+        self.sessions = Slots(self.settings.realtime.max_sessions)
+        self.out_of_band_responses = Slots(self.settings.realtime.max_out_of_band_responses)
+        self.rest_requests = Slots(self.settings.rest.max_concurrent_requests)
+        self.rest_bodies = Slots(self.settings.rest.max_pending_bodies)
         self.drain = Drain(self.settings.drain_deadline_s, self.sessions, self.rest_requests)
+        self.engine_watch = EngineWatch(lambda: self.backbone.is_healthy)
 
     @property
     def model_name(self) -> str:
@@ -142,17 +133,30 @@ def create_app(settings: Settings, backbone_factory: BackboneFactory | None = No
         vad_dir = await asyncio.to_thread(artifacts.verify, SILERO_VAD, settings.home)
         vad_model = await asyncio.to_thread(SileroModel, vad_dir / SILERO_VAD.files[0].name)
         async with factory(settings) as backbone:
-            app.state.services = Services(
-                settings,
-                MeteredBackbone(backbone),
-                vad_model,
-                SessionSlots(settings.realtime.max_sessions),
+            services = Services(
+                settings, MeteredBackbone(backbone), vad_model, app.state.client_secrets
             )
+            app.state.services = services
+            watch = asyncio.create_task(services.engine_watch.watch(), name="engine-watch")
+            lag = asyncio.create_task(_probe_loop_lag(), name="loop-lag-probe")
             log.info("voxgate ready: backbone %s", backbone.name)
-            yield
+            try:
+                yield
+            finally:
+                for task in (watch, lag):
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
 
-    app = FastAPI(title="voxgate", version="0.1.0", lifespan=lifespan)
+    # The schema is served by `routes.openapi` (behind the key when there is one); the docs
+    # pages fetch it without credentials, so they exist only on a server without a key.
+    app = FastAPI(
+        title="voxgate", version="0.1.0", lifespan=lifespan, openapi_url=None, docs_url=None
+    )
+    if settings.api_key is None:
+        _add_docs(app)
     app.add_middleware(HttpMetrics)
+    browsers.install(app, settings)  # outermost: a foreign page's request goes no further
     app.add_api_websocket_route("/v1/realtime", realtime_endpoint)
     app.include_router(routes.router)
     app.include_router(rest.router)
@@ -160,3 +164,24 @@ def create_app(settings: Settings, backbone_factory: BackboneFactory | None = No
     client_secrets.install(app, settings.client_secrets)
     app.include_router(web.router)
     return app
+
+
+async def _probe_loop_lag() -> None:
+    """Measure how late a periodic timer fires: whatever held the event loop meanwhile made
+    every session wait as long (`voxgate_event_loop_lag_seconds`)."""
+    while True:
+        due = time.monotonic() + LOOP_LAG_PROBE_S
+        await asyncio.sleep(LOOP_LAG_PROBE_S)
+        metrics.EVENT_LOOP_LAG.observe(max(0.0, time.monotonic() - due))
+
+
+def _add_docs(app: FastAPI) -> None:
+    from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="voxgate")
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc() -> HTMLResponse:
+        return get_redoc_html(openapi_url="/openapi.json", title="voxgate")

@@ -2,8 +2,10 @@
 
 Uploads are decoded with PyAV (FFmpeg) straight to 16 kHz mono float32, the backbone's input.
 Only the containers OpenAI documents are accepted (wav, mp3, flac, ogg, webm, mp4/m4a), and
-raw AAC (what `/v1/audio/speech` itself returns as `aac`); the format is read from the bytes,
-not from the file name. Decoding stops as soon as the audio passes the duration limit, so a
+raw AAC (what `/v1/audio/speech` itself returns as `aac`); the format is read from the file's
+first bytes, not its name, before FFmpeg sees it, and only that one demuxer opens it (FFmpeg's
+own probing would try every format it knows). Decoding stops as soon as the audio passes the
+duration limit (counted for stereo: more channels cost more, so they may last less), so a
 small file that decodes to hours of silence costs little.
 
 Speech is encoded as it is synthesised, chunk by chunk (`SpeechEncoder`), at 24 kHz mono:
@@ -38,16 +40,6 @@ from voxgate.streaming.audio import AudioFormat, StreamResampler, encode
 OUTPUT_SAMPLE_RATE = 24_000
 """Every speech response is 24 kHz mono, whatever the voice's own rate (as OpenAI's are)."""
 
-SUPPORTED_CONTAINERS = {
-    "wav": "wav",
-    "mp3": "mp3",
-    "flac": "flac",
-    "ogg": "ogg",
-    "matroska,webm": "webm",
-    "mov,mp4,m4a,3gp,3g2,mj2": "m4a",
-    "aac": "aac",
-}
-"""FFmpeg demuxer name -> the name clients know. Anything else FFmpeg can read is refused."""
 UPLOAD_FORMATS = ("wav", "mp3", "flac", "ogg", "opus", "webm", "m4a", "mp4", "aac")
 """What the error messages list as accepted."""
 
@@ -78,27 +70,79 @@ class AudioTooLong(AudioFileError):
     code = "audio_too_long"
 
 
+MAX_CHANNELS = 8
+"""Most channels an upload may have (7.1 surround); each is decoded and resampled."""
+MAX_SAMPLE_RATE = 192_000
+"""Highest sample rate an upload may have."""
+OTHER_AUDIO = (b"FORM", b"caff", b".snd", b"riff", b"wvpk", b"MAC ", b"#!AMR", b"MThd")
+"""How audio formats this server does not take begin (AIFF, CAF, AU, Wave64, WavPack, APE,
+AMR, MIDI): refused as unsupported formats rather than as files that are not audio."""
+BUDGET_CHANNELS = 2
+"""The duration limit is for stereo: a file of more channels may be proportionally shorter,
+so decoding costs at most what `max_seconds` of stereo costs."""
+
+
+def sniff_container(head: bytes) -> str | None:
+    """The FFmpeg demuxer for a file starting with `head` (its first bytes), if it is one of
+    the accepted formats; None otherwise. Only this demuxer ever sees the file: FFmpeg's own
+    probing would try every format it knows, accepted or not."""
+    if head[:4] == b"RIFF" and head[8:12] == b"WAVE":
+        return "wav"
+    if head[:4] == b"fLaC":
+        return "flac"
+    if head[:4] == b"OggS":
+        return "ogg"
+    if head[:4] == b"\x1a\x45\xdf\xa3":  # EBML: Matroska or WebM
+        return "matroska"
+    if head[4:8] == b"ftyp":
+        return "mp4"
+    if head[:3] == b"ID3":
+        return "mp3"
+    if len(head) >= 2 and head[0] == 0xFF:
+        if head[1] & 0xF6 == 0xF0:  # ADTS: sync, layer 00
+            return "aac"
+        if head[1] & 0xE0 == 0xE0 and head[1] & 0x06:  # MPEG audio frame, layer I-III
+            return "mp3"
+    return None
+
+
 def decode_upload(file: BinaryIO, max_seconds: float) -> np.ndarray:
     """An uploaded file -> 16 kHz mono float32; raises an `AudioFileError` subclass."""
-    try:
-        container = av.open(file, mode="r")
-    except (av.error.FFmpegError, ValueError, OSError) as e:
-        raise UndecodableAudio(
-            f"the file could not be read as audio; supported formats: {', '.join(UPLOAD_FORMATS)}"
-        ) from e
-    with container:
-        name = container.format.name
-        if name not in SUPPORTED_CONTAINERS:
+    supported = ", ".join(UPLOAD_FORMATS)
+    head = file.read(16)
+    file.seek(0)
+    demuxer = sniff_container(head)
+    if demuxer is None:
+        if head.startswith(OTHER_AUDIO):
             raise UnsupportedFormat(
-                f"unsupported file format {name!r}; supported formats: {', '.join(UPLOAD_FORMATS)}"
+                f"unsupported audio file format; supported formats: {supported}"
             )
+        raise UndecodableAudio(f"the file is not audio in a supported format ({supported})")
+    try:
+        container = av.open(file, mode="r", format=demuxer)
+    except (av.error.FFmpegError, ValueError, OSError) as e:
+        raise UndecodableAudio(f"the file could not be read as {demuxer}: {e}") from e
+    with container:
         if not container.streams.audio:
             raise UnsupportedFormat("the file has no audio stream")
-        return _decode_stream(container, container.streams.audio[0], max_seconds)
+        stream = container.streams.audio[0]
+        channels = stream.codec_context.channels or 1
+        if channels > MAX_CHANNELS:
+            raise UnsupportedFormat(
+                f"the audio has {channels} channels; this server takes at most {MAX_CHANNELS}"
+            )
+        if (stream.codec_context.sample_rate or 0) > MAX_SAMPLE_RATE:
+            raise UnsupportedFormat(
+                f"the audio's sample rate {stream.codec_context.sample_rate} Hz is above "
+                f"{MAX_SAMPLE_RATE} Hz"
+            )
+        return _decode_stream(container, stream, max_seconds)
 
 
 def _decode_stream(container, stream, max_seconds: float) -> np.ndarray:
     limit = int(max_seconds * INPUT_SAMPLE_RATE)
+    budget = limit * BUDGET_CHANNELS  # samples x channels decoded, at 16 kHz
+    spent = 0
     # Channels are kept through resampling and averaged here: FFmpeg's own downmix adds
     # them at -3 dB each, which makes a centred stereo voice 3 dB louder than it was.
     resampler = av.AudioResampler(format="fltp", rate=INPUT_SAMPLE_RATE)
@@ -106,15 +150,20 @@ def _decode_stream(container, stream, max_seconds: float) -> np.ndarray:
     total = 0
 
     def keep(frames: list[av.AudioFrame]) -> None:
-        nonlocal total
+        nonlocal total, spent
         for frame in frames:
             planes = frame.to_ndarray()
             samples = planes[0] if len(planes) == 1 else planes.mean(axis=0, dtype=np.float32)
             pieces.append(samples)
             total += len(samples)
-            if total > limit:
+            spent += len(samples) * max(len(planes), BUDGET_CHANNELS)
+            if total > limit or spent > budget:
                 raise AudioTooLong(
-                    f"the audio is longer than this server's limit of {max_seconds:g} s"
+                    f"the audio is longer than this server's limit of {max_seconds:g} s "
+                    f"(of stereo; {max_seconds * BUDGET_CHANNELS / len(planes):g} s with "
+                    f"{len(planes)} channels)"
+                    if total <= limit
+                    else f"the audio is longer than this server's limit of {max_seconds:g} s"
                 )
 
     try:

@@ -3,7 +3,9 @@
 - `Authorization: Bearer KEY` (the official SDKs, server-side apps);
 - the WebSocket subprotocol `openai-insecure-api-key.KEY` (browsers cannot set headers);
 - the query parameter `?api_key=KEY` (simple browser and CLI clients).
-Without a configured key everything is allowed, and the server says so in its start-up log.
+Without a configured key everything is allowed (on loopback only, unless the operator says
+otherwise: `Settings.allow_remote_without_key`), and the server says so in its start-up log.
+A presented key is compared in constant time; an empty one never matches.
 
 Wherever the key is accepted, so is an unexpired client secret that this app minted
 (`server/client_secrets.py`), presented in the same forms.
@@ -14,6 +16,7 @@ from __future__ import annotations
 import hmac
 from typing import TYPE_CHECKING
 
+from pydantic import SecretStr
 from starlette.requests import HTTPConnection
 
 if TYPE_CHECKING:
@@ -49,10 +52,11 @@ def client_secret(conn: HTTPConnection) -> ClientSecret | None:
     return None if store is None or presented is None else store.get(presented)
 
 
-def is_authorised(conn: HTTPConnection, api_key: str | None) -> bool:
+def is_authorised(conn: HTTPConnection, api_key: SecretStr | None) -> bool:
+    """The key or a client secret is presented (anything is, when the server has no key)."""
     if api_key is None:
         return True
-    return presents_api_key(conn, api_key) or client_secret(conn) is not None
+    return presents_api_key(conn, api_key.get_secret_value()) or client_secret(conn) is not None
 
 
 def reply_subprotocol(conn: HTTPConnection) -> str | None:

@@ -6,6 +6,8 @@ import argparse
 import logging
 import sys
 
+from pydantic import ValidationError
+
 from voxgate.server.settings import Settings
 
 
@@ -21,11 +23,18 @@ def _serve(args: argparse.Namespace) -> int:
         ("model", args.model),
     )
     overrides = {k: v for k, v in given if v is not None}
-    settings = Settings(**overrides)
-    logs.configure(settings.log_level, settings.log_format)
-    # SIGTERM / Ctrl+C drain first: live turns finish, then sessions close with 1001.
-    serve(create_app(settings), settings)
-    return 0
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as e:
+        for error in e.errors(include_url=False):
+            where = ".".join(str(p) for p in error["loc"]) or "settings"
+            print(f"voxgate serve: {where}: {error['msg']}", file=sys.stderr)
+        return 2
+    keys = [k.get_secret_value() for k in (settings.api_key, settings.metrics_key) if k]
+    logs.configure(settings.log_level, settings.log_format, secrets=keys)
+    # SIGTERM / Ctrl+C drain first: live turns finish, then sessions close with 1001. A dead
+    # engine ends the process with a non-zero status, for its supervisor to replace it.
+    return serve(create_app(settings), settings)
 
 
 def _fetch_models(args: argparse.Namespace) -> int:

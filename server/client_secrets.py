@@ -22,6 +22,7 @@ a page that holds it).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import math
 import secrets
@@ -33,7 +34,8 @@ from typing import TYPE_CHECKING, Any, Literal
 from fastapi import APIRouter, FastAPI, Request
 from pydantic import ConfigDict, Field, ValidationError
 
-from voxgate.server import auth, protocol
+from voxgate.model.types import BackboneError
+from voxgate.server import auth, json_input, protocol
 from voxgate.server.errors import RestError, rest_validation_error
 from voxgate.server.protocol import SessionParams, Strict, Unsupported
 from voxgate.server.rest import _inline_refs as inline_refs
@@ -77,11 +79,31 @@ class ClientSecretStore:
         max_active: int,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        max_sessions: int = 2,
     ) -> None:
         self.max_active = max_active
+        self.max_sessions = max_sessions
+        """Sessions one secret may hold open at once."""
         self.clock = clock
         self.wall_clock = wall_clock
         self._by_digest: dict[bytes, ClientSecret] = {}
+        self._open: dict[bytes, int] = {}
+        """Sessions open per secret (also after it expired: a session outlives its secret)."""
+
+    def open_session(self, secret: ClientSecret) -> bool:
+        """Count a session opened with `secret`; False (and nothing counted) at its cap."""
+        digest = _digest(secret.value)
+        if self._open.get(digest, 0) >= self.max_sessions:
+            return False
+        self._open[digest] = self._open.get(digest, 0) + 1
+        return True
+
+    def close_session(self, secret: ClientSecret) -> None:
+        digest = _digest(secret.value)
+        if (left := self._open.get(digest, 0) - 1) > 0:
+            self._open[digest] = left
+        else:
+            self._open.pop(digest, None)
 
     def __len__(self) -> int:
         return len(self._by_digest)
@@ -123,7 +145,9 @@ def _digest(value: str) -> bytes:
 
 def install(app: FastAPI, settings: ClientSecretSettings) -> None:
     """Give `app` a store of client secrets (`app.state.client_secrets`) and the route."""
-    app.state.client_secrets = ClientSecretStore(settings.max_active)
+    app.state.client_secrets = ClientSecretStore(
+        settings.max_active, max_sessions=settings.max_sessions_per_secret
+    )
     app.include_router(router)
 
 
@@ -175,7 +199,12 @@ async def create_client_secret(request: Request) -> dict[str, Any]:
             401, "invalid_api_key", "minting a client secret needs the server's API key"
         )
     limits = settings.client_secrets
-    params = _parse(await _read_body(request, limits.max_body_bytes))
+    try:
+        async with asyncio.timeout(settings.rest.body_timeout_s):
+            body = await _read_body(request, limits.max_body_bytes)
+    except TimeoutError as e:
+        raise RestError(408, "request_timeout", "the request body did not arrive in time") from e
+    params = await asyncio.to_thread(_parse, body)
     ttl_s = limits.default_ttl_s
     if params.expires_after is not None and params.expires_after.seconds is not None:
         ttl_s = params.expires_after.seconds
@@ -186,7 +215,7 @@ async def create_client_secret(request: Request) -> dict[str, Any]:
             f"expires_after.seconds must be at most {limits.max_ttl_s}",
             "expires_after.seconds",
         )
-    config = _session_config(services, params.session)
+    config = await _session_config(services, params.session)
     store: ClientSecretStore = request.app.state.client_secrets
     try:
         secret = store.issue(ttl_s, config)
@@ -220,20 +249,25 @@ def _parse(body: bytes) -> ClientSecretRequest:
     if not body.strip():
         return ClientSecretRequest()  # OpenAI's parameters are all optional
     try:
-        return ClientSecretRequest.model_validate_json(body)
+        raw = json_input.loads(body)
+    except json_input.InvalidJson as e:
+        raise RestError(400, "invalid_json", f"the body is {e}") from e
+    if not isinstance(raw, dict):
+        raise RestError(400, "invalid_json", "the body must be a JSON object")
+    try:
+        return ClientSecretRequest.model_validate(raw)
     except ValidationError as e:
-        if e.errors(include_url=False)[0]["type"] in ("json_invalid", "model_type"):
-            raise RestError(400, "invalid_json", "the body must be a JSON object") from e
         raise rest_validation_error(e) from e
 
 
-def _session_config(services: Services, params: SessionParams | None) -> SessionConfig:
+async def _session_config(services: Services, params: SessionParams | None) -> SessionConfig:
     """The session configuration a secret carries, checked now rather than at connect time."""
     default = services.default_session_config()
     if params is None:
         return default
+    limits = services.settings.realtime.session
     try:
-        config = protocol.session_config(default, params)
+        config = await asyncio.to_thread(protocol.session_config, default, params, limits)
         # `session_config` copies without validating (a session re-checks on applying it); a
         # secret's configuration is checked whole, here, so a bad one is refused at minting.
         config = SessionConfig.model_validate(config.model_dump())
@@ -251,4 +285,19 @@ def _session_config(services: Services, params: SessionParams | None) -> Session
             f"unknown voice {config.voice!r}; this server has: {', '.join(voices)}",
             "session.audio.output.voice",
         )
+    if len(config.instructions) > limits.max_instructions_chars:
+        raise RestError(
+            400,
+            "string_above_max_length",
+            f"session.instructions has {len(config.instructions)} characters; this server "
+            f"takes at most {limits.max_instructions_chars}",
+            "session.instructions",
+        )
+    wanted = config.max_output_tokens or limits.max_output_tokens
+    try:
+        await services.backbone.check_instructions(
+            config.instructions, min(wanted, limits.max_output_tokens)
+        )
+    except BackboneError as e:
+        raise RestError(e.status, e.code, str(e), "session.instructions") from e
     return config

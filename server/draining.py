@@ -32,6 +32,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from voxgate.server import metrics
+from voxgate.server.engine_watch import EXIT_ENGINE_DEAD, EngineWatch
 from voxgate.streaming.events import (
     InputCleared,
     InputCommitted,
@@ -43,15 +44,20 @@ from voxgate.streaming.events import (
 )
 
 if TYPE_CHECKING:
-    from voxgate.server.app import SessionSlots
+    from voxgate.server.app import Services
     from voxgate.server.settings import Settings
     from voxgate.streaming.config import TurnDetection
+    from voxgate.streaming.slots import Slots
 
 log = logging.getLogger(__name__)
 
 CLOSE_GOING_AWAY = 1001
 CLOSE_GRACE_S = 5.0
 """After the deadline, time for the last sessions' close handshakes before shutdown goes on."""
+ENGINE_DEAD_GRACE_S = 2.0
+"""After the engine died, the longest the server waits for live sessions to be told."""
+WS_MAX_QUEUE = 4
+"""Client messages uvicorn's (legacy) websockets protocol queues per connection."""
 
 
 class DrainState(StrEnum):
@@ -63,7 +69,7 @@ class DrainState(StrEnum):
 class Drain:
     """The server's shutdown state; `begin()` starts the drain, `run()` waits it out."""
 
-    def __init__(self, deadline_s: float, sessions: SessionSlots, rest: SessionSlots) -> None:
+    def __init__(self, deadline_s: float, sessions: Slots, rest: Slots) -> None:
         self.deadline_s = deadline_s
         self.state = DrainState.SERVING
         self._sessions = sessions
@@ -158,13 +164,31 @@ class TurnActivity:
 
 class DrainingServer(uvicorn.Server):
     """uvicorn, with a drain before its shutdown: the first SIGTERM/SIGINT runs `drain()` while
-    the server keeps serving (and refusing new work), then uvicorn shuts down as usual."""
+    the server keeps serving (and refusing new work), then uvicorn shuts down as usual.
 
-    def __init__(self, config: uvicorn.Config, drain: Callable[[], Awaitable[None]]) -> None:
+    It also ends when the engine dies (`engine_watch()` returns the app's `EngineWatch`):
+    once the live sessions have been told and closed (or after `ENGINE_DEAD_GRACE_S`), it
+    shuts down and `exit_status` becomes `EXIT_ENGINE_DEAD`; a watchdog ends the process if
+    the shutdown itself hangs.
+    """
+
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        drain: Callable[[], Awaitable[None]],
+        engine_watch: Callable[[], EngineWatch | None] = lambda: None,
+        sessions: Callable[[], int] = lambda: 0,
+        exit_deadline_s: float = 15.0,
+    ) -> None:
         super().__init__(config)
         self._drain = drain
         self._drain_requested = False
         self._draining: asyncio.Task[None] | None = None
+        self._engine_watch = engine_watch
+        self._sessions = sessions
+        self._exit_deadline_s = exit_deadline_s
+        self._engine_dead_at: float | None = None
+        self.exit_status = 0
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         # A signal handler: it may only set flags. `on_tick` (uvicorn's 100 ms loop) acts.
@@ -175,6 +199,7 @@ class DrainingServer(uvicorn.Server):
         self._captured_signals.append(sig)  # uvicorn re-raises it once it has shut down
 
     async def on_tick(self, counter: int) -> bool:
+        self._end_if_engine_died()
         if self._drain_requested and self._draining is None:
             self._draining = asyncio.create_task(self._drain())
         if self._draining is not None and self._draining.done() and not self.should_exit:
@@ -183,30 +208,64 @@ class DrainingServer(uvicorn.Server):
             self.should_exit = True
         return await super().on_tick(counter)
 
+    def _end_if_engine_died(self) -> None:
+        watch = self._engine_watch()
+        if watch is None or not watch.dead or self.should_exit:
+            return
+        now = asyncio.get_running_loop().time()
+        if self._engine_dead_at is None:
+            self._engine_dead_at = now
+            self.exit_status = EXIT_ENGINE_DEAD
+            watch.arm_exit(self._exit_deadline_s)
+        # uvicorn's shutdown closes sockets with 1012 at once: let the sessions send their
+        # `engine_unavailable` and close 1011 first.
+        if self._sessions() == 0 or now - self._engine_dead_at >= ENGINE_DEAD_GRACE_S:
+            log.error("exiting with status %d: the engine is dead", EXIT_ENGINE_DEAD)
+            self.should_exit = True
+
     async def shutdown(self, sockets: list | None = None) -> None:
         if self._draining is not None and not self._draining.done():
             self._draining.cancel()  # a second signal cut the drain short
         await super().shutdown(sockets=sockets)
 
 
-def serve(app: FastAPI, settings: Settings) -> None:
-    """Run `app` with uvicorn until SIGTERM or SIGINT, draining before the shutdown."""
+def serve(app: FastAPI, settings: Settings) -> int:
+    """Run `app` with uvicorn until SIGTERM or SIGINT (draining before the shutdown), or until
+    the engine dies; return the process's exit status."""
     config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
         log_config=None,  # the root logger's handler (`logs.configure`) formats uvicorn's too
-        ws_max_size=settings.realtime.transport_max_bytes,
+        # The transport refuses a message over the event cap before holding it whole (1009);
+        # uvicorn stops reading a socket while the app has not taken its last message, so a
+        # client that outpaces its session parks at most about one message.
+        ws_max_size=settings.realtime.max_event_bytes,
+        ws_max_queue=WS_MAX_QUEUE,
         ws_ping_interval=settings.realtime.ping_interval_s,
         ws_ping_timeout=settings.realtime.ping_interval_s,
         # After the drain, only what outlived its deadline is left: cut it short.
         timeout_graceful_shutdown=CLOSE_GRACE_S,
     )
 
-    async def drain() -> None:
-        services = getattr(app.state, "services", None)  # None: the lifespan never finished
-        if services is not None:
-            await services.drain.run()
+    def services() -> Services | None:
+        return getattr(app.state, "services", None)  # None: the lifespan never finished
 
-    DrainingServer(config, drain).run()
+    def engine_watch() -> EngineWatch | None:
+        running = services()
+        return None if running is None else running.engine_watch
+
+    def sessions() -> int:
+        running = services()
+        return 0 if running is None else running.sessions.active
+
+    async def drain() -> None:
+        if (running := services()) is not None:
+            await running.drain.run()
+
+    server = DrainingServer(
+        config, drain, engine_watch, sessions, exit_deadline_s=settings.engine_exit_deadline_s
+    )
+    server.run()
+    return server.exit_status

@@ -23,7 +23,9 @@ _PYDANTIC_CODES = {
     "greater_than_equal": "invalid_value",
     "less_than": "invalid_value",
     "less_than_equal": "invalid_value",
-    "string_too_long": "invalid_value",
+    "string_too_long": "string_above_max_length",
+    "too_long": "array_above_max_length",
+    "recursion_loop": "invalid_json",
 }
 
 
@@ -104,7 +106,7 @@ class RestError(Exception):
 
 
 _REST_VALUE_ERRORS = frozenset(
-    {"string_too_short", "string_pattern_mismatch", "finite_number", "too_short", "too_long"}
+    {"string_too_short", "string_pattern_mismatch", "finite_number", "too_short"}
 )
 """Pydantic error types that are a wrong value of the right type (`invalid_value`)."""
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
+import re
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import UTC, datetime
@@ -62,9 +63,40 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str, ensure_ascii=False)
 
 
-def configure(level: str, log_format: Literal["text", "json"]) -> None:
-    """Send every logger's records (uvicorn's too) to stderr in `log_format`."""
-    handler = logging.StreamHandler()
+REDACTED = "[redacted]"
+_CREDENTIALS = re.compile(
+    r"(?P<keep>\b(?:api_key|key|token)=|openai-insecure-api-key\.|Bearer\s+)[^\s&\"',;]+"
+    r"|\bek_[A-Za-z0-9_-]{8,}",
+    re.IGNORECASE,
+)
+"""Credentials as they can appear in a line: a key in a query string (`?api_key=`, the page's
+`?token=`), a WebSocket subprotocol or an Authorization header, and any client secret."""
+
+
+def redact(text: str, secrets: Sequence[str] = ()) -> str:
+    """`text` with every credential in it replaced by `[redacted]`."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, REDACTED)
+    return _CREDENTIALS.sub(lambda m: (m.group("keep") or "") + REDACTED, text)
+
+
+class RedactingHandler(logging.StreamHandler):
+    """Writes each record with credentials taken out of the whole formatted line (message,
+    exception text, `extra` fields): uvicorn's access log, for one, prints query strings."""
+
+    def __init__(self, secrets: Sequence[str] = ()) -> None:
+        super().__init__()
+        self._secrets = [s for s in secrets if s]
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record), self._secrets)
+
+
+def configure(level: str, log_format: Literal["text", "json"], secrets: Sequence[str] = ()) -> None:
+    """Send every logger's records (uvicorn's too) to stderr in `log_format`, with `secrets`
+    (the configured keys) and anything shaped like a credential redacted."""
+    handler = RedactingHandler(secrets)
     json_lines = log_format == "json"
     handler.setFormatter(JsonFormatter() if json_lines else logging.Formatter(TEXT_FORMAT))
     root = logging.getLogger()

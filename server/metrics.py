@@ -120,7 +120,8 @@ SESSIONS_STARTED = Counter("voxgate_sessions_started", "Realtime sessions accept
 SESSIONS_ENDED = Counter(
     "voxgate_sessions_ended",
     "Realtime sessions ended, by reason: client_closed (the client hung up), draining (the "
-    "server closed it while shutting down), server_error (the connection failed).",
+    "server closed it while shutting down), idle_timeout, session_expired (its maximum age), "
+    "engine_unavailable (the engine died), server_error (the connection failed).",
     ["reason"],
 )
 SESSIONS_REFUSED = Counter(
@@ -190,6 +191,16 @@ REST_ERRORS = Counter(
 
 DRAINING = Gauge(
     "voxgate_draining", "1 while the server is shutting down gracefully (draining), else 0."
+)
+ENGINE_DEAD = Gauge(
+    "voxgate_engine_dead",
+    "1 once the vLLM engine has died (the process then refuses work and exits), else 0.",
+)
+EVENT_LOOP_LAG = Histogram(
+    "voxgate_event_loop_lag_seconds",
+    "How late the event loop ran a timer set to fire every 100 ms: the time one piece of "
+    "work held the loop (everything else, every session, waited that long).",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
 )
 
 

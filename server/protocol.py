@@ -9,6 +9,7 @@ models are the reference; the tests validate every server event against them.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
@@ -18,14 +19,16 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    StringConstraints,
     Tag,
     TypeAdapter,
     ValidationError,
 )
 
+from voxgate.model import tools as tools_schema
 from voxgate.model.types import Role, ToolSpec
 from voxgate.streaming.audio import AudioFormat
-from voxgate.streaming.config import SessionConfig, Transcription, TurnDetection
+from voxgate.streaming.config import SessionConfig, SessionLimits, Transcription, TurnDetection
 from voxgate.streaming.events import Item, ItemStatus, Response, ResponseStatus
 from voxgate.streaming.session import SessionRejected
 from voxgate.streaming.vad import VadParams
@@ -270,6 +273,10 @@ class ConversationItemTruncate(ClientEvent):
     audio_end_ms: int
 
 
+MetadataKey = Annotated[str, StringConstraints(max_length=64)]
+MetadataValue = Annotated[str, StringConstraints(max_length=512)]
+
+
 class ResponseParams(Strict):
     instructions: str | None = None
     output_modalities: list[Literal["text", "audio"]] | None = None
@@ -277,7 +284,8 @@ class ResponseParams(Strict):
     max_output_tokens: int | Literal["inf"] | None = None
     conversation: str | None = None
     input: list[WireItem] | None = None
-    metadata: dict[str, str] | None = None
+    metadata: dict[MetadataKey, MetadataValue] | None = Field(None, max_length=16)
+    """OpenAI's limits: 16 pairs, keys of 64 characters, values of 512."""
     tools: list[dict[str, Any]] | None = None
     tool_choice: Literal["auto", "none", "required"] | FunctionChoice | dict[str, Any] | None = None
     prompt: Any = None
@@ -362,8 +370,13 @@ def _set(model: BaseModel | None, name: str) -> bool:
     return model is not None and name in model.model_fields_set
 
 
-def session_config(current: SessionConfig, params: SessionParams) -> SessionConfig:
-    """Apply a `session.update` to the current config (only the fields the client set)."""
+def session_config(
+    current: SessionConfig, params: SessionParams, limits: SessionLimits
+) -> SessionConfig:
+    """Apply a `session.update` to the current config (only the fields the client set).
+
+    CPU work for big updates (tool schemas are checked here): callers on the event loop run
+    it in a thread."""
     if params.type != "realtime":
         raise Unsupported("session.type", "'transcription' sessions")
     for name in ("tracing", "prompt", "include"):
@@ -376,7 +389,7 @@ def session_config(current: SessionConfig, params: SessionParams) -> SessionConf
 
     update: dict[str, Any] = {}
     if params.tools is not None:
-        update["tools"] = function_tools(params.tools, "session.tools")
+        update["tools"] = function_tools(params.tools, "session.tools", limits)
     if params.tool_choice is not None:
         tools = update.get("tools", current.tools)
         update["tool_choice"] = tool_choice(params.tool_choice, tools, "session.tool_choice")
@@ -412,8 +425,18 @@ def session_config(current: SessionConfig, params: SessionParams) -> SessionConf
     return current.model_copy(update=update)
 
 
-def function_tools(tools: list[dict[str, Any]], param: str) -> tuple[ToolSpec, ...]:
-    """The session's or response's function tools, checked: names unique, schemas valid."""
+def function_tools(
+    tools: list[dict[str, Any]], param: str, limits: SessionLimits
+) -> tuple[ToolSpec, ...]:
+    """The session's or response's function tools, checked: at most `limits.max_tools`, names
+    unique, schemas valid, small (`max_tool_schema_bytes`) and self-contained (a `$ref` only
+    within the schema: a remote one would make the server fetch a URL)."""
+    if len(tools) > limits.max_tools:
+        raise SessionRejected(
+            "array_above_max_length",
+            f"{len(tools)} tools; this server takes at most {limits.max_tools}",
+            param,
+        )
     specs: list[ToolSpec] = []
     for i, raw in enumerate(tools):
         if raw.get("type", "function") != "function":
@@ -425,12 +448,26 @@ def function_tools(tools: list[dict[str, Any]], param: str) -> tuple[ToolSpec, .
             where = ".".join(str(part) for part in first["loc"])
             code = "missing_required_parameter" if first["type"] == "missing" else "invalid_value"
             raise SessionRejected(code, first["msg"], f"{param}[{i}].{where}") from e
+        where = f"{param}[{i}].parameters"
+        size = len(json.dumps(tool.parameters, separators=(",", ":")))
+        if size > limits.max_tool_schema_bytes:
+            raise SessionRejected(
+                "string_above_max_length",
+                f"the schema takes {size} bytes; this server takes at most "
+                f"{limits.max_tool_schema_bytes}",
+                where,
+            )
+        if (ref := tools_schema.remote_ref(tool.parameters)) is not None:
+            raise SessionRejected(
+                "invalid_value",
+                f"the schema refers outside itself ($ref {ref[:100]!r}); only local "
+                "references (#/...) are allowed",
+                where,
+            )
         try:
             jsonschema.Draft202012Validator.check_schema(tool.parameters)
         except jsonschema.SchemaError as e:
-            raise SessionRejected(
-                "invalid_value", f"not a JSON Schema: {e.message}", f"{param}[{i}].parameters"
-            ) from e
+            raise SessionRejected("invalid_value", f"not a JSON Schema: {e.message}", where) from e
         if any(spec.name == tool.name for spec in specs):
             raise SessionRejected(
                 "invalid_value", f"two tools are named {tool.name!r}", f"{param}[{i}].name"

@@ -2,7 +2,14 @@
 
 The reader parses each client event once, at the edge, and calls the session; anything wrong
 with an event becomes an `error` event carrying its `event_id`, and the connection carries on.
-The writer turns session events into wire events, in order, and is the only task that sends.
+The writer turns session events into wire events, in order, and is the only task that sends
+(besides the closers, which send a last `error` and close, under the same lock).
+
+A connection ends when the client hangs up, or the server ends it with an `error` and a close
+code: the drain (1001), an idle or too old session (`idle_timeout`, `session_expired`: 1000),
+the engine's death (`engine_unavailable`: 1011). Refusals before a session starts (wrong key,
+too many sessions, draining) are an `error` event and a close; once the engine is dead, and
+for a page of a foreign origin (`server/browsers.py`), the handshake itself is refused.
 """
 
 from __future__ import annotations
@@ -17,12 +24,14 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from fastapi.responses import JSONResponse
 from pydantic import ValidationError
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDisconnected
 
 from voxgate.model.types import Role, ToolSpec
-from voxgate.server import auth, logs, metrics, protocol
+from voxgate.server import auth, json_input, logs, metrics, protocol
 from voxgate.server.draining import CLOSE_GOING_AWAY, TurnActivity
+from voxgate.server.engine_watch import MESSAGE as ENGINE_DEAD_MESSAGE
 from voxgate.server.errors import validation_error
 from voxgate.server.outgoing import Outgoing, error_event
 from voxgate.server.protocol import (
@@ -49,11 +58,17 @@ from voxgate.streaming.timings import turn_timings
 
 if TYPE_CHECKING:
     from voxgate.server.app import Services
+    from voxgate.streaming.config import SessionConfig, SessionLimits
 
 log = logging.getLogger(__name__)
 
+CLOSE_NORMAL = 1000
 CLOSE_POLICY_VIOLATION = 1008
+CLOSE_INTERNAL_ERROR = 1011
 CLOSE_TRY_AGAIN_LATER = 1013
+PARSE_IN_THREAD_BYTES = 64 << 10
+"""Events larger than this (audio appends, long instructions) are parsed in a worker thread:
+JSON and validation of megabytes would hold the event loop for every other session."""
 
 
 async def realtime_endpoint(websocket: WebSocket) -> None:
@@ -68,42 +83,69 @@ class RealtimeConnection:
         self._metrics = metrics.SessionMetrics(services.backbone.name)
         self._activity = TurnActivity()
         self._send_lock = asyncio.Lock()
-        """Held by whoever sends: the writer, or a drain closing the socket between two events."""
-        self._closed_by_drain = False
+        """Held by whoever sends: the writer, or a closer ending the socket between events."""
+        self._ended_by: str | None = None
+        """Why the server closed the connection (a sessions_ended reason), if it did."""
+        self._last_heard = time.monotonic()
+        """When the client last sent anything (the idle timeout counts from here)."""
 
     async def run(self) -> None:
         ws = self._ws
-        api_key = self._services.settings.api_key
-        if not auth.is_authorised(ws, api_key.get_secret_value() if api_key else None):
+        services = self._services
+        if services.engine_watch.dead:
+            await self._deny(503, "engine_unavailable", ENGINE_DEAD_MESSAGE)
+            return
+        if not auth.is_authorised(ws, services.settings.api_key):
             await self._refuse(
                 "invalid_api_key", "missing or wrong API key", CLOSE_POLICY_VIOLATION
             )
             return
-        if self._services.drain.draining:
+        if services.drain.draining:
             await self._refuse(
                 "server_shutting_down",
                 "this server is shutting down; connect again to reach another one",
                 CLOSE_TRY_AGAIN_LATER,
             )
             return
-        if not self._services.sessions.try_acquire():
+        secret = auth.client_secret(ws)  # a client secret's session config is the initial one
+        if secret is not None and not services.client_secrets.open_session(secret):
             await self._refuse(
                 "session_limit_reached",
-                f"this server is at its limit of {self._settings.max_sessions} realtime sessions; "
-                "try again later",
+                f"this client secret already has {services.client_secrets.max_sessions} "
+                "sessions open; close one or mint another secret",
                 CLOSE_TRY_AGAIN_LATER,
             )
             return
+        try:
+            if not services.sessions.try_acquire():
+                await self._refuse(
+                    "session_limit_reached",
+                    f"this server is at its limit of {self._settings.max_sessions} realtime "
+                    "sessions; try again later",
+                    CLOSE_TRY_AGAIN_LATER,
+                )
+                return
+            try:
+                await self._serve(secret.config if secret else services.default_session_config())
+            finally:
+                services.sessions.release()
+        finally:
+            if secret is not None:
+                services.client_secrets.close_session(secret)
+
+    async def _serve(self, config: SessionConfig) -> None:
+        ws = self._ws
+        services = self._services
         session_id = new_id("sess")
         logs.SESSION_ID.set(session_id)  # for every log line of this connection's tasks
-        secret = auth.client_secret(ws)  # a client secret's session config is the initial one
         session = RealtimeSession(
-            self._services.backbone,
-            self._services.new_vad,
-            secret.config if secret else self._services.default_session_config(),
+            services.backbone,
+            services.new_vad,
+            config,
             self._settings.session,
+            services.out_of_band_responses,
         )
-        outgoing = Outgoing(session_id, self._services.model_name)
+        outgoing = Outgoing(session_id, services.model_name)
         try:
             await ws.accept(subprotocol=auth.reply_subprotocol(ws))
             log.info("realtime session %s opened", session_id)
@@ -112,20 +154,32 @@ class RealtimeConnection:
             try:
                 await session.start()
                 async with asyncio.TaskGroup() as tasks:
-                    writer = tasks.create_task(self._write(session, outgoing))
-                    closer = tasks.create_task(self._close_when_drained())
+                    closers = [
+                        tasks.create_task(self._write(session, outgoing)),
+                        tasks.create_task(self._close_when_drained()),
+                        tasks.create_task(self._close_when_engine_dies()),
+                        tasks.create_task(self._close_when_expired()),
+                    ]
                     await self._read(session)
-                    writer.cancel()
-                    closer.cancel()
-                ended = "draining" if self._closed_by_drain else "client_closed"
+                    for task in closers:
+                        task.cancel()
+                ended = self._ended_by or "client_closed"
             except asyncio.CancelledError:
                 ended = "cancelled"
                 raise
+            except Exception:
+                # A failure of the connection itself (not of one event): say so, close 1011.
+                log.exception("realtime session %s failed", session_id)
+                await self._end(
+                    "server_error",
+                    "the session failed inside the server; connect again",
+                    CLOSE_INTERNAL_ERROR,
+                    "server_error",
+                )
             finally:
                 await session.close()
                 self._metrics.closed(ended)
         finally:
-            self._services.sessions.release()
             log.info("realtime session %s closed", session_id)
 
     async def _refuse(self, code: str, message: str, close_code: int) -> None:
@@ -134,6 +188,25 @@ class RealtimeConnection:
         metrics.session_refused(code)
         await self._ws.send_text(json.dumps(error_event(error)))
         await self._ws.close(close_code, message[:120])
+
+    async def _deny(self, status: int, code: str, message: str) -> None:
+        """Refuse the handshake itself with an HTTP error (OpenAI's body shape)."""
+        metrics.session_refused(code)
+        retry = {"Retry-After": str(self._services.settings.rest.retry_after_s)}
+        body = {"error": {"message": message, "type": "server_error", "param": None, "code": code}}
+        await self._ws.send_denial_response(JSONResponse(body, status, headers=retry))
+
+    async def _end(self, code: str, message: str, close_code: int, reason: str) -> None:
+        """Send a last `error` and close the connection (between two events of the writer)."""
+        async with self._send_lock:
+            if self._ended_by is not None:
+                return
+            self._ended_by = reason
+            error = error_event(ErrorReported(code, message, type="server_error"))
+            metrics.REALTIME_ERRORS.labels(code=code).inc()
+            with contextlib.suppress(WebSocketDisconnect, WebSocketDisconnected, OSError):
+                await self._ws.send_text(json.dumps(error))
+                await self._ws.close(close_code, message[:120])
 
     # --- writer ---------------------------------------------------------------------------
 
@@ -147,9 +220,14 @@ class RealtimeConnection:
                 continue
             try:
                 async with self._send_lock:
+                    if self._ended_by is not None:
+                        connected = False  # a closer has ended the connection
+                        continue
                     for wire in outgoing.wire_events(event):
                         await self._ws.send_text(json.dumps(wire, separators=(",", ":")))
-            except (WebSocketDisconnect, RuntimeError, OSError):
+            except (WebSocketDisconnect, WebSocketDisconnected, OSError):
+                # The client is gone (uvicorn's ClientDisconnected is an OSError). Anything
+                # else is a bug: it propagates and the connection ends with `server_error`.
                 connected = False
                 continue
             if isinstance(event, OutputAudioDelta) and (
@@ -166,16 +244,60 @@ class RealtimeConnection:
         """When the server drains: close with 1001 between turns, or at the drain's deadline."""
         await self._services.drain.until_quiet(self._activity.quiet)
         async with self._send_lock:
-            self._closed_by_drain = True
-            with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
+            if self._ended_by is not None:
+                return
+            self._ended_by = "draining"
+            with contextlib.suppress(WebSocketDisconnect, WebSocketDisconnected, OSError):
                 await self._ws.close(CLOSE_GOING_AWAY, "server shutting down")
+
+    async def _close_when_engine_dies(self) -> None:
+        await self._services.engine_watch.failed.wait()
+        await self._end(
+            "engine_unavailable", ENGINE_DEAD_MESSAGE, CLOSE_INTERNAL_ERROR, "engine_unavailable"
+        )
+
+    async def _close_when_expired(self) -> None:
+        """End the session at its maximum age, or once it has been idle too long: nothing
+        heard from the client and no turn under way."""
+        idle_s, max_age_s = self._settings.idle_timeout_s, self._settings.max_session_s
+        started = time.monotonic()
+        while True:
+            now = time.monotonic()
+            if max_age_s is not None and now >= started + max_age_s:
+                minutes = max_age_s / 60
+                await self._end(
+                    "session_expired",
+                    f"the session reached its maximum duration of {minutes:g} minutes",
+                    CLOSE_NORMAL,
+                    "session_expired",
+                )
+                return
+            if idle_s is not None and now >= self._last_heard + idle_s:
+                if self._activity.quiet.is_set():
+                    await self._end(
+                        "idle_timeout",
+                        f"nothing was received for {idle_s:g} s; the session is closed",
+                        CLOSE_NORMAL,
+                        "idle_timeout",
+                    )
+                    return
+                self._last_heard = now  # an answer under way is not idleness
+            deadlines = []
+            if idle_s is not None:
+                deadlines.append(self._last_heard + idle_s)
+            if max_age_s is not None:
+                deadlines.append(started + max_age_s)
+            if not deadlines:
+                return
+            # Sleep to the nearer deadline, then look again (the client may have spoken).
+            await asyncio.sleep(max(0.0, min(deadlines) - now))
 
     # --- reader ---------------------------------------------------------------------------
 
     async def _read(self, session: RealtimeSession) -> None:
         while True:
             message = await self._ws.receive()
-            received_at = time.monotonic()
+            received_at = self._last_heard = time.monotonic()
             if message["type"] == "websocket.disconnect":
                 return
             if (text := message.get("text")) is None:
@@ -188,36 +310,24 @@ class RealtimeConnection:
             await self._handle(session, text, received_at)
 
     async def _handle(self, session: RealtimeSession, text: str, received_at: float) -> None:
-        event_id: str | None = None
+        parsed = _Parsed()
         try:
-            if len(text) > self._settings.max_event_bytes or (
-                len(text.encode()) > self._settings.max_event_bytes
-            ):
-                raise SessionRejected(
-                    "message_too_large",
-                    f"event of {len(text.encode())} bytes exceeds the limit of "
-                    f"{self._settings.max_event_bytes} bytes; send audio in smaller appends",
-                )
-            raw = _parse_json(text)
-            event_id = raw.get("event_id") if isinstance(raw.get("event_id"), str) else None
-            kind = raw.get("type")
-            if not isinstance(kind, str):
-                raise SessionRejected(
-                    "missing_required_parameter", "every event needs a `type`", "type"
-                )
-            if kind not in protocol.CLIENT_EVENT_TYPES:
-                raise SessionRejected("unknown_event_type", f"unknown event type {kind!r}", "type")
-            event = protocol.CLIENT_EVENT.validate_python(raw)
-            await self._dispatch(session, event, received_at)
+            if len(text) > PARSE_IN_THREAD_BYTES:
+                await asyncio.to_thread(_parse_event, text, self._settings.max_event_bytes, parsed)
+            else:
+                _parse_event(text, self._settings.max_event_bytes, parsed)
+            await self._dispatch(session, parsed.event, received_at)
         except SessionRejected as e:
             await session.report_error(
-                ErrorReported(e.code, e.message, param=e.param, event_id=event_id)
+                ErrorReported(e.code, e.message, param=e.param, event_id=parsed.event_id)
             )
         except ValidationError as e:
-            await session.report_error(validation_error(e, event_id))
+            await session.report_error(validation_error(e, parsed.event_id))
         except Unsupported as e:
             await session.report_error(
-                ErrorReported("unsupported_feature", str(e), param=e.param, event_id=event_id)
+                ErrorReported(
+                    "unsupported_feature", str(e), param=e.param, event_id=parsed.event_id
+                )
             )
         except Exception:
             # A bug in handling one event must not end a healthy session: log it, say so.
@@ -227,7 +337,7 @@ class RealtimeConnection:
                     "server_error",
                     "the server failed to handle this event",
                     "server_error",
-                    event_id=event_id,
+                    event_id=parsed.event_id,
                 )
             )
 
@@ -239,7 +349,10 @@ class RealtimeConnection:
                 self._metrics.audio_received(len(audio), session.config.input_format)
             case SessionUpdate(session=params):
                 try:
-                    config = protocol.session_config(session.config, params)
+                    # Tool schemas are checked here: CPU work, off the event loop.
+                    config = await asyncio.to_thread(
+                        protocol.session_config, session.config, params, session.limits
+                    )
                 except ValidationError as e:
                     raise SessionRejected(
                         "invalid_value", str(e.errors()[0]["msg"]), "session"
@@ -289,7 +402,10 @@ class RealtimeConnection:
             ):
                 await session.truncate_item(item_id, index, end_ms)
             case ResponseCreate(response=params):
-                await session.create_response(_response_request(params, session.config.tools))
+                request = await asyncio.to_thread(
+                    _response_request, params, session.config.tools, session.limits
+                )
+                await session.create_response(request)
             case ResponseCancel(response_id=response_id):
                 await session.cancel_response(response_id)
             case OutputAudioBufferClear():
@@ -315,14 +431,35 @@ def _log_finished(event: ResponseFinished) -> None:
         )
 
 
-def _parse_json(text: str) -> dict[str, Any]:
+class _Parsed:
+    """What parsing a client event found out, kept even when it fails part way (the
+    `event_id` goes into the error)."""
+
+    event_id: str | None = None
+    event: Any = None
+
+
+def _parse_event(text: str, max_bytes: int, out: _Parsed) -> None:
+    """Parse and validate one client event into `out` (CPU work: big ones run in a thread)."""
+    if len(text) > max_bytes or len(text.encode()) > max_bytes:
+        raise SessionRejected(
+            "message_too_large",
+            f"event of {len(text.encode())} bytes exceeds the limit of {max_bytes} bytes; "
+            "send audio in smaller appends",
+        )
     try:
-        raw = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise SessionRejected("invalid_json", f"the message is not valid JSON: {e}") from e
+        raw = json_input.loads(text)
+    except json_input.InvalidJson as e:
+        raise SessionRejected("invalid_json", f"the message is {e}") from e
     if not isinstance(raw, dict):
         raise SessionRejected("invalid_event", "an event must be a JSON object")
-    return raw
+    out.event_id = raw.get("event_id") if isinstance(raw.get("event_id"), str) else None
+    kind = raw.get("type")
+    if not isinstance(kind, str):
+        raise SessionRejected("missing_required_parameter", "every event needs a `type`", "type")
+    if kind not in protocol.CLIENT_EVENT_TYPES:
+        raise SessionRejected("unknown_event_type", f"unknown event type {kind!r}", "type")
+    out.event = protocol.CLIENT_EVENT.validate_python(raw)
 
 
 def _b64_audio(data: str, param: str) -> bytes:
@@ -336,7 +473,9 @@ def _b64_audio(data: str, param: str) -> bytes:
 
 
 def _response_request(
-    params: protocol.ResponseParams | None, session_tools: Sequence[ToolSpec]
+    params: protocol.ResponseParams | None,
+    session_tools: Sequence[ToolSpec],
+    limits: SessionLimits,
 ) -> ResponseRequest:
     if params is None:
         return ResponseRequest()
@@ -352,7 +491,7 @@ def _response_request(
         metadata=params.metadata,
     )
     if params.tools is not None:
-        request.tools = protocol.function_tools(params.tools, "response.tools")
+        request.tools = protocol.function_tools(params.tools, "response.tools", limits)
     if params.tool_choice is not None:
         tools = request.tools if request.tools is not None else session_tools
         request.tool_choice = protocol.tool_choice(

@@ -1,11 +1,15 @@
 """OpenAI's REST speech API: `POST /v1/audio/transcriptions`, `POST /v1/audio/speech` and
 `GET /v1/audio/voices`, on the same backbone as `/v1/realtime`.
 
-Every request passes one gate first (`_serve`): the API key, the backbone's health, and a slot
-of `rest.max_concurrent_requests` (429 with `Retry-After` when none is free; a streamed answer
-holds its slot to its last byte). Bodies are read here with a size cap and validated here,
-so nothing malformed reaches the engine; work reaches the backbone at the REST priority
-(`rest.priority`), behind live realtime turns. Failures are OpenAI's error bodies (`RestError`).
+Every request passes one gate first (`_serve`): the API key, the engine's health, its body
+read whole under a deadline and a size cap (holding one of `rest.max_pending_bodies`, never a
+worker's slot) and validated, then a slot of `rest.max_concurrent_requests` (429 with
+`Retry-After` when none is free; a streamed answer holds its slot to its last byte). Nothing
+malformed reaches the engine; work reaches the backbone at the REST priority (`rest.priority`),
+behind live realtime turns. Every failure is OpenAI's error body (`RestError`), also inside an
+SSE stream (an `error` event), whatever raised it: a backbone's `BackboneError` keeps its own
+code and status (`engine_unavailable` 503, `context_length_exceeded` 400, ...), anything
+else is a 500 `server_error`.
 
 Decoding, VAD and encoding are CPU work and run in worker threads. Long audio is cut at
 silences (`Segmenter`) and transcribed piece by piece, in order. Speech is synthesised sentence
@@ -26,7 +30,8 @@ import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from contextlib import aclosing
-from typing import TYPE_CHECKING, Any, Literal
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
 import numpy as np
 from fastapi import APIRouter, FastAPI, Request, Response
@@ -45,7 +50,7 @@ from voxgate.model.types import (
     Segment,
     UnknownVoiceError,
 )
-from voxgate.server import auth, metrics
+from voxgate.server import auth, json_input, metrics
 from voxgate.server.audio_files import (
     AudioFileError,
     EmptyAudio,
@@ -53,6 +58,7 @@ from voxgate.server.audio_files import (
     SpeechFormat,
     decode_upload,
 )
+from voxgate.server.engine_watch import MESSAGE as ENGINE_DEAD
 from voxgate.server.errors import RestError, rest_validation_error
 from voxgate.server.transcripts import (
     TimedSegment,
@@ -213,7 +219,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 )
 async def create_transcription(request: Request) -> Response:
     """Transcribe an audio file (OpenAI's `audio.transcriptions.create`)."""
-    return await _serve(request, _transcription)
+    return await _serve(request, _read_transcription, _transcription)
 
 
 @router.post(
@@ -237,7 +243,7 @@ async def create_transcription(request: Request) -> Response:
 )
 async def create_speech(request: Request) -> Response:
     """Speak a text (OpenAI's `audio.speech.create`)."""
-    return await _serve(request, _speech)
+    return await _serve(request, _read_speech, _speech)
 
 
 @router.get("/v1/audio/voices")
@@ -268,14 +274,39 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
 
     async def backbone_error(request: Request, exc: Exception) -> Response:
-        if isinstance(exc, UnknownVoiceError):
-            return await rest_error(request, RestError(400, "unknown_voice", str(exc), "voice"))
-        log.warning("backbone failed a REST request: %s", exc)
-        error = RestError(500, "backbone_error", str(exc), type="server_error")
-        return await rest_error(request, error)
+        assert isinstance(exc, BackboneError)
+        if exc.status >= 500:
+            log.warning("backbone failed a REST request: %s", exc)
+        return await rest_error(request, backbone_rest_error(exc, request.app))
+
+    async def server_error(request: Request, exc: Exception) -> Response:
+        # Starlette logs the traceback after this handler; the client gets OpenAI's shape.
+        metrics.rest_error(request.scope, "server_error")
+        return JSONResponse(SERVER_ERROR.body(), status_code=500)
 
     app.add_exception_handler(RestError, rest_error)
     app.add_exception_handler(BackboneError, backbone_error)
+    app.add_exception_handler(Exception, server_error)
+
+
+SERVER_ERROR = RestError(
+    500, "server_error", "the server failed to handle this request", type="server_error"
+)
+
+
+def backbone_rest_error(e: BackboneError, app: FastAPI) -> RestError:
+    """A backbone's failure as a REST error: its own code and status (`model.types`)."""
+    headers = {}
+    if e.status == 503:
+        headers["Retry-After"] = str(app.state.services.settings.rest.retry_after_s)
+    return RestError(
+        e.status,
+        e.code,
+        str(e),
+        "voice" if isinstance(e, UnknownVoiceError) else None,
+        type="server_error" if e.status >= 500 else "invalid_request_error",
+        headers=headers,
+    )
 
 
 # --- the gate ---------------------------------------------------------------------------------
@@ -300,15 +331,22 @@ class _ReleasingStream(StreamingResponse):
 
 def _authorised(request: Request) -> Services:
     services: Services = request.app.state.services
-    key = services.settings.api_key
-    if not auth.is_authorised(request, key.get_secret_value() if key else None):
+    if not auth.is_authorised(request, services.settings.api_key):
         raise RestError(401, "invalid_api_key", "missing or wrong API key")
     return services
 
 
 async def _serve(
-    request: Request, handler: Callable[[Request, Services], Awaitable[Response]]
+    request: Request,
+    read: Callable[[Request, Services], Awaitable[BodyT]],
+    handler: Callable[[Request, Services, BodyT], Awaitable[Response]],
 ) -> Response:
+    """The gate: checks, then the body (`read`) under a deadline, then a slot for `handler`.
+
+    The body is read before a slot of `max_concurrent_requests` is taken, so a client that
+    uploads slowly holds only a slot of `max_pending_bodies`, and never for longer than
+    `body_timeout_s`: it cannot lock the endpoints for the others.
+    """
     services = _authorised(request)
     settings = services.settings.rest
     retry = {"Retry-After": str(settings.retry_after_s)}
@@ -320,33 +358,53 @@ async def _serve(
             type="server_error",
             headers=retry,
         )
-    if not services.backbone.is_healthy:
-        raise RestError(
-            503,
-            "backbone_unavailable",
-            "the speech backbone cannot serve right now",
-            type="server_error",
-            headers=retry,
-        )
-    if not services.rest_requests.try_acquire():
-        raise RestError(
-            429,
-            "rate_limited",
-            f"this server is serving its limit of {settings.max_concurrent_requests} REST "
-            "requests; try again later",
-            type="rate_limit_error",
-            headers=retry,
-        )
+    if services.engine_watch.dead or not services.backbone.is_healthy:
+        raise RestError(503, "engine_unavailable", ENGINE_DEAD, type="server_error", headers=retry)
+    busy = RestError(
+        429,
+        "rate_limited",
+        f"this server is serving its limit of {settings.max_concurrent_requests} REST "
+        "requests; try again later",
+        type="rate_limit_error",
+        headers=retry,
+    )
+    if not services.rest_bodies.try_acquire():
+        raise busy
     try:
-        response = await handler(request, services)
-    except BaseException:
-        services.rest_requests.release()
-        raise
+        async with asyncio.timeout(settings.body_timeout_s):
+            body = await read(request, services)
+    except TimeoutError as e:
+        raise RestError(
+            408,
+            "request_timeout",
+            f"the request body did not arrive within {settings.body_timeout_s:g} s",
+        ) from e
+    finally:
+        services.rest_bodies.release()
+    try:
+        if not services.rest_requests.try_acquire():
+            raise busy
+        try:
+            response = await handler(request, services, body)
+        except BaseException:
+            services.rest_requests.release()
+            raise
+    finally:
+        await body.close()
     if isinstance(response, _ReleasingStream):
         response.on_close = services.rest_requests.release
     else:
         services.rest_requests.release()
     return response
+
+
+class _Body(Protocol):
+    """A request's body, read and checked; `close()` frees what it holds (an upload's file)."""
+
+    async def close(self) -> None: ...
+
+
+BodyT = TypeVar("BodyT", bound=_Body)
 
 
 def _check_model(model: str, aliases: Sequence[str], services: Services) -> None:
@@ -379,7 +437,16 @@ async def _capped(request: Request, limit: int, what: str) -> AsyncIterator[byte
 # --- transcriptions ---------------------------------------------------------------------------
 
 
-async def _transcription(request: Request, services: Services) -> Response:
+@dataclass(slots=True)
+class _TranscriptionBody:
+    form: TranscriptionForm
+    upload: UploadFile
+
+    async def close(self) -> None:
+        await self.upload.close()
+
+
+async def _read_transcription(request: Request, services: Services) -> _TranscriptionBody:
     settings = services.settings.rest
     form, upload = await _read_form(request, settings.max_upload_bytes)
     try:
@@ -398,16 +465,27 @@ async def _transcription(request: Request, services: Services) -> Response:
                 f"the file is larger than this server's limit of {settings.max_upload_bytes} bytes",
                 "file",
             )
-        audio = await asyncio.to_thread(_decode, upload, settings.max_audio_seconds)
-    finally:
+    except BaseException:
         await upload.close()
+        raise
+    return _TranscriptionBody(form, upload)
+
+
+async def _transcription(
+    request: Request, services: Services, body: _TranscriptionBody
+) -> Response:
+    settings = services.settings.rest
+    form = body.form
+    audio = await asyncio.to_thread(_decode, body.upload, settings.max_audio_seconds)
     params = SegmenterParams(
         max_piece_s=settings.max_piece_seconds, min_piece_s=settings.max_piece_seconds / 3
     )
     pieces = await asyncio.to_thread(Segmenter(services.new_vad(), params).split, audio)
     job = _TranscriptionJob(services.backbone, audio, pieces, form, settings.priority)
     if form.stream:
-        return _ReleasingStream(_transcript_events(job), media_type="text/event-stream")
+        return _ReleasingStream(
+            _transcript_events(job, request.app), media_type="text/event-stream"
+        )
     if not await _unless_disconnected(request, job.complete()):
         # Nobody is waiting for the rest of a long file: the backbone stopped working on it.
         log.info("transcription abandoned by its client after %d pieces", job.done)
@@ -580,22 +658,27 @@ def _sse(event: dict[str, Any]) -> bytes:
     return b"data: " + json.dumps(event, separators=(",", ":")).encode() + b"\n\n"
 
 
-def _error_event(e: BackboneError, endpoint: str) -> bytes:
-    log.warning("backbone failed a streamed REST request: %s", e)
-    metrics.REST_ERRORS.labels(endpoint=endpoint, code="backbone_error").inc()
-    error = RestError(500, "backbone_error", str(e), type="server_error")
+def _error_event(e: Exception, endpoint: str, app: FastAPI) -> bytes:
+    """A failure after the stream began, as its last event (the status line has left)."""
+    if isinstance(e, BackboneError):
+        log.warning("backbone failed a streamed REST request: %s", e)
+        error = backbone_rest_error(e, app)
+    else:
+        log.error("a streamed REST request failed", exc_info=e)
+        error = SERVER_ERROR
+    metrics.REST_ERRORS.labels(endpoint=endpoint, code=error.code).inc()
     return _sse({"type": "error", **error.body()})
 
 
-async def _transcript_events(job: _TranscriptionJob) -> AsyncIterator[bytes]:
+async def _transcript_events(job: _TranscriptionJob, app: FastAPI) -> AsyncIterator[bytes]:
     first = True
     try:
         async with aclosing(job.run()) as texts:
             async for text in texts:
                 yield _sse(delta_event(text if first else " " + text))
                 first = False
-    except BackboneError as e:
-        yield _error_event(e, "/v1/audio/transcriptions")
+    except Exception as e:
+        yield _error_event(e, "/v1/audio/transcriptions", app)
         return
     yield _sse(done_event(job.transcript))
 
@@ -603,12 +686,20 @@ async def _transcript_events(job: _TranscriptionJob) -> AsyncIterator[bytes]:
 # --- speech -----------------------------------------------------------------------------------
 
 
-async def _speech(request: Request, services: Services) -> Response:
+@dataclass(slots=True)
+class _SpeechBody:
+    speech: SpeechRequest
+
+    async def close(self) -> None:
+        pass
+
+
+async def _read_speech(request: Request, services: Services) -> _SpeechBody:
     settings = services.settings.rest
     # Worst case JSON: every character of input and instructions escaped as \uXXXX.
     limit = 12 * settings.max_text_chars + FORM_FIELDS_BYTES
     body = b"".join([chunk async for chunk in _capped(request, limit, "request body")])
-    speech = _parse_speech(body)
+    speech = await asyncio.to_thread(_parse_speech, body)
     _check_model(speech.model, SPEECH_MODELS, services)
     for param, text in (("input", speech.input), ("instructions", speech.instructions or "")):
         if len(text) > settings.max_text_chars:
@@ -630,6 +721,11 @@ async def _speech(request: Request, services: Services) -> Response:
             f"unknown voice {speech.voice!r}; this server has: {', '.join(voices)}",
             "voice",
         )
+    return _SpeechBody(speech)
+
+
+async def _speech(request: Request, services: Services, body: _SpeechBody) -> Response:
+    settings, speech, backbone = services.settings.rest, body.speech, services.backbone
     headers, extension = {}, {}
     if speech.instructions:
         verdict = "followed" if backbone.follows_instructions else "ignored"
@@ -639,7 +735,7 @@ async def _speech(request: Request, services: Services) -> Response:
     audio = await _primed(_encoded(chunks, encoder))
     if speech.stream_format == "sse":
         return _ReleasingStream(
-            _speech_events(audio, encoder, extension),
+            _speech_events(audio, encoder, extension, request.app),
             media_type="text/event-stream",
             headers=headers,
         )
@@ -649,9 +745,9 @@ async def _speech(request: Request, services: Services) -> Response:
 
 def _parse_speech(body: bytes) -> SpeechRequest:
     try:
-        raw = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise RestError(400, "invalid_json", f"the body is not valid JSON: {e}") from e
+        raw = json_input.loads(body)
+    except json_input.InvalidJson as e:
+        raise RestError(400, "invalid_json", f"the body is {e}") from e
     if not isinstance(raw, dict):
         raise RestError(400, "invalid_json", "the body must be a JSON object")
     try:
@@ -715,14 +811,14 @@ async def _primed(stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
 
 
 async def _speech_events(
-    audio: AsyncIterator[bytes], encoder: SpeechEncoder, extension: dict[str, Any]
+    audio: AsyncIterator[bytes], encoder: SpeechEncoder, extension: dict[str, Any], app: FastAPI
 ) -> AsyncIterator[bytes]:
     try:
         async with aclosing(audio):  # type: ignore[type-var]
             async for data in audio:
                 yield _sse({"type": "speech.audio.delta", "audio": base64.b64encode(data).decode()})
-    except BackboneError as e:
-        yield _error_event(e, "/v1/audio/speech")
+    except Exception as e:
+        yield _error_event(e, "/v1/audio/speech", app)
         return
     # voxgate does not meter speech in tokens; OpenAI's `usage` is there, with zeros.
     usage = {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0}

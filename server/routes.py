@@ -1,4 +1,15 @@
-"""Plain HTTP routes: liveness, readiness, the model list and Prometheus metrics."""
+"""Plain HTTP routes: liveness, readiness, the model list, Prometheus metrics, the API schema.
+
+Which routes a key guards (with `VOXGATE_API_KEY` set):
+- open: `/health` and `/ready` (probes must not need a secret; they say only "up" or not),
+  the browser client's files (`/`, `/web/*`: the page is public, what it may do is decided
+  where it connects);
+- the API key or a client secret: `/v1/models`, `/openapi.json` and everything under `/v1`;
+- `/metrics`: the API key or `metrics_key` (Prometheus gets a key that can do nothing else).
+  Its labels carry no local paths (vLLM's `model_name` is the served name, not the folder).
+`/docs` and `/redoc` exist only without a key: they are pages that fetch the schema without
+credentials.
+"""
 
 from __future__ import annotations
 
@@ -8,21 +19,39 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
+from voxgate.server import auth
+from voxgate.server.errors import RestError
+
 router = APIRouter()
 _STARTED = int(time.time())
 
 
+def require_key(request: Request, *, metrics: bool = False) -> None:
+    """Raise 401 unless the request presents what this route needs (see the module doc)."""
+    settings = request.app.state.services.settings
+    if auth.is_authorised(request, settings.api_key):
+        return
+    if metrics and settings.metrics_key is not None:
+        if auth.presents_api_key(request, settings.metrics_key.get_secret_value()):
+            return
+    raise RestError(401, "invalid_api_key", "missing or wrong API key")
+
+
 @router.get("/health")
-async def health() -> dict[str, str]:
-    """The process is up (liveness)."""
-    return {"status": "ok"}
+async def health(request: Request) -> JSONResponse:
+    """The process can serve, now or after its start (liveness): 503 once the engine is dead,
+    for the moment before the process exits and is replaced."""
+    services = getattr(request.app.state, "services", None)
+    if services is not None and services.engine_watch.dead:
+        return JSONResponse({"status": "engine_dead"}, status_code=503)
+    return JSONResponse({"status": "ok"})
 
 
 @router.get("/ready")
 async def ready(request: Request) -> JSONResponse:
     """The backbone and its engine can serve (readiness)."""
     services = getattr(request.app.state, "services", None)
-    if services is None or not services.backbone.is_healthy:
+    if services is None or services.engine_watch.dead or not services.backbone.is_healthy:
         return JSONResponse({"status": "unavailable"}, status_code=503)
     if services.drain.draining:
         # Shutting down: no new clients here (liveness, /health, stays fine meanwhile).
@@ -38,6 +67,7 @@ async def ready(request: Request) -> JSONResponse:
 
 @router.get("/v1/models")
 async def models(request: Request) -> dict[str, object]:
+    require_key(request)
     services = request.app.state.services
     return {
         "object": "list",
@@ -53,6 +83,13 @@ async def models(request: Request) -> dict[str, object]:
 
 
 @router.get("/metrics")
-async def metrics() -> Response:
+async def metrics(request: Request) -> Response:
     """Prometheus metrics: voxgate's own and the engine's (`vllm:*`), one registry."""
+    require_key(request, metrics=True)
     return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/openapi.json", include_in_schema=False)
+async def openapi(request: Request) -> JSONResponse:
+    require_key(request)
+    return JSONResponse(request.app.openapi())

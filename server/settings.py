@@ -5,11 +5,12 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from voxgate.model.artifacts import default_home
 from voxgate.model.cascade import CascadeConfig
@@ -29,10 +30,18 @@ class RealtimeSettings(BaseModel):
     max_sessions: int = Field(16, ge=1)
     """Concurrent realtime sessions; one more gets `session_limit_reached` and close 1013."""
     max_event_bytes: int = Field(4 << 20, ge=1024)
-    """Largest client event accepted; larger ones get `message_too_large` (the session stays)."""
-    transport_max_bytes: int = Field(16 << 20, ge=1024)
-    """Largest WebSocket message at all; beyond this the socket closes with 1009."""
+    """Largest client event (WebSocket message) accepted. The transport enforces it: a larger
+    message closes the socket with 1009 (message too big) before it is held in memory whole."""
     ping_interval_s: float = Field(20.0, gt=0)
+    idle_timeout_s: float | None = Field(600.0, gt=0)
+    """A session that has sent nothing for this long, and has no answer under way, gets an
+    `error` (`idle_timeout`) and is closed (1000). None: never."""
+    max_session_s: float | None = Field(3600.0, gt=0)
+    """The longest a session may last (OpenAI's is 60 minutes): then it gets an `error`
+    (`session_expired`) and is closed (1000). None: no limit."""
+    max_out_of_band_responses: int = Field(16, ge=1)
+    """Out-of-band responses (`response.create` with `conversation: "none"`) running at once
+    over all sessions; one more gets `response_limit_reached`."""
     instructions: str = DEFAULT_INSTRUCTIONS
     """The default persona of new sessions."""
     session: SessionLimits = SessionLimits()
@@ -57,6 +66,12 @@ class RestSettings(BaseModel):
     more gets 429 `rate_limited` with `Retry-After`."""
     retry_after_s: int = Field(2, ge=1)
     """The `Retry-After` sent with 429 and 503 answers."""
+    body_timeout_s: float = Field(60.0, gt=0)
+    """A request body must arrive whole within this long; else 408 `request_timeout`. Bodies
+    are read before a slot of `max_concurrent_requests` is taken, so a slow upload holds no
+    slot, only one of `max_pending_bodies`."""
+    max_pending_bodies: int = Field(16, ge=1)
+    """Request bodies being received at once; one more gets 429 `rate_limited`."""
     priority: int = 10
     """Engine priority of REST work; realtime turns use 0 and a lower number is served
     first, so a live conversation never waits behind a batch transcription."""
@@ -76,6 +91,9 @@ class ClientSecretSettings(BaseModel):
     """Unexpired secrets kept at once; one more is refused with 429 until the soonest expires."""
     max_body_bytes: int = Field(256 << 10, ge=1024)
     """Largest minting request (its session's instructions are most of it); larger gets 413."""
+    max_sessions_per_secret: int = Field(2, ge=1)
+    """Realtime sessions one client secret may hold open at once (a page and its reconnect);
+    one more gets `session_limit_reached`."""
 
 
 class Settings(BaseSettings):
@@ -86,7 +104,24 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     api_key: SecretStr | None = None
-    """Clients must present this key; None serves without authentication (logged at start)."""
+    """Clients must present this key (at least 16 characters; a shorter or empty one is refused
+    at start). None serves without authentication, on a loopback address only unless
+    `allow_remote_without_key` says otherwise."""
+    allow_remote_without_key: bool = False
+    """Serve without an API key on an address other than loopback (anyone who can reach it
+    can use it: only behind something else that authenticates)."""
+    metrics_key: SecretStr | None = None
+    """With an API key set, `/metrics` takes this key (for Prometheus) as well as the API key."""
+    allowed_origins: Annotated[list[str], NoDecode] = []
+    """Web origins (`https://app.example.com`) whose pages may call this server, besides its
+    own; comma-separated in the environment; `*` allows every origin (not for production).
+    Requests without an `Origin` header (non-browser clients) are not affected."""
+    allowed_hosts: Annotated[list[str], NoDecode] | None = None
+    """`Host` header values accepted (`*.example.com` matches subdomains; ports ignored). None:
+    on a loopback address only loopback names (localhost, 127.0.0.1, ::1), which stops DNS
+    rebinding; on any other address, every host."""
+    engine_exit_deadline_s: float = Field(15.0, gt=0)
+    """After the engine dies, the longest the process takes to exit (`server/engine_watch.py`)."""
     home: Path = Field(default_factory=default_home)
     """Where model files live (`$VOXGATE_HOME`, default ~/.cache/voxgate)."""
     fetch_missing_models: bool = True
@@ -109,3 +144,52 @@ class Settings(BaseSettings):
     realtime: RealtimeSettings = RealtimeSettings()
     rest: RestSettings = RestSettings()
     client_secrets: ClientSecretSettings = ClientSecretSettings()
+
+    @field_validator("allowed_origins", "allowed_hosts", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("api_key", "metrics_key")
+    @classmethod
+    def _strong_key(cls, key: SecretStr | None) -> SecretStr | None:
+        if key is None:
+            return None
+        value = key.get_secret_value()
+        if len(value) < MIN_KEY_CHARS or any(c.isspace() for c in value):
+            raise ValueError(
+                f"a key must be at least {MIN_KEY_CHARS} characters without spaces (an empty "
+                "VOXGATE_API_KEY does not turn authentication off: unset the variable)"
+            )
+        return key
+
+    @model_validator(mode="after")
+    def _no_open_remote(self) -> Settings:
+        open_remote = not (self.allow_remote_without_key or is_loopback(self.host))
+        if self.api_key is None and open_remote:
+            raise ValueError(
+                f"no API key on a non-loopback address ({self.host}): set VOXGATE_API_KEY, "
+                "or VOXGATE_ALLOW_REMOTE_WITHOUT_KEY=true if something in front authenticates"
+            )
+        return self
+
+    def effective_allowed_hosts(self) -> list[str]:
+        """`allowed_hosts`, or its default for the address served (see the field)."""
+        if self.allowed_hosts is not None:
+            return self.allowed_hosts
+        return list(LOOPBACK_NAMES) if is_loopback(self.host) else ["*"]
+
+
+MIN_KEY_CHARS = 16
+LOOPBACK_NAMES = ("localhost", "*.localhost", "127.0.0.1", "::1")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

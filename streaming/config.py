@@ -86,3 +86,21 @@ class SessionLimits(BaseModel):
     """Cap on any response's max_output_tokens (including "inf")."""
     max_reasoning_tokens: int = Field(1024, ge=16)
     """Cap on think mode's reasoning per response (the effort levels scale up to it)."""
+    max_instructions_chars: int = Field(32_768, ge=64)
+    """Longest `instructions` (session or response); longer is `string_above_max_length`.
+    Instructions must also fit the model's context beside the answer: that is checked in
+    tokens when they are set (`context_length_exceeded`)."""
+    max_item_chars: int = Field(32_768, ge=64)
+    """Longest text of one conversation item (a message's text or transcript, a function
+    call's arguments, a function's output); longer is `string_above_max_length`."""
+    max_conversation_chars: int = Field(262_144, ge=1024)
+    """Text of all the items a client adds to one conversation together; an item that would
+    pass it is refused with `conversation_too_large` (delete items first). The session's own
+    items (transcripts, answers) are bounded by `max_items` instead."""
+    max_tools: int = Field(128, ge=1)
+    """Function tools per session or response (OpenAI's limit is 128)."""
+    max_tool_schema_bytes: int = Field(16_384, ge=256)
+    """Largest `parameters` JSON Schema of one tool, as compact JSON."""
+    max_out_of_band_responses: int = Field(2, ge=1)
+    """Out-of-band responses (`conversation: "none"`) one session may run at once, beside its
+    one in-conversation response; one more gets `response_limit_reached`."""

@@ -7,7 +7,17 @@ backbone.
 
 Concurrency: the server's reader calls the methods one at a time. Work that outlives a method
 (ASR of a turn, a response) runs in tasks owned by the session and ended by `close()`. A
-response is stopped by cancelling its task; the task then reports `response.done` itself.
+response is stopped by cancelling its task; the task then reports `response.done` itself. A
+task that fails unexpectedly is logged and reported to the client as an `error` event: nothing
+fails silently, leaving the client waiting.
+
+Bounds (`SessionLimits`): every text a client hands over is capped in characters
+(`string_above_max_length`), a conversation's client-added text together too
+(`conversation_too_large`), instructions in tokens against the model's context
+(`context_length_exceeded`, checked by the backbone in a thread when they are set), and
+out-of-band responses in number, per session and over the server (`response_limit_reached`).
+Each is refused before anything reaches the backbone. A session keeps nothing outside itself:
+its context window (`ContextWindow`) goes with it.
 """
 
 from __future__ import annotations
@@ -29,6 +39,7 @@ from voxgate.model.types import (
     INPUT_SAMPLE_RATE,
     AudioChunk,
     BackboneError,
+    ContextWindow,
     ReasoningDelta,
     ResponseEnd,
     ResponseOptions,
@@ -75,6 +86,7 @@ from voxgate.streaming.events import (
     SpeechStoppedEvent,
     SummaryUpdated,
 )
+from voxgate.streaming.slots import Slots
 from voxgate.streaming.turns import (
     InputAudioBuffer,
     InputBufferFull,
@@ -153,6 +165,14 @@ class _Running:
     task: asyncio.Task[None]
 
 
+def _too_long(param: str, text: str, limit: int) -> SessionRejected:
+    return SessionRejected(
+        "string_above_max_length",
+        f"{param} has {len(text)} characters; this server takes at most {limit}",
+        param,
+    )
+
+
 @dataclass(slots=True)
 class _Speech:
     """The user's current turn, between speech_started and commit."""
@@ -189,10 +209,17 @@ class RealtimeSession:
         vad_factory: Callable[[], SileroVad],
         config: SessionConfig,
         limits: SessionLimits,
+        out_of_band_slots: Slots | None = None,
     ) -> None:
         self._backbone = backbone
         self._vad_factory = vad_factory
         self._limits = limits
+        self._out_of_band_slots = out_of_band_slots or Slots(limits.max_out_of_band_responses)
+        """Out-of-band responses over the whole server (a session's own cap is in limits)."""
+        self._out_of_band: dict[str, _Running] = {}
+        """Out-of-band responses of this session running now, by response id."""
+        self._window = ContextWindow()
+        """Where this conversation's prompts start (the backbone moves it; see model.lm)."""
         self.id = new_id("conv")
         self.config = config
         self.events = EventQueue(limits.event_queue_size)
@@ -228,10 +255,39 @@ class RealtimeSession:
         await self._apply(self.config)
         await self._emit(SessionConfigured(self.config, created=True))
 
+    @property
+    def limits(self) -> SessionLimits:
+        return self._limits
+
     async def configure(self, config: SessionConfig) -> None:
         """session.update: all of `config` applies, or none of it (SessionRejected)."""
+        if config.instructions != self.config.instructions or (
+            config.max_output_tokens != self.config.max_output_tokens
+        ):
+            await self._check_instructions(
+                config.instructions, config.max_output_tokens, "session.instructions"
+            )
         await self._apply(config)
         await self._emit(SessionConfigured(config, created=False))
+
+    async def _check_instructions(
+        self, instructions: str, max_output_tokens: int | Literal["inf"] | None, param: str
+    ) -> None:
+        """Instructions must be short enough in characters, and fit the model's context in
+        tokens beside the answer (counted by the backbone, in a thread)."""
+        if len(instructions) > self._limits.max_instructions_chars:
+            raise _too_long(param, instructions, self._limits.max_instructions_chars)
+        try:
+            await self._backbone.check_instructions(
+                instructions, self._max_tokens(max_output_tokens)
+            )
+        except BackboneError as e:
+            raise SessionRejected(e.code, str(e), param) from e
+
+    def _max_tokens(self, wanted: int | Literal["inf"] | None) -> int:
+        """An answer's token budget: what was asked, within the server's cap ("inf": the cap)."""
+        cap = self._limits.max_output_tokens
+        return cap if wanted in (None, "inf") else min(int(wanted), cap)
 
     async def report_error(self, error: ErrorReported) -> None:
         """Queue an error for the client in order with everything else the session says."""
@@ -685,6 +741,15 @@ class RealtimeSession:
         transcribe when it has no transcript."""
         if any(existing.id == item.id for existing in self.items):
             raise SessionRejected("invalid_value", f"item id {item.id!r} already exists", "item.id")
+        self._check_item(item, "item")
+        held = sum(len(i.content_text) for i in self.items)
+        if held + len(item.content_text) > self._limits.max_conversation_chars:
+            raise SessionRejected(
+                "conversation_too_large",
+                f"the conversation holds {held} characters of text; this item would pass the "
+                f"limit of {self._limits.max_conversation_chars}: delete items first",
+                "item",
+            )
         if item.kind == "function_call_output":
             calls = [
                 i for i in self.items if i.kind == "function_call" and i.call_id == item.call_id
@@ -746,6 +811,14 @@ class RealtimeSession:
     async def retrieve_item(self, item_id: str) -> None:
         await self._emit(ItemRetrieved(self.items[self._index_of(item_id, "item_id")]))
 
+    def _check_item(self, item: Item, param: str) -> None:
+        """Every text of an item within `max_item_chars`."""
+        limit = self._limits.max_item_chars
+        for name in ("text", "transcript", "arguments", "output"):
+            value = getattr(item, name) or ""
+            if len(value) > limit:
+                raise _too_long(f"{param}.{name}", value, limit)
+
     # --- responses ------------------------------------------------------------------------
 
     async def create_response(self, request: ResponseRequest) -> None:
@@ -756,8 +829,48 @@ class RealtimeSession:
             )
         self._check_voice(request.voice or self.config.voice, "response.audio.output.voice")
         self._check_reasoning(request.reasoning_effort, "response.reasoning")
+        for i, item in enumerate(request.input_items or ()):
+            self._check_item(item, f"response.input[{i}]")
+        if request.input_items is not None and len(request.input_items) > self._limits.max_items:
+            raise SessionRejected(
+                "invalid_value",
+                f"response.input has {len(request.input_items)} items; at most "
+                f"{self._limits.max_items}",
+                "response.input",
+            )
+        max_tokens = request.max_output_tokens or self.config.max_output_tokens
+        if request.instructions is not None:
+            await self._check_instructions(
+                request.instructions, max_tokens, "response.instructions"
+            )
+        elif request.max_output_tokens is not None:
+            await self._check_instructions(
+                self.config.instructions, max_tokens, "response.max_output_tokens"
+            )
+        if not request.in_conversation:
+            self._take_out_of_band_slot()
         trace, self._unanswered = self._unanswered or TurnTrace(), None
-        self._start_response(request, trace)
+        try:
+            self._start_response(request, trace)
+        except BaseException:
+            if not request.in_conversation:
+                self._out_of_band_slots.release()
+            raise
+
+    def _take_out_of_band_slot(self) -> None:
+        mine = self._limits.max_out_of_band_responses
+        if len(self._out_of_band) >= mine:
+            raise SessionRejected(
+                "response_limit_reached",
+                f"this session already runs {mine} out-of-band responses; wait for one to end "
+                "or cancel it (response.cancel with its response_id)",
+            )
+        if not self._out_of_band_slots.try_acquire():
+            raise SessionRejected(
+                "response_limit_reached",
+                f"this server already runs its limit of {self._out_of_band_slots.limit} "
+                "out-of-band responses; try again shortly",
+            )
 
     def _start_response(
         self, request: ResponseRequest, trace: TurnTrace, *, held: bool = False
@@ -766,9 +879,7 @@ class RealtimeSession:
         the running response until then)."""
         config = self.config
         audio_output = config.audio_output if request.audio_output is None else request.audio_output
-        wanted = request.max_output_tokens or config.max_output_tokens
-        cap = self._limits.max_output_tokens
-        max_tokens = cap if wanted in (None, "inf") else min(int(wanted), cap)
+        max_tokens = self._max_tokens(request.max_output_tokens or config.max_output_tokens)
         response = Response(
             id=new_id("resp"),
             audio=audio_output,
@@ -786,9 +897,23 @@ class RealtimeSession:
         task.add_done_callback(self._tasks.discard)
         if request.in_conversation and not held:
             self._running = _Running(response, task)
+        elif not request.in_conversation:
+            self._out_of_band[response.id] = _Running(response, task)
+
+            def done(_: asyncio.Task[None]) -> None:
+                self._out_of_band.pop(response.id, None)
+                self._out_of_band_slots.release()
+
+            task.add_done_callback(done)
         return response, task
 
     async def cancel_response(self, response_id: str | None) -> None:
+        """response.cancel: the conversation's response, or an out-of-band one by its id."""
+        if response_id is not None and (other := self._out_of_band.get(response_id)):
+            other.response.reason = "client_cancelled"
+            other.task.cancel()
+            await self._await_cancelled(other)
+            return
         running = self._running
         if running is None:
             raise SessionRejected("response_cancel_not_active", "there is no response to cancel")
@@ -855,7 +980,7 @@ class RealtimeSession:
                 audio=response.audio,
                 max_output_tokens=response.max_output_tokens,
                 speed=config.speed,
-                conversation_id=self.id if request.input_items is None else None,
+                window=self._window if request.input_items is None else None,
                 summary=self._summary if request.input_items is None else "",
                 tools=request.tools if request.tools is not None else config.tools,
                 tool_choice=request.tool_choice or config.tool_choice,
@@ -871,7 +996,7 @@ class RealtimeSession:
             asyncio.current_task().uncancel()  # type: ignore[union-attr]
             response.status = ResponseStatus.CANCELLED
         except BackboneError as e:
-            response.status, response.error = ResponseStatus.FAILED, ("backbone_error", str(e))
+            response.status, response.error = ResponseStatus.FAILED, (e.code, str(e))
         except Exception:
             log.exception("response %s failed", response.id)
             response.status = ResponseStatus.FAILED
@@ -1041,11 +1166,28 @@ class RealtimeSession:
             )
         self._echo.play(decoder.feed(event.audio), self._buffer.end)
 
-    def _spawn(self, coro) -> asyncio.Task[None]:
-        task = asyncio.create_task(coro)
+    def _spawn(self, coro) -> asyncio.Task[Any]:
+        task = asyncio.create_task(self._reporting_failure(coro))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
+
+    async def _reporting_failure(self, coro) -> Any:
+        """Run a session task; if it fails, log it and tell the client (an `error` event),
+        so that a turn that will never be answered does not leave the client waiting."""
+        try:
+            return await coro
+        except Exception:
+            log.exception("a session task failed")
+            await self._emit(
+                ErrorReported(
+                    "server_error",
+                    "the server failed while handling this session's audio or turn; "
+                    "the turn may be unanswered",
+                    type="server_error",
+                )
+            )
+            return None  # reported: nobody else awaits the failure
 
     async def close(self) -> None:
         """Stop every task of this session (responses end without events)."""

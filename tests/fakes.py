@@ -20,6 +20,7 @@ from voxgate.model.types import (
     INPUT_SAMPLE_RATE,
     AudioChunk,
     BackboneError,
+    ContextBudgetExceeded,
     ReasoningDelta,
     ResponseEnd,
     ResponseOptions,
@@ -134,6 +135,9 @@ class FakeBackbone:
         """When set and tools are offered, the fake calls the first tool with these arguments."""
         self.context_window: int | None = None
         """When set, only the newest this-many turns 'fit': older ones are reported dropped."""
+        self.context_tokens: int | None = None
+        """When set, instructions (one 'token' per character) plus the answer's budget must fit
+        in this many, or `check_instructions` refuses them."""
         self.summarize_calls: list[tuple[str, list[Turn], int]] = []
         self.transcribe_calls: list[TranscribeCall] = []
         self.synthesize_calls: list[SynthesizeCall] = []
@@ -206,6 +210,13 @@ class FakeBackbone:
         )
         self.respond_calls.append(call)
         return self._respond(call)
+
+    async def check_instructions(self, instructions: str, max_output_tokens: int) -> None:
+        if self.context_tokens is not None:
+            if len(instructions) + max_output_tokens > self.context_tokens:
+                raise ContextBudgetExceeded(
+                    f"{len(instructions)} + {max_output_tokens} > {self.context_tokens} tokens"
+                )
 
     async def summarize(self, summary: str, turns: Sequence[Turn], *, priority: int) -> str:
         """Keeps the user's statements about themselves ("my ...", "I ..."): a stand-in for an

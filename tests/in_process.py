@@ -50,3 +50,10 @@ def send_audio(ws: WebSocketTestSession, data: bytes) -> None:
         ws.send_json(
             {"type": "input_audio_buffer.append", "audio": base64.b64encode(piece).decode()}
         )
+
+
+TEST_HOSTS = ["testserver", "localhost", "127.0.0.1"]
+"""`allowed_hosts` for apps driven by Starlette's TestClient (it sends `Host: testserver`) and
+by real clients on loopback."""
+TEST_KEY = "test-key-0123456789"
+"""An API key long enough for the server to accept (at least 16 characters)."""

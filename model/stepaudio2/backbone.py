@@ -34,6 +34,7 @@ from voxgate.model.types import (
     INPUT_SAMPLE_RATE,
     AudioChunk,
     BackboneError,
+    ContextBudgetExceeded,
     ReasoningDelta,
     ResponseEnd,
     ResponseOptions,
@@ -108,7 +109,7 @@ class DialogueWindow(PromptBuilder):
             return super().fit_last_turn(instructions, turn, budget)
         room = budget - self.render(instructions, [Turn(turn.role, "")]).length - 4
         if room < 1:
-            raise ValueError("the instructions alone exceed the context budget")
+            raise ContextBudgetExceeded("the instructions alone exceed the context budget")
         # Keep the end of what the user said: 12.5 tokens per second of audio.
         keep = int(room / 12.5 * INPUT_SAMPLE_RATE)
         return self.render(instructions, [Turn(turn.role, turn.text, turn.audio[-keep:])])
@@ -163,7 +164,9 @@ class StepAudio2Backbone:
             asyncio.to_thread(AutoTokenizer.from_pretrained, model_dir),
             asyncio.to_thread(Token2Wav.load, model_dir, options.vocoder_device),
         )
-        async with EngineHost.start(model_dir, engine_config, **options.engine_args()) as engine:
+        async with EngineHost.start(
+            model_dir, engine_config, f"voxgate-{cls.name}", **options.engine_args()
+        ) as engine:
             backbone = cls(engine, tokenizer, vocoder, options)
             try:
                 await backbone.warm_up()
@@ -252,8 +255,12 @@ class StepAudio2Backbone:
         if options.reasoning_tokens and not self.can_reason:
             raise BackboneError("think mode needs the Think variant of Step-Audio-2 (<think>)")
         system = with_summary(options.instructions, options.summary)
-        request, start = self._window.build_window(
-            system, conversation, options.max_output_tokens, options.conversation_id
+        request, start = await asyncio.to_thread(
+            self._window.build_window,
+            system,
+            conversation,
+            options.max_output_tokens,
+            options.window,
         )
         kept = conversation[start:]
         if options.tools and options.tool_choice != "none":
@@ -297,12 +304,15 @@ class StepAudio2Backbone:
     def can_reason(self) -> bool:
         return self._tokens.think is not None and self._tokens.think_end is not None
 
+    async def check_instructions(self, instructions: str, max_output_tokens: int) -> None:
+        await asyncio.to_thread(self._window.check_instructions, instructions, max_output_tokens)
+
     async def _think(
         self, system: str, turns: Sequence[Turn], options: ResponseOptions, trace: TurnTrace
     ) -> AsyncIterator[ReasoningDelta | Prompt]:
         """Think mode: reasoning first (streamed as text, never spoken), at most the budget;
         then yield the prompt the spoken answer continues from (reasoning closed)."""
-        prompt = self._writer.dialogue(system, turns, answer="think")
+        prompt = await asyncio.to_thread(self._writer.dialogue, system, turns, "think")
         end_think = self._tokens.think_end
         assert end_think is not None
         params = self._params(
@@ -348,10 +358,11 @@ class StepAudio2Backbone:
         """The model's choice of function (or none), written under a JSON-schema grammar."""
         from vllm.sampling_params import StructuredOutputsParams
 
-        prompt = self._writer.dialogue(
+        prompt = await asyncio.to_thread(
+            self._writer.dialogue,
             f"{system}\n\n{tools.instructions(options.tools, options.tool_choice)}",
             turns,
-            answer="text",
+            "text",
         )
         params = self._params(regimes.ASR, max_tokens=TOOL_DECISION_TOKENS)
         params.structured_outputs = StructuredOutputsParams(
@@ -369,8 +380,8 @@ class StepAudio2Backbone:
             return None, end
 
     async def summarize(self, summary: str, turns: Sequence[Turn], *, priority: int) -> str:
-        request = self._writer.text_request(
-            SUMMARY_INSTRUCTIONS, summary_request(summary, turns).text
+        request = await asyncio.to_thread(
+            self._writer.text_request, SUMMARY_INSTRUCTIONS, summary_request(summary, turns).text
         )
         params = self._params(
             regimes.ASR, max_tokens=SUMMARY_TOKENS, allowed=[*self._text_ids, self._tokens.eot]

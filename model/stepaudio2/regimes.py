@@ -8,6 +8,7 @@ output switched on by prefilling the assistant turn with `<tts_start>`.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -76,9 +77,12 @@ class PromptWriter:
     def __init__(self, tokenizer: Any, tokens: TokenMap) -> None:
         self._tokenizer = tokenizer
         self.tokens = tokens
+        self._lock = threading.Lock()
 
     def encode(self, text: str) -> list[int]:
-        return list(self._tokenizer.encode(text, add_special_tokens=False))
+        # Prompts are written in worker threads; the tokenizer is used by one at a time.
+        with self._lock:
+            return list(self._tokenizer.encode(text, add_special_tokens=False))
 
     def _message(
         self,

@@ -24,7 +24,7 @@ import pytest
 from voxgate.model import artifacts
 
 START_TIMEOUT_S = 420
-API_KEY = "test-key"
+API_KEY = "test-key-0123456789"
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ import pytest
 from fakes import FakeBackbone, backbone_factory
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from in_process import TEST_HOSTS
 from openai import AuthenticationError, OpenAI, RateLimitError
 from openai.types.realtime.client_secret_create_response import ClientSecretCreateResponse
 from openai.types.realtime.realtime_server_event import RealtimeServerEvent
@@ -32,7 +33,7 @@ from voxgate.streaming.config import SessionConfig
 
 pytestmark = pytest.mark.timeout(30)
 
-KEY = "server-key"
+KEY = "server-key-0123456789"
 SERVER_EVENT = pydantic.TypeAdapter(RealtimeServerEvent)
 CONFIG = SessionConfig(instructions="be kind", voice="joe")
 
@@ -41,6 +42,7 @@ def app_for(fake: FakeBackbone, **overrides: Any) -> FastAPI:
     settings = Settings(
         home=default_home(),
         fetch_missing_models=False,
+        allowed_hosts=TEST_HOSTS,
         **({"api_key": SecretStr(KEY)} | overrides),
     )
     return create_app(settings, backbone_factory=backbone_factory(fake))

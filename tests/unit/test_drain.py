@@ -22,7 +22,7 @@ import pytest
 import websockets
 from fakes import FakeBackbone, backbone_factory
 from fastapi.testclient import TestClient
-from in_process import pcm, send_audio
+from in_process import TEST_HOSTS, pcm, send_audio
 from starlette.testclient import WebSocketTestSession
 from starlette.websockets import WebSocketDisconnect
 
@@ -51,6 +51,7 @@ def app_for(fake: FakeBackbone, **overrides: Any):
     settings = Settings(
         home=default_home(),
         fetch_missing_models=False,
+        allowed_hosts=TEST_HOSTS,
         **({"api_key": None} | overrides),
     )
     return create_app(settings, backbone_factory=backbone_factory(fake))

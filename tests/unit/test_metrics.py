@@ -20,7 +20,7 @@ import websockets
 from fakes import CHUNK_SECONDS, FakeBackbone, backbone_factory
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from in_process import pcm, send_audio, serving
+from in_process import TEST_HOSTS, TEST_KEY, pcm, send_audio, serving
 from prometheus_client import REGISTRY
 from pydantic import SecretStr
 from starlette.testclient import WebSocketTestSession
@@ -42,6 +42,7 @@ def app_for(fake: FakeBackbone, **overrides: Any) -> FastAPI:
     settings = Settings(
         home=default_home(),
         fetch_missing_models=False,
+        allowed_hosts=TEST_HOSTS,
         realtime=RealtimeSettings(**realtime),
         **({"api_key": None} | overrides),
     )
@@ -229,11 +230,11 @@ def test_errors_by_code_and_refused_sessions(fake: FakeBackbone) -> None:
         ("voxgate_sessions_refused_total", {"reason": "session_limit_reached"}),
         ("voxgate_sessions_started_total", {}),
     )
-    app = app_for(fake, api_key=SecretStr("k"), realtime={"max_sessions": 1})
+    app = app_for(fake, api_key=SecretStr(TEST_KEY), realtime={"max_sessions": 1})
     with TestClient(app) as client:
         with client.websocket_connect("/v1/realtime") as ws:
             assert ws.receive_json()["error"]["code"] == "invalid_api_key"
-        headers = {"Authorization": "Bearer k"}
+        headers = {"Authorization": f"Bearer {TEST_KEY}"}
         with client.websocket_connect("/v1/realtime", headers=headers) as ws:
             receive_until(ws, "session.created")
             ws.send_text("{nope")

@@ -11,6 +11,7 @@ import pytest
 import schemathesis
 from fakes import FakeBackbone, backbone_factory
 from hypothesis import HealthCheck, settings
+from in_process import TEST_HOSTS
 from schemathesis.checks import not_a_server_error
 from schemathesis.generation.modes import GenerationMode
 
@@ -27,6 +28,7 @@ APP = create_app(
     Settings(
         home=default_home(),
         fetch_missing_models=False,
+        allowed_hosts=TEST_HOSTS,
         api_key=None,
         # Small limits, so that generated bodies also run into them.
         rest=RestSettings(max_upload_bytes=64 << 10, max_text_chars=200, max_audio_seconds=5),

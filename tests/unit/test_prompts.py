@@ -7,7 +7,7 @@ import pytest
 from voxgate.model import artifacts, smollm2
 from voxgate.model.artifacts import ArtifactError
 from voxgate.model.lm import PromptBuilder
-from voxgate.model.types import Role, Turn
+from voxgate.model.types import ContextBudgetExceeded, ContextWindow, Role, Turn
 
 PERSONA = "You are Ada, a helpful voice assistant."
 
@@ -60,10 +60,10 @@ def test_the_window_start_is_stable_so_the_prefix_cache_is_reused(tokenizer) -> 
     naive = PromptBuilder(tokenizer, context_tokens=800, low_water=1.0)
     turns = conversation(80)
     reused = {"stable": 0, "naive": 0}
-    for builder, name, conversation_id in ((stable, "stable", "c1"), (naive, "naive", None)):
+    for builder, name, window in ((stable, "stable", ContextWindow()), (naive, "naive", None)):
         previous: list[int] = []
         for n in range(1, len(turns) + 1):
-            prompt = builder.build(PERSONA, turns[:n], 100, conversation_id)
+            prompt = builder.build(PERSONA, turns[:n], 100, window)
             assert len(prompt) <= 700
             # The previous prompt minus its generation prompt is a prefix of this one.
             shared = previous[:-3]
@@ -79,11 +79,12 @@ def test_the_window_start_is_stable_so_the_prefix_cache_is_reused(tokenizer) -> 
 def test_a_deleted_window_start_starts_over(tokenizer) -> None:
     builder = PromptBuilder(tokenizer, context_tokens=600)
     turns = conversation(40)
-    first = builder.build(PERSONA, turns, 100, "c")
+    window = ContextWindow()
+    first = builder.build(PERSONA, turns, 100, window)
     kept = decoded(tokenizer, first)
     start = next(i for i, t in enumerate(turns) if f"message number {i} " in kept)
     remaining = turns[:start] + turns[start + 1 :]
-    prompt = builder.build(PERSONA, remaining, 100, "c")
+    prompt = builder.build(PERSONA, remaining, 100, window)
     assert len(prompt) <= 500
     assert "message number 39" in decoded(tokenizer, prompt)
 
@@ -99,5 +100,29 @@ def test_one_huge_turn_is_cut_from_its_start(tokenizer) -> None:
 
 def test_no_room_for_the_prompt_is_an_error(tokenizer) -> None:
     builder = PromptBuilder(tokenizer, context_tokens=100)
-    with pytest.raises(ValueError):
+    with pytest.raises(ContextBudgetExceeded):
         builder.build(PERSONA, conversation(2), max_output_tokens=100)
+
+
+def test_instructions_that_do_not_fit_beside_the_answer_are_refused(tokenizer) -> None:
+    builder = PromptBuilder(tokenizer, context_tokens=400)
+    builder.check_instructions(PERSONA, max_output_tokens=200)
+    long = " ".join(f"rule {i}." for i in range(200))
+    with pytest.raises(ContextBudgetExceeded, match="tokens"):
+        builder.check_instructions(long, max_output_tokens=200)
+    # The same instructions fit once the answer's budget leaves them room.
+    short = " ".join(f"rule {i}." for i in range(40))
+    with pytest.raises(ContextBudgetExceeded):
+        builder.check_instructions(short, max_output_tokens=300)
+    builder.check_instructions(short, max_output_tokens=100)
+
+
+def test_the_builder_keeps_nothing_per_conversation(tokenizer) -> None:
+    """Window starts live in each conversation's own ContextWindow: thousands of closed
+    conversations leave nothing behind in the (process-wide) builder."""
+    builder = PromptBuilder(tokenizer, context_tokens=600)
+    before = dict(vars(builder))
+    for _ in range(50):
+        builder.build(PERSONA, conversation(40), 100, ContextWindow())
+    assert vars(builder).keys() == before.keys()
+    assert all(vars(builder)[k] is before[k] for k in before)

@@ -23,7 +23,7 @@ from voxgate.server.errors import validation_error
 from voxgate.server.outgoing import Outgoing
 from voxgate.server.protocol import CLIENT_EVENT, Unsupported, session_config
 from voxgate.streaming.audio import AudioFormat
-from voxgate.streaming.config import SessionConfig, Transcription, TurnDetection
+from voxgate.streaming.config import SessionConfig, SessionLimits, Transcription, TurnDetection
 from voxgate.streaming.events import (
     ErrorReported,
     InputCleared,
@@ -54,6 +54,7 @@ from voxgate.streaming.vad import VadParams
 SERVER_EVENT = pydantic.TypeAdapter(RealtimeServerEvent)
 MODEL = "voxgate-fake"
 CONFIG = SessionConfig(instructions="Be brief.", voice="joe")
+LIMITS = SessionLimits()
 
 
 def wire(*events: Any) -> list[dict[str, Any]]:
@@ -524,7 +525,7 @@ def parsed_session(event: dict[str, Any]) -> protocol.SessionParams:
 
 def test_full_session_update_maps_onto_the_config() -> None:
     event = json.loads(json.dumps(FULL_SESSION))
-    config = session_config(CONFIG, parsed_session(event))
+    config = session_config(CONFIG, parsed_session(event), LIMITS)
     assert config == SessionConfig(
         instructions="Speak like a pirate.",
         audio_output=True,
@@ -555,7 +556,7 @@ def test_sdk_session_update_model_parses() -> None:
         },
     )
     current = CONFIG.model_copy(update={"transcription": Transcription(model="m")})
-    config = session_config(current, parsed_session(sent(event)))
+    config = session_config(current, parsed_session(sent(event)), LIMITS)
     assert config.turn_detection is None
     assert config.audio_output is False
     assert config.input_format is AudioFormat.PCM
@@ -580,7 +581,7 @@ def test_partial_turn_detection_update_keeps_the_other_vad_settings() -> None:
             },
         },
     }
-    config = session_config(current, parsed_session(event))
+    config = session_config(current, parsed_session(event), LIMITS)
     assert config.turn_detection == TurnDetection(
         vad=VadParams(threshold=0.8, silence_duration_ms=300), create_response=False
     )
@@ -592,7 +593,7 @@ def test_transcription_null_switches_transcription_off() -> None:
         "type": "session.update",
         "session": {"type": "realtime", "audio": {"input": {"transcription": None}}},
     }
-    assert session_config(current, parsed_session(event)).transcription is None
+    assert session_config(current, parsed_session(event), LIMITS).transcription is None
 
 
 @pytest.mark.parametrize(
@@ -736,7 +737,7 @@ def session_update(session: dict[str, Any]) -> dict[str, Any]:
 )
 def test_unsupported_session_features_are_refused(session: dict[str, Any], param: str) -> None:
     with pytest.raises(Unsupported) as refused:
-        session_config(CONFIG, parsed_session(session_update(session)))
+        session_config(CONFIG, parsed_session(session_update(session)), LIMITS)
     assert refused.value.param == param
 
 
@@ -823,7 +824,7 @@ def test_unsupported_session_features_are_refused(session: dict[str, Any], param
             "invalid_value",
             "item",
         ),
-        ({"type": "response.cancel", "event_id": "e" * 200}, "invalid_value", "event_id"),
+        ({"type": "response.cancel", "event_id": "e" * 200}, "string_above_max_length", "event_id"),
     ],
 )
 def test_validation_errors_name_code_and_param(
@@ -850,7 +851,7 @@ def test_a_format_without_type_is_pcm() -> None:
     current = CONFIG.model_copy(update={"input_format": AudioFormat.PCMU})
     assert (
         session_config(
-            current, parsed_session({"type": "session.update", "session": event})
+            current, parsed_session({"type": "session.update", "session": event}), LIMITS
         ).input_format
         is AudioFormat.PCM
     )
@@ -858,7 +859,9 @@ def test_a_format_without_type_is_pcm() -> None:
 
 def test_inf_output_tokens_is_the_servers_cap() -> None:
     event = {"type": "realtime", "max_output_tokens": "inf"}
-    config = session_config(CONFIG, parsed_session({"type": "session.update", "session": event}))
+    config = session_config(
+        CONFIG, parsed_session({"type": "session.update", "session": event}), LIMITS
+    )
     assert config.max_output_tokens is None
     assert protocol.wire_session(config, "sess_1", "m")["max_output_tokens"] == "inf"
 
@@ -876,7 +879,9 @@ def test_semantic_vad_and_the_turn_taking_extension_map_onto_the_config() -> Non
             }
         },
     }
-    config = session_config(CONFIG, parsed_session({"type": "session.update", "session": semantic}))
+    config = session_config(
+        CONFIG, parsed_session({"type": "session.update", "session": semantic}), LIMITS
+    )
     td = config.turn_detection
     assert td is not None
     assert (td.eagerness, td.vad.silence_duration_ms) == ("high", 350)
@@ -888,5 +893,7 @@ def test_semantic_vad_and_the_turn_taking_extension_map_onto_the_config() -> Non
     SERVER_EVENT.validate_python({"type": "session.updated", "event_id": "e", "session": wire})
     # Back to server_vad: silence-based again.
     plain = {"type": "realtime", "audio": {"input": {"turn_detection": {"type": "server_vad"}}}}
-    again = session_config(config, parsed_session({"type": "session.update", "session": plain}))
+    again = session_config(
+        config, parsed_session({"type": "session.update", "session": plain}), LIMITS
+    )
     assert again.turn_detection is not None and again.turn_detection.eagerness is None

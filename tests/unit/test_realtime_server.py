@@ -19,7 +19,7 @@ import websockets
 from fakes import FakeBackbone, backbone_factory
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from in_process import pcm, serving
+from in_process import TEST_HOSTS, TEST_KEY, pcm, serving
 from openai import AsyncOpenAI
 from openai.types.realtime.realtime_server_event import RealtimeServerEvent
 from pydantic import SecretStr
@@ -46,6 +46,7 @@ def settings(**overrides: Any) -> Settings:
     return Settings(
         home=default_home(),
         fetch_missing_models=False,
+        allowed_hosts=TEST_HOSTS,
         realtime=RealtimeSettings(**realtime),
         **({"api_key": None} | overrides),  # not whatever VOXGATE_API_KEY says
     )
@@ -521,7 +522,7 @@ def test_second_response_while_one_runs(ws: WebSocketTestSession, fake: FakeBack
 
 @pytest.fixture
 def keyed(fake: FakeBackbone) -> Iterator[TestClient]:
-    with TestClient(app_for(fake, api_key=SecretStr("k"))) as client:
+    with TestClient(app_for(fake, api_key=SecretStr(TEST_KEY))) as client:
         yield client
 
 
@@ -549,9 +550,9 @@ def test_without_the_key_the_socket_is_refused(
 @pytest.mark.parametrize(
     ("path", "connect"),
     [
-        ("/v1/realtime", {"headers": {"Authorization": "Bearer k"}}),
-        ("/v1/realtime?api_key=k", {}),
-        ("/v1/realtime", {"subprotocols": ["realtime", "openai-insecure-api-key.k"]}),
+        ("/v1/realtime", {"headers": {"Authorization": f"Bearer {TEST_KEY}"}}),
+        (f"/v1/realtime?api_key={TEST_KEY}", {}),
+        ("/v1/realtime", {"subprotocols": ["realtime", f"openai-insecure-api-key.{TEST_KEY}"]}),
     ],
     ids=["bearer", "query", "subprotocol"],
 )
@@ -616,9 +617,9 @@ async def sdk_events_until(connection: Any, kind: str) -> list[Any]:
 async def test_official_sdk_against_a_real_server(fake: FakeBackbone, speak) -> None:
     speech = speak("Hello there, how are you today?")
     samples = np.concatenate([np.zeros(4800, np.float32), speech, np.zeros(16000, np.float32)])
-    app = app_for(fake, api_key=SecretStr("k"), realtime={"max_event_bytes": 4 << 20})
+    app = app_for(fake, api_key=SecretStr(TEST_KEY), realtime={"max_event_bytes": 4 << 20})
     async with serving(app) as port:
-        client = AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="k")
+        client = AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=TEST_KEY)
         async with client, client.realtime.connect(model="voxgate-fake") as connection:
             created = (await sdk_events_until(connection, "session.created"))[-1]
             assert created.session.model == "voxgate-fake"
@@ -671,7 +672,7 @@ async def test_official_sdk_against_a_real_server(fake: FakeBackbone, speak) -> 
 
 
 async def test_real_server_refuses_a_missing_key(fake: FakeBackbone) -> None:
-    async with serving(app_for(fake, api_key=SecretStr("k"))) as port:
+    async with serving(app_for(fake, api_key=SecretStr(TEST_KEY))) as port:
         async with websockets.connect(f"ws://127.0.0.1:{port}/v1/realtime") as ws:
             error = json.loads(await asyncio.wait_for(ws.recv(), 10))
             assert error["error"]["code"] == "invalid_api_key"

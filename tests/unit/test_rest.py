@@ -22,7 +22,7 @@ import soundfile as sf
 from fakes import VOICE, FakeBackbone, SynthesizeCall, backbone_factory
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from in_process import serving
+from in_process import TEST_HOSTS, TEST_KEY, serving
 from openai import AsyncOpenAI, BadRequestError, NotFoundError
 from openai.types.audio import Transcription, TranscriptionVerbose
 from openai.types.audio.transcription_stream_event import TranscriptionStreamEvent
@@ -46,6 +46,7 @@ def settings(**overrides: Any) -> Settings:
     return Settings(
         home=default_home(),
         fetch_missing_models=False,
+        allowed_hosts=TEST_HOSTS,
         rest=RestSettings(**rest),
         **({"api_key": None} | overrides),
     )
@@ -271,7 +272,7 @@ def test_a_backbone_failure_is_a_500_or_an_error_event(fake, hello_wav) -> None:
         ({"temperature": "nan"}, "invalid_value", "temperature"),
         ({"temperature": "warm"}, "invalid_type", "temperature"),
         ({"language": "English"}, "invalid_value", "language"),
-        ({"prompt": "x" * 2001}, "invalid_value", "prompt"),
+        ({"prompt": "x" * 2001}, "string_above_max_length", "prompt"),
         (
             {"timestamp_granularities[]": ["char"]},
             "invalid_value",
@@ -564,11 +565,11 @@ def test_voices(client) -> None:
 
 
 def test_the_api_key_is_required_when_configured(fake, hello_wav) -> None:
-    with TestClient(app_for(fake, api_key=SecretStr("k"))) as client:
+    with TestClient(app_for(fake, api_key=SecretStr(TEST_KEY))) as client:
         assert_error(transcribe(client, hello_wav), 401, "invalid_api_key")
         assert_error(speech(client), 401, "invalid_api_key")
         assert_error(client.get("/v1/audio/voices"), 401, "invalid_api_key")
-        client.headers["authorization"] = "Bearer k"
+        client.headers["authorization"] = f"Bearer {TEST_KEY}"
         assert transcribe(client, hello_wav).status_code == 200
         assert speech(client).status_code == 200
         assert client.get("/v1/audio/voices").status_code == 200
@@ -577,7 +578,7 @@ def test_the_api_key_is_required_when_configured(fake, hello_wav) -> None:
 def test_an_unhealthy_backbone_is_503_with_retry_after(client, fake, hello_wav) -> None:
     fake.is_healthy = False
     for response in (transcribe(client, hello_wav), speech(client)):
-        assert_error(response, 503, "backbone_unavailable")
+        assert_error(response, 503, "engine_unavailable")
         assert response.headers["retry-after"] == "2"
     assert fake.transcribe_calls == [] and fake.synthesize_calls == []
 
@@ -596,7 +597,9 @@ async def test_over_capacity_is_429_with_retry_after(fake, hello_wav) -> None:
     files = {"file": ("a.wav", hello_wav)}
     async with (
         app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as client,
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app), base_url="http://testserver"
+        ) as client,
     ):
         post = client.post("/v1/audio/transcriptions", data={"model": "whisper-1"}, files=files)
         held = asyncio.create_task(post)
@@ -689,8 +692,8 @@ async def test_a_long_transcription_stops_when_its_client_leaves(fake, hello) ->
 
 
 async def test_the_official_sdk(fake, hello_wav) -> None:
-    async with serving(app_for(fake, api_key=SecretStr("k"))) as port:
-        client = AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="k")
+    async with serving(app_for(fake, api_key=SecretStr(TEST_KEY))) as port:
+        client = AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=TEST_KEY)
         async with client:
             text = await client.audio.transcriptions.create(
                 file=("hello.wav", hello_wav), model="whisper-1"
