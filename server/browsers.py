@@ -8,8 +8,10 @@ request and WebSocket handshake, before anything else runs:
 - `Host` must be one of `Settings.effective_allowed_hosts()`. On a loopback address that is
   only loopback names: a rebinding attack (evil.example resolving to 127.0.0.1) arrives with
   `Host: evil.example` and is refused, as Jupyter and Ollama refuse it.
-- `Origin`, when present, must be this server's own origin (the one the `Host` names) or one
-  of `allowed_origins` (Ollama's `OLLAMA_ORIGINS`, here `VOXGATE_ALLOWED_ORIGINS`). Requests
+- `Origin`, when present, must be this server's own origin (an http(s) origin whose host and
+  port are the ones the `Host` names; the scheme is not compared, as Jupyter does not, since
+  behind a TLS proxy the page is https and this server plain http) or one of
+  `allowed_origins` (Ollama's `OLLAMA_ORIGINS`, here `VOXGATE_ALLOWED_ORIGINS`). Requests
   without an `Origin` come from programs, not pages, and pass (the API key is their gate).
   The literal `null` origin (sandboxed frames, `file:` pages) is foreign unless listed.
 

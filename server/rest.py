@@ -50,7 +50,7 @@ from voxgate.model.types import (
     Segment,
     UnknownVoiceError,
 )
-from voxgate.server import auth, json_input, metrics
+from voxgate.server import json_input, metrics
 from voxgate.server.audio_files import (
     AudioFileError,
     EmptyAudio,
@@ -60,6 +60,7 @@ from voxgate.server.audio_files import (
 )
 from voxgate.server.engine_watch import MESSAGE as ENGINE_DEAD
 from voxgate.server.errors import RestError, rest_validation_error
+from voxgate.server.routes import require_key
 from voxgate.server.transcripts import (
     TimedSegment,
     Transcript,
@@ -330,10 +331,8 @@ class _ReleasingStream(StreamingResponse):
 
 
 def _authorised(request: Request) -> Services:
-    services: Services = request.app.state.services
-    if not auth.is_authorised(request, services.settings.api_key):
-        raise RestError(401, "invalid_api_key", "missing or wrong API key")
-    return services
+    require_key(request)
+    return request.app.state.services
 
 
 async def _serve(

@@ -26,15 +26,22 @@ router = APIRouter()
 _STARTED = int(time.time())
 
 
-def require_key(request: Request, *, metrics: bool = False) -> None:
-    """Raise 401 unless the request presents what this route needs (see the module doc)."""
+def require_key(request: Request) -> None:
+    """Raise 401 unless the request presents the API key or a client secret (or the server
+    has no key)."""
+    if not auth.is_authorised(request, request.app.state.services.settings.api_key):
+        raise RestError(401, "invalid_api_key", "missing or wrong API key")
+
+
+def require_metrics_key(request: Request) -> None:
+    """Raise 401 unless the request presents the API key or `metrics_key` (a page's client
+    secret does not read the server's metrics)."""
     settings = request.app.state.services.settings
-    if auth.is_authorised(request, settings.api_key):
+    if settings.api_key is None:
         return
-    if metrics and settings.metrics_key is not None:
-        if auth.presents_api_key(request, settings.metrics_key.get_secret_value()):
-            return
-    raise RestError(401, "invalid_api_key", "missing or wrong API key")
+    keys = [k.get_secret_value() for k in (settings.api_key, settings.metrics_key) if k]
+    if not any(auth.presents_api_key(request, key) for key in keys):
+        raise RestError(401, "invalid_api_key", "missing or wrong API key")
 
 
 @router.get("/health")
@@ -85,7 +92,7 @@ async def models(request: Request) -> dict[str, object]:
 @router.get("/metrics")
 async def metrics(request: Request) -> Response:
     """Prometheus metrics: voxgate's own and the engine's (`vllm:*`), one registry."""
-    require_key(request, metrics=True)
+    require_metrics_key(request)
     return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
 

@@ -1,15 +1,29 @@
-"""`voxgate serve` over the fake backbone, for tests that need a real server process (signals).
+"""`voxgate serve` over the fake backbone, for tests that need a real server process (signals,
+exit status, its log).
 
     VOXGATE_PORT=8123 VOXGATE_HOME=... python tests/fake_server.py
 
 Answers are 40 words, one every 50 ms (`FAKE_REPLY_WORDS`, `FAKE_CHUNK_DELAY_S` override), so a
-test has time to do something while one is being spoken.
+test has time to do something while one is being spoken. SIGUSR1 makes the fake's engine die
+(`is_healthy` turns False), as a killed EngineCore does to the real one.
+
+`launch(tmp_path, env)` runs it for a test, on a free port, until the block ends.
 """
 
 from __future__ import annotations
 
 import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 
+import httpx
 from fakes import FakeBackbone, backbone_factory
 
 from voxgate.server import logs
@@ -17,16 +31,80 @@ from voxgate.server.app import create_app
 from voxgate.server.draining import serve
 from voxgate.server.settings import Settings
 
+START_TIMEOUT_S = 40
 
-def main() -> None:
+
+def main() -> int:
     settings = Settings(fetch_missing_models=False)
-    logs.configure(settings.log_level, settings.log_format)
+    keys = [k.get_secret_value() for k in (settings.api_key, settings.metrics_key) if k]
+    logs.configure(settings.log_level, settings.log_format, secrets=keys)
     fake = FakeBackbone(
         reply=["word "] * int(os.environ.get("FAKE_REPLY_WORDS", "40")),
         chunk_delay_s=float(os.environ.get("FAKE_CHUNK_DELAY_S", "0.05")),
     )
-    serve(create_app(settings, backbone_factory=backbone_factory(fake)), settings)
+
+    def engine_dies(signum: int, frame: object) -> None:
+        fake.is_healthy = False
+
+    signal.signal(signal.SIGUSR1, engine_dies)
+    return serve(create_app(settings, backbone_factory=backbone_factory(fake)), settings)
+
+
+@dataclass(frozen=True)
+class FakeServer:
+    proc: subprocess.Popen
+    port: int
+    log_path: Path
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/v1/realtime"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def launch(tmp_path: Path, env: dict[str, str]) -> Iterator[FakeServer]:
+    """This script as a server process with `env` added (and no VOXGATE_API_KEY unless `env`
+    sets one), ready to serve; killed at the end of the block if still running."""
+    port = _free_port()
+    log_path = tmp_path / "server.log"
+    full = {**os.environ, "VOXGATE_PORT": str(port)}
+    full.pop("VOXGATE_API_KEY", None)
+    full.update(env)
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, __file__],
+            env=full,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            assert proc.poll() is None, log_path.read_text()
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.2)  # a process we do not control: nothing to wait on but its port
+        yield FakeServer(proc, port, log_path)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -123,6 +123,8 @@ class FakeBackbone:
         self.chunk_delay_s = chunk_delay_s
         self.finish_reason: Literal["stop", "length"] = finish_reason
         self.fail_after = fail_after
+        self.failure: Exception = BackboneError("the fake backbone failed on purpose")
+        """What `respond` raises after `fail_after` pieces."""
         self.transcribe_gate: asyncio.Event | None = None
         self.synthesize_gate: asyncio.Event | None = None
         self.synth_chunks = 3
@@ -242,7 +244,7 @@ class FakeBackbone:
             return
         for i, piece in enumerate(self.reply):
             if self.fail_after is not None and i == self.fail_after:
-                raise BackboneError("the fake backbone failed on purpose")
+                raise self.failure
             yield TextDelta(piece)
             if call.options.audio:
                 yield AudioChunk(tone(), VOICE.sample_rate)
@@ -263,7 +265,7 @@ class FakeBackbone:
                 call.yielded.append(output)
                 yield output
             call.outcome = "finished"
-        except BackboneError:
+        except Exception:
             call.outcome = "failed"
             raise
         except asyncio.CancelledError:

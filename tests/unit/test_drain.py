@@ -6,16 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import socket
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import fake_server
 import httpx
 import numpy as np
 import pytest
@@ -43,8 +40,6 @@ from voxgate.streaming.events import (
 )
 
 pytestmark = pytest.mark.timeout(60)
-
-TESTS = Path(__file__).parents[1]
 
 
 def app_for(fake: FakeBackbone, **overrides: Any):
@@ -223,49 +218,16 @@ def test_turn_activity() -> None:
 # --- SIGTERM to a real server ----------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def server_process(tmp_path: Path) -> Iterator[tuple[subprocess.Popen, int, Path]]:
-    port = _free_port()
-    log_path = tmp_path / "server.log"
     env = {
-        **os.environ,
-        "VOXGATE_PORT": str(port),
         "VOXGATE_LOG_FORMAT": "json",
         "VOXGATE_DRAIN_DEADLINE_S": "20",
         "FAKE_REPLY_WORDS": "30",
         "FAKE_CHUNK_DELAY_S": "0.05",
     }
-    env.pop("VOXGATE_API_KEY", None)
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, str(TESTS / "fake_server.py")],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        deadline = time.monotonic() + 40
-        while True:
-            assert proc.poll() is None, log_path.read_text()
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, log_path.read_text()
-            time.sleep(0.2)  # a process we do not control: nothing to wait on but its port
-        yield proc, port, log_path
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    with fake_server.launch(tmp_path, env) as server:
+        yield server.proc, server.port, server.log_path
 
 
 async def test_sigterm_finishes_the_answer_then_closes_with_1001(server_process) -> None:
