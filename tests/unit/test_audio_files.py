@@ -233,3 +233,52 @@ def test_a_change_of_rate_mid_stream_keeps_the_audio() -> None:
     data += encoder.encode(AudioChunk(tone(0.5, 16_000), 16_000))
     data += encoder.finish()
     assert abs(len(data) / 2 / OUTPUT_SAMPLE_RATE - 1.0) < 0.01
+
+
+def test_many_channels_are_refused_before_decoding() -> None:
+    data = soundfile_file(tone(0.2, 16_000), 16_000, "WAV", channels=16)
+    with pytest.raises(UnsupportedFormat, match="16 channels"):
+        decode_upload(io.BytesIO(data), max_seconds=60)
+
+
+def test_more_channels_may_last_less() -> None:
+    """The duration limit is for stereo: decoding cost grows with channels, so 4 channels may
+    last half as long (and stereo the whole limit)."""
+    stereo = soundfile_file(tone(1.8, 16_000), 16_000, "WAV", channels=2)
+    assert len(decode_upload(io.BytesIO(stereo), max_seconds=2)) == round(1.8 * 16_000)
+    quad = soundfile_file(tone(1.5, 16_000), 16_000, "WAV", channels=4)
+    with pytest.raises(AudioTooLong, match="4 channels"):
+        decode_upload(io.BytesIO(quad), max_seconds=2)
+
+
+def test_a_very_high_sample_rate_is_refused() -> None:
+    data = soundfile_file(tone(0.1, 384_000), 384_000, "WAV")
+    with pytest.raises(UnsupportedFormat, match="sample rate"):
+        decode_upload(io.BytesIO(data), max_seconds=60)
+
+
+@pytest.mark.parametrize(
+    "head",
+    [b"MThd\x00\x00\x00\x06", b"#!AMR\n", b"caff\x00\x01"],
+    ids=["midi", "amr", "caf"],
+)
+def test_formats_ffmpeg_knows_but_this_server_does_not_take(head: bytes) -> None:
+    with pytest.raises(UnsupportedFormat):
+        decode_upload(io.BytesIO(head + bytes(2048)), max_seconds=60)
+
+
+def test_only_the_sniffed_demuxer_opens_the_file(monkeypatch) -> None:
+    """FFmpeg is told which demuxer to use: it never probes the upload against every format."""
+    opened: list[str | None] = []
+    real_open = av.open
+
+    def spy(file, *args, **kwargs):
+        opened.append(kwargs.get("format"))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(av, "open", spy)
+    flac = soundfile_file(tone(0.2, 16_000), 16_000, "FLAC")
+    decode_upload(io.BytesIO(flac), max_seconds=60)
+    with pytest.raises(UndecodableAudio):
+        decode_upload(io.BytesIO(b"not audio" * 100), max_seconds=60)
+    assert opened == ["flac"]

@@ -29,7 +29,14 @@ from openai.types.audio.transcription_stream_event import TranscriptionStreamEve
 from pydantic import SecretStr
 
 from voxgate.model.artifacts import default_home
-from voxgate.model.types import INPUT_SAMPLE_RATE, AudioChunk, BackboneError
+from voxgate.model.types import (
+    INPUT_SAMPLE_RATE,
+    AudioChunk,
+    BackboneError,
+    ContextBudgetExceeded,
+    EngineUnavailable,
+    RequestRejected,
+)
 from voxgate.server.app import create_app
 from voxgate.server.audio_files import OUTPUT_SAMPLE_RATE, decode_upload
 from voxgate.server.settings import RestSettings, Settings
@@ -482,6 +489,46 @@ def test_a_synthesis_failure_mid_stream_is_an_error_event(fake) -> None:
     events = sse_events(text)
     assert events[0]["type"] == "speech.audio.delta"
     assert events[-1]["type"] == "error" and events[-1]["error"]["code"] == "backbone_error"
+
+
+@pytest.mark.parametrize(
+    ("failure", "status", "code"),
+    [
+        (EngineUnavailable("the engine died"), 503, "engine_unavailable"),
+        (RequestRejected("the engine refused it"), 400, "invalid_request"),
+        (ContextBudgetExceeded("too long"), 400, "context_length_exceeded"),
+        (RuntimeError("a bug, not a backbone error"), 500, "server_error"),
+    ],
+    ids=["engine-dead", "rejected", "context", "bug"],
+)
+def test_every_failure_has_its_code_on_rest_and_in_sse(
+    hello_wav, failure: Exception, status: int, code: str
+) -> None:
+    """Whatever fails, the client gets OpenAI's error shape with a stable code: as the HTTP
+    answer before any output, as the last SSE event after it."""
+
+    class Failing(FakeBackbone):
+        async def transcribe(self, *args: Any, **kwargs: Any) -> Any:
+            raise failure
+
+        async def synthesize(self, text: str, **kwargs: Any) -> AsyncIterator[AudioChunk]:
+            async for chunk in super().synthesize(text, **kwargs):
+                yield chunk
+            if len(self.synthesize_calls) > 1:
+                raise failure
+
+    with TestClient(app_for(Failing()), raise_server_exceptions=False) as client:
+        error = assert_error(transcribe(client, hello_wav), status, code)
+        assert error["type"] == ("server_error" if status >= 500 else "invalid_request_error")
+        if status == 503:
+            assert transcribe(client, hello_wav).headers["retry-after"] == "2"
+        events = sse_events(transcribe(client, hello_wav, stream="true").text)
+        assert [e["error"]["code"] for e in events] == [code]
+        events = sse_events(
+            speech(client, input="One. Two.", response_format="pcm", stream_format="sse").text
+        )
+        assert events[0]["type"] == "speech.audio.delta"
+        assert events[-1]["type"] == "error" and events[-1]["error"]["code"] == code
 
 
 # --- speech: bad input ------------------------------------------------------------------------

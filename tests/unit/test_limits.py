@@ -1,0 +1,426 @@
+"""Every limit is refused up front with its own error, and the session stays usable: field and
+conversation caps, instructions in tokens, tools, out-of-band responses, idle and old sessions,
+client secrets, deep JSON, slow REST bodies, and failures inside the server. Over the fake
+backbone (the real engine's tokenizer is checked in tests/integration/test_limits_engine.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http.server
+import json
+import threading
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import httpx
+import pytest
+from fakes import FakeBackbone, backbone_factory
+from fastapi.testclient import TestClient
+from in_process import TEST_HOSTS, TEST_KEY
+from pydantic import SecretStr
+from realtime_wire import answers, next_error, receive, receive_until, session_update, text_item
+from starlette.testclient import WebSocketTestSession
+from starlette.websockets import WebSocketDisconnect
+
+from voxgate.model import tools
+from voxgate.model.artifacts import default_home
+from voxgate.model.types import ToolSpec
+from voxgate.server import outgoing
+from voxgate.server.app import create_app
+from voxgate.server.settings import (
+    ClientSecretSettings,
+    RealtimeSettings,
+    RestSettings,
+    Settings,
+)
+from voxgate.streaming.config import SessionConfig, SessionLimits
+from voxgate.streaming.events import ErrorReported
+from voxgate.streaming.session import RealtimeSession
+
+pytestmark = pytest.mark.timeout(60)
+
+LIMITS = SessionLimits(
+    max_instructions_chars=200,
+    max_item_chars=100,
+    max_conversation_chars=1024,
+    max_tools=3,
+    max_tool_schema_bytes=300,
+)
+
+
+def app_for(fake: FakeBackbone, *, realtime: dict[str, Any] | None = None, **overrides: Any):
+    settings = Settings(
+        home=default_home(),
+        fetch_missing_models=False,
+        allowed_hosts=TEST_HOSTS,
+        realtime=RealtimeSettings(**({"session": LIMITS} | (realtime or {}))),
+        **({"api_key": None} | overrides),
+    )
+    return create_app(settings, backbone_factory=backbone_factory(fake))
+
+
+@pytest.fixture
+def fake() -> FakeBackbone:
+    return FakeBackbone()
+
+
+@pytest.fixture
+def client(fake: FakeBackbone) -> Iterator[TestClient]:
+    with TestClient(app_for(fake)) as client:
+        yield client
+
+
+@pytest.fixture
+def ws(client: TestClient) -> Iterator[WebSocketTestSession]:
+    with client.websocket_connect("/v1/realtime") as ws:
+        assert receive(ws)["type"] == "session.created"
+        yield ws
+
+
+def refused(ws: WebSocketTestSession, event: dict[str, Any]) -> dict[str, Any]:
+    """Send `event`; return its error (carrying its event_id); the session still answers."""
+    ws.send_json(event | {"event_id": "evt_limit"})
+    error = next_error(ws)
+    assert error["event_id"] == "evt_limit", error
+    answers(ws)
+    return error
+
+
+def function_tool(name: str = "f", parameters: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"type": "function", "name": name, "parameters": parameters or {"type": "object"}}
+
+
+# --- caps on what a client hands over ---------------------------------------------------------
+
+
+def test_long_instructions_are_refused_by_characters(ws, fake) -> None:
+    error = refused(ws, session_update(instructions="x" * 201))
+    assert (error["code"], error["param"]) == ("string_above_max_length", "session.instructions")
+    error = refused(ws, {"type": "response.create", "response": {"instructions": "x" * 201}})
+    assert (error["code"], error["param"]) == ("string_above_max_length", "response.instructions")
+    assert all(c.options.instructions != "x" * 201 for c in fake.respond_calls)
+
+
+def test_instructions_that_leave_no_room_are_refused_when_set(ws, fake) -> None:
+    fake.context_tokens = 300  # one "token" per character in the fake
+    error = refused(ws, session_update(instructions="x" * 150, max_output_tokens=200))
+    assert (error["code"], error["param"]) == ("context_length_exceeded", "session.instructions")
+    ws.send_json(session_update(instructions="x" * 150, max_output_tokens=100))
+    assert receive_until(ws, "session.updated")[-1]["session"]["max_output_tokens"] == 100
+    # A response that asks for a longer answer than fits beside them is refused too.
+    error = refused(ws, {"type": "response.create", "response": {"max_output_tokens": 200}})
+    assert error["code"] == "context_length_exceeded"
+
+
+def test_long_items_and_large_conversations_are_refused(ws, fake) -> None:
+    error = refused(ws, text_item("y" * 101))
+    assert (error["code"], error["param"]) == ("string_above_max_length", "item.text")
+    call = {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{" * 101}
+    error = refused(ws, {"type": "conversation.item.create", "item": call})
+    assert error["param"] == "item.arguments"
+    # Items of 90 characters until the conversation's 1024 are full.
+    added: list[str] = []
+    for _ in range(20):
+        ws.send_json(text_item("z" * 90))
+        event = receive(ws)
+        while event["type"] not in ("conversation.item.done", "error"):
+            event = receive(ws)
+        if event["type"] == "error":
+            assert event["error"]["code"] == "conversation_too_large"
+            break
+        added.append(event["item"]["id"])
+    else:
+        raise AssertionError("the conversation grew past its limit")
+    assert 5 <= len(added) <= 11
+    # Deleting items makes room again.
+    ws.send_json({"type": "conversation.item.delete", "item_id": added[0]})
+    receive_until(ws, "conversation.item.deleted")
+    ws.send_json(text_item("z" * 90))
+    assert receive_until(ws, "conversation.item.done")[-1]["item"]["content"][0]["text"]
+    assert fake.respond_calls and all(
+        all(len(t.text) <= 100 for t in c.conversation) for c in fake.respond_calls
+    )
+
+
+def test_tools_are_bounded_in_number_size_and_reach(ws) -> None:
+    four = [function_tool(f"f{i}") for i in range(4)]
+    error = refused(ws, session_update(tools=four))
+    assert (error["code"], error["param"]) == ("array_above_max_length", "session.tools")
+    big = function_tool(parameters={"type": "object", "description": "d" * 400})
+    error = refused(ws, session_update(tools=[big]))
+    assert (error["code"], error["param"]) == (
+        "string_above_max_length",
+        "session.tools[0].parameters",
+    )
+    remote = function_tool(parameters={"$ref": "http://169.254.169.254/latest/meta-data"})
+    error = refused(ws, {"type": "response.create", "response": {"tools": [remote]}})
+    assert (error["code"], error["param"]) == ("invalid_value", "response.tools[0].parameters")
+    assert "refers outside itself" in error["message"]
+    local = function_tool(
+        parameters={
+            "type": "object",
+            "$defs": {"n": {"type": "integer"}},
+            "properties": {"n": {"$ref": "#/$defs/n"}},
+        }
+    )
+    ws.send_json(session_update(tools=[local]))
+    assert receive_until(ws, "session.updated")[-1]["session"]["tools"][0]["name"] == "f"
+
+
+def test_checking_arguments_never_fetches_a_reference() -> None:
+    """Even a schema that got past the session check resolves nothing remote."""
+    hits: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            hits.append(self.path)
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b'{"type": "integer"}')
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/schema.json"
+        tool = ToolSpec("f", "", {"type": "object", "properties": {"n": {"$ref": url}}})
+        with pytest.raises(ValueError, match="do not match"):
+            tools.parse_decision('{"call": "f", "arguments": {"n": 3}}', [tool])
+    finally:
+        server.shutdown()
+    assert hits == []
+
+
+def test_metadata_is_bounded_as_at_openai(ws) -> None:
+    many = {f"k{i}": "v" for i in range(17)}
+    error = refused(ws, {"type": "response.create", "response": {"metadata": many}})
+    assert (error["code"], error["param"]) == ("array_above_max_length", "response.metadata")
+    long = {"k": "v" * 513}
+    error = refused(ws, {"type": "response.create", "response": {"metadata": long}})
+    assert error["code"] == "string_above_max_length"
+
+
+@pytest.mark.parametrize("depth", [65, 5000])
+def test_deeply_nested_json_is_invalid_json(ws, depth: int) -> None:
+    nested = "[" * depth + "]" * depth
+    ws.send_text(f'{{"type":"session.update","event_id":"e","session":{nested}}}')
+    assert next_error(ws)["code"] == "invalid_json"
+    answers(ws)
+
+
+def test_deeply_nested_rest_bodies_are_invalid_json(client) -> None:
+    nested = "[" * 5000 + "]" * 5000
+    for path in ("/v1/audio/speech", "/v1/realtime/client_secrets"):
+        response = client.post(path, content=nested, headers={"Content-Type": "application/json"})
+        assert response.status_code == 400, response.text
+        assert response.json()["error"]["code"] == "invalid_json"
+
+
+# --- out-of-band responses --------------------------------------------------------------------
+
+
+def out_of_band(event_id: str) -> dict[str, Any]:
+    return {
+        "type": "response.create",
+        "event_id": event_id,
+        "response": {"conversation": "none", "output_modalities": ["text"]},
+    }
+
+
+def test_out_of_band_responses_are_capped_and_cancellable_by_id() -> None:
+    fake = FakeBackbone(reply=["word "] * 200, chunk_delay_s=0.05)
+    with TestClient(app_for(fake)) as client, client.websocket_connect("/v1/realtime") as ws:
+        receive(ws)
+        ws.send_json(out_of_band("a"))
+        ws.send_json(out_of_band("b"))
+        ws.send_json(out_of_band("c"))
+        created, error = [], None
+        while error is None or len(created) < 2:
+            event = receive(ws)
+            if event["type"] == "response.created":
+                created.append(event["response"]["id"])
+            elif event["type"] == "error":
+                error = event["error"]
+        assert (error["code"], error["event_id"]) == ("response_limit_reached", "c")
+        for response_id in created:
+            ws.send_json({"type": "response.cancel", "response_id": response_id})
+        done = {}
+        while len(done) < 2:
+            event = receive(ws)
+            if event["type"] == "response.done":
+                done[event["response"]["id"]] = event["response"]["status"]
+        assert done == dict.fromkeys(created, "cancelled")
+        assert client.app.state.services.out_of_band_responses.active == 0
+        ws.send_json(out_of_band("d"))  # room again
+        assert receive_until(ws, "response.created")[-1]["type"] == "response.created"
+
+
+def test_out_of_band_responses_are_capped_over_the_server() -> None:
+    fake = FakeBackbone(reply=["word "] * 200, chunk_delay_s=0.05)
+    app = app_for(fake, realtime={"max_out_of_band_responses": 1})
+    with (
+        TestClient(app) as client,
+        client.websocket_connect("/v1/realtime") as one,
+        client.websocket_connect("/v1/realtime") as two,
+    ):
+        receive(one), receive(two)
+        one.send_json(out_of_band("a"))
+        receive_until(one, "response.created")
+        two.send_json(out_of_band("b"))
+        assert next_error(two)["code"] == "response_limit_reached"
+
+
+# --- idle, old, and per-secret sessions -------------------------------------------------------
+
+
+def closed_with(ws: WebSocketTestSession, code: str, close_code: int) -> None:
+    assert next_error(ws)["code"] == code
+    with pytest.raises(WebSocketDisconnect) as closed:
+        while True:
+            ws.receive_json()
+    assert closed.value.code == close_code
+
+
+def test_an_idle_session_is_closed(fake) -> None:
+    app = app_for(fake, realtime={"idle_timeout_s": 0.3})
+    with TestClient(app) as client, client.websocket_connect("/v1/realtime") as ws:
+        receive(ws)
+        closed_with(ws, "idle_timeout", 1000)
+    assert app.state.services.sessions.active == 0
+
+
+def test_an_answer_under_way_is_not_idleness() -> None:
+    fake = FakeBackbone(reply=["word "] * 20, chunk_delay_s=0.05)  # a one second answer
+    app = app_for(fake, realtime={"idle_timeout_s": 0.3})
+    with TestClient(app) as client, client.websocket_connect("/v1/realtime") as ws:
+        receive(ws)
+        ws.send_json(text_item("talk for a while"))
+        ws.send_json({"type": "response.create"})
+        events = receive_until(ws, "response.done")
+        assert events[-1]["response"]["status"] == "completed"
+        assert "error" not in [e["type"] for e in events]
+        closed_with(ws, "idle_timeout", 1000)
+
+
+def test_a_session_ends_at_its_maximum_age(fake) -> None:
+    app = app_for(fake, realtime={"max_session_s": 0.5})
+    with TestClient(app) as client, client.websocket_connect("/v1/realtime") as ws:
+        receive(ws)
+        answers(ws)  # busy or not, the age counts
+        closed_with(ws, "session_expired", 1000)
+
+
+def test_a_client_secret_opens_a_bounded_number_of_sessions(fake) -> None:
+    app = app_for(
+        fake,
+        api_key=SecretStr(TEST_KEY),
+        client_secrets=ClientSecretSettings(max_sessions_per_secret=1),
+    )
+    with TestClient(app) as client:
+        minted = client.post(
+            "/v1/realtime/client_secrets", headers={"Authorization": f"Bearer {TEST_KEY}"}
+        )
+        headers = {"Authorization": f"Bearer {minted.json()['value']}"}
+        with client.websocket_connect("/v1/realtime", headers=headers) as first:
+            assert receive(first)["type"] == "session.created"
+            with client.websocket_connect("/v1/realtime", headers=headers) as second:
+                closed_with(second, "session_limit_reached", 1013)
+        with client.websocket_connect("/v1/realtime", headers=headers) as again:
+            assert receive(again)["type"] == "session.created"
+
+
+# --- REST bodies ------------------------------------------------------------------------------
+
+
+async def trickle(stop: asyncio.Event) -> AsyncIterator[bytes]:
+    yield b'{"model": "tts-1", '
+    await stop.wait()
+    yield b'"voice": "joe", "input": "Hi."}'
+
+
+async def test_a_slow_body_times_out_without_holding_a_slot(fake) -> None:
+    app = app_for(fake, rest=RestSettings(max_concurrent_requests=1, body_timeout_s=1.0))
+    stop = asyncio.Event()
+    body = {"model": "tts-1", "voice": "joe", "input": "Hi."}
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://testserver") as c,
+    ):
+        slow = asyncio.create_task(c.post("/v1/audio/speech", content=trickle(stop)))
+        # While the slow body trickles in, the one worker slot stays free for others.
+        fast = await c.post("/v1/audio/speech", json=body)
+        assert fast.status_code == 200
+        response = await slow
+        stop.set()
+    assert response.status_code == 408
+    assert response.json()["error"]["code"] == "request_timeout"
+    assert len(fake.synthesize_calls) == 1
+
+
+async def test_bodies_being_received_are_bounded(fake) -> None:
+    app = app_for(fake, rest=RestSettings(max_pending_bodies=1, body_timeout_s=5.0))
+    stop = asyncio.Event()
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://testserver") as c,
+    ):
+        reading = asyncio.Event()
+
+        async def body() -> AsyncIterator[bytes]:
+            reading.set()  # the server has started to read the slow body
+            async for chunk in trickle(stop):
+                yield chunk
+
+        slow = asyncio.create_task(c.post("/v1/audio/speech", content=body()))
+        await reading.wait()
+        busy = await c.post("/v1/audio/speech", json={"model": "tts-1"})
+        stop.set()
+        assert (await slow).status_code == 200
+    assert busy.status_code == 429
+    assert busy.json()["error"]["code"] == "rate_limited"
+
+
+# --- failures inside the server ---------------------------------------------------------------
+
+
+async def test_a_failed_session_task_is_reported() -> None:
+    session = RealtimeSession(
+        FakeBackbone(),
+        lambda: pytest.fail("no VAD needed"),
+        SessionConfig(instructions="", voice="joe", turn_detection=None),
+        SessionLimits(),
+    )
+
+    async def broken() -> None:
+        raise RuntimeError("a bug")
+
+    await asyncio.wait([session._spawn(broken())])
+    event = session.events.get_nowait()
+    assert isinstance(event, ErrorReported) and event.code == "server_error"
+    await session.close()
+
+
+def test_a_failure_of_the_connection_ends_it_with_an_error_and_1011(monkeypatch, ws) -> None:
+    wire_events = outgoing.Outgoing.wire_events
+
+    def broken(self: outgoing.Outgoing, event: Any) -> list[dict[str, Any]]:
+        if type(event).__name__ == "ResponseStarted":
+            raise RuntimeError("a bug in the writer")
+        return wire_events(self, event)
+
+    monkeypatch.setattr(outgoing.Outgoing, "wire_events", broken)
+    ws.send_json(text_item("hello"))
+    ws.send_json({"type": "response.create"})
+    closed_with(ws, "server_error", 1011)
+
+
+def test_a_message_too_large_is_refused_and_the_session_goes_on(fake) -> None:
+    app = app_for(fake, realtime={"max_event_bytes": 2048})
+    with TestClient(app) as client, client.websocket_connect("/v1/realtime") as ws:
+        receive(ws)
+        ws.send_text(json.dumps(session_update(instructions="x" * 4000)))
+        assert next_error(ws)["code"] == "message_too_large"
+        answers(ws)
