@@ -4,7 +4,7 @@
 # Build (from the repository root):  docker build -t voxgate:gpu .
 # Run (NVIDIA container toolkit; the weights in a host folder, mounted read-only):
 #   docker run --gpus all -p 8000:8000 -v /srv/models:/models:ro \
-#     -e VOXGATE_API_KEY=... voxgate:gpu
+#     -e VOXGATE_API_KEY=<16+ characters> voxgate:gpu
 #
 # The speech model is never baked in nor downloaded: voxgate does not contact a model hub. Put
 # Step-Audio-2-mini (with token2wav/ and voices/, see README) in the mounted folder, or point

@@ -177,13 +177,14 @@ class ServerWatch:
 class EngineWatch:
     """The most requests vLLM had waiting, from the server's /metrics (polled once a second)."""
 
-    def __init__(self, base_url: str) -> None:
+    def __init__(self, base_url: str, api_key: str | None) -> None:
         self._url = f"{base_url}/metrics"
+        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.max_waiting = 0.0
         self.max_running = 0.0
 
     async def run(self) -> None:
-        async with httpx.AsyncClient(timeout=5) as http:
+        async with httpx.AsyncClient(timeout=5, headers=self._headers) as http:
             while True:
                 with contextlib.suppress(httpx.HTTPError):
                     for line in (await http.get(self._url)).text.splitlines():
@@ -216,7 +217,9 @@ class Level:
 
 async def run_level(args: argparse.Namespace, clips: list[Clip], n: int, pid: int) -> Level:
     watch = ServerWatch(pid)
-    engine = EngineWatch(args.url.replace("ws://", "http://").removesuffix("/v1/realtime"))
+    engine = EngineWatch(
+        args.url.replace("ws://", "http://").removesuffix("/v1/realtime"), args.api_key
+    )
     lags: list[float] = []
     helpers = [asyncio.create_task(c) for c in (watch.run(), engine.run(), loop_lag(lags))]
     started = time.monotonic()

@@ -656,7 +656,8 @@ async def compaction(args: argparse.Namespace, clips: list[Clip]) -> Compaction:
     started = time.monotonic()
     base = args.url.replace("ws://", "http://").replace("wss://", "https://")
     base = base.removesuffix("/v1/realtime")
-    async with httpx.AsyncClient(timeout=10) as http:
+    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+    async with httpx.AsyncClient(timeout=10, headers=headers) as http:
         metrics_before = await fold_metrics(http, base)
         trials: list[Trial] = []
         alone: list[float] = []

@@ -38,6 +38,10 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+OutputTokens = Annotated[int, Field(ge=1, le=1_000_000)]
+"""An answer's length in tokens: at least 1 (the server caps it further)."""
+
+
 # --- session ------------------------------------------------------------------------------
 
 
@@ -145,7 +149,7 @@ class SessionParams(Strict):
     instructions: str | None = None
     output_modalities: list[Literal["text", "audio"]] | None = None
     audio: SessionAudioParams | None = None
-    max_output_tokens: int | Literal["inf"] | None = None
+    max_output_tokens: OutputTokens | Literal["inf"] | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: Literal["auto", "none", "required"] | FunctionChoice | dict[str, Any] | None = None
     tracing: Any = None
@@ -281,7 +285,7 @@ class ResponseParams(Strict):
     instructions: str | None = None
     output_modalities: list[Literal["text", "audio"]] | None = None
     audio: SessionAudioParams | None = None
-    max_output_tokens: int | Literal["inf"] | None = None
+    max_output_tokens: OutputTokens | Literal["inf"] | None = None
     conversation: str | None = None
     input: list[WireItem] | None = None
     metadata: dict[MetadataKey, MetadataValue] | None = Field(None, max_length=16)

@@ -33,10 +33,12 @@ class RunningServer:
     ws_url: str
     api_key: str
     log_path: Path
+    proc: subprocess.Popen
 
     def metric(self, name: str, **labels: str) -> float:
         """Sum of a Prometheus sample from /metrics over series matching `labels`."""
-        text = httpx.get(f"{self.base_url}/metrics", timeout=10).text
+        headers = {"Authorization": f"Bearer {self.api_key}"}
+        text = httpx.get(f"{self.base_url}/metrics", headers=headers, timeout=10).text
         total, found = 0.0, False
         for line in text.splitlines():
             if not line.startswith(name) or line.startswith("#"):
@@ -89,7 +91,8 @@ def launch(
     base_url = f"http://127.0.0.1:{port}"
     try:
         _wait_ready(proc, base_url, log_path)
-        yield RunningServer(base_url, f"ws://127.0.0.1:{port}/v1/realtime", API_KEY, log_path)
+        ws_url = f"ws://127.0.0.1:{port}/v1/realtime"
+        yield RunningServer(base_url, ws_url, API_KEY, log_path, proc)
     finally:
         _stop(proc)
 

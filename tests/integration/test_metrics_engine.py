@@ -158,7 +158,8 @@ def dashboard_names(prefix: str) -> set[str]:
 
 
 def exported_names(server) -> set[str]:
-    text = httpx.get(f"{server.base_url}/metrics", timeout=10).text
+    headers = {"Authorization": f"Bearer {server.api_key}"}
+    text = httpx.get(f"{server.base_url}/metrics", headers=headers, timeout=10).text
     return {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line[:1] != "#"}
 
 
