@@ -8,7 +8,9 @@ VAD ends each turn) and waiting for each whole answer. Per N it prints: turn lat
 client's and the server's), the sessions that kept real time, errors, and the server's CPU and
 resident memory summed over its process tree (the API process, vLLM's EngineCore, workers). Then
 the first N whose p95 turn latency is twice N = 1's, and how each stage grew: what saturates
-first. Figures only: it never passes or fails on time.
+first. `MB/min` is the trend of that resident memory over the level (a soak: `--clients 4
+--turns 60` holds four conversations for a long while; a leak shows as a steady slope).
+Figures only: it never passes or fails on time.
 
 A session kept real time when every turn was answered, no input append was refused
 (`input_audio_buffer_full`, or any other error event), and the answer's audio never arrived
@@ -247,6 +249,15 @@ async def run_level(args: argparse.Namespace, clips: list[Clip], n: int, pid: in
     )
 
 
+def rss_slope_mb_per_min(rss: list[int]) -> float:
+    """The trend of the server's resident memory over a level (least squares, one sample a
+    second), leaving out its first tenth (start-up of the sessions)."""
+    kept = rss[len(rss) // 10 :]
+    seconds = np.arange(len(kept), dtype=np.float64)
+    slope_bytes_per_s = np.polyfit(seconds, np.asarray(kept, dtype=np.float64), 1)[0]
+    return float(slope_bytes_per_s * 60 / 1e6)
+
+
 def p50_p95(values: list[float]) -> tuple[str, str]:
     if not values:
         return "-", "-"
@@ -257,7 +268,7 @@ def p50_p95(values: list[float]) -> tuple[str, str]:
 def report(levels: list[Level], args: argparse.Namespace) -> str:
     lines = [
         f"{'N':>3} {'turns ok':>9} {'client p50':>10}{'p95':>6} {'server p50':>10}{'p95':>6}"
-        f" {'real time':>9} {'errors':>6} {'CPU % mean':>10}{'max':>6} {'RSS GB':>7}"
+        f" {'real time':>9} {'errors':>6} {'CPU % mean':>10}{'max':>6} {'RSS GB':>7} {'MB/min':>9}"
         f" {'vLLM wait':>9} {'lag ms':>7} {'wall s':>6}",
     ]
     p95s: dict[int, float] = {}
@@ -275,10 +286,11 @@ def report(levels: list[Level], args: argparse.Namespace) -> str:
         cpu = (f"{np.mean(level.cpu):>10.0f}{max(level.cpu):>6.0f}" if level.cpu
                else f"{'-':>10}{'-':>6}")  # fmt: skip
         rss = f"{max(level.rss) / 1e9:>7.2f}" if level.rss else f"{'-':>7}"
+        slope = f"{rss_slope_mb_per_min(level.rss):>+9.1f}" if len(level.rss) > 20 else f"{'-':>9}"
         (c50, c95), (s50, s95) = p50_p95(client), p50_p95(server)
         lines.append(
             f"{level.n:>3} {len(ok):>4}/{args.turns * level.n:<4} {c50:>10}{c95:>6}"
-            f" {s50:>10}{s95:>6} {real_time:>4}/{level.n:<4} {errors:>6} {cpu} {rss}"
+            f" {s50:>10}{s95:>6} {real_time:>4}/{level.n:<4} {errors:>6} {cpu} {rss} {slope}"
             f" {level.max_waiting:>9.0f} {level.lag_ms:>7.0f} {level.wall_s:>6.0f}"
         )
     lines += ["", "server stage p50 (ms) by N:"]

@@ -37,7 +37,7 @@ def _is_union_member(part: int | str) -> bool:
         part in UNION_TAGS
         or part in ("str", "int", "float", "bool")
         or part[:1].isupper()
-        or (part.startswith(("literal[", "function-")))
+        or (part.startswith(("literal[", "function-", "constrained-")))
     )
 
 

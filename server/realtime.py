@@ -344,7 +344,7 @@ class RealtimeConnection:
     async def _dispatch(self, session: RealtimeSession, event: Any, received_at: float) -> None:
         match event:
             case InputAudioBufferAppend(audio=data):
-                audio = _b64_audio(data, "audio")
+                audio = await _decoded(data, "audio")
                 await session.append_audio(audio, received_at)
                 self._metrics.audio_received(len(audio), session.config.input_format)
             case SessionUpdate(session=params):
@@ -364,7 +364,8 @@ class RealtimeConnection:
                 await session.clear()
             case ConversationItemCreate(item=MessageItem() as wire, previous_item_id=previous):
                 item, audio = protocol.message_item(wire, new_id("item"))
-                data = _b64_audio(audio, "item.content[0].audio") if audio is not None else None
+                param = "item.content[0].audio"
+                data = await _decoded(audio, param) if audio is not None else None
                 await session.add_item(item, previous, data)
             case ConversationItemCreate(item=FunctionCallItem() as call, previous_item_id=previous):
                 await session.add_item(
@@ -460,6 +461,13 @@ def _parse_event(text: str, max_bytes: int, out: _Parsed) -> None:
     if kind not in protocol.CLIENT_EVENT_TYPES:
         raise SessionRejected("unknown_event_type", f"unknown event type {kind!r}", "type")
     out.event = protocol.CLIENT_EVENT.validate_python(raw)
+
+
+async def _decoded(data: str, param: str) -> bytes:
+    """Base64 audio decoded; megabytes of it in a worker thread."""
+    if len(data) > PARSE_IN_THREAD_BYTES:
+        return await asyncio.to_thread(_b64_audio, data, param)
+    return _b64_audio(data, param)
 
 
 def _b64_audio(data: str, param: str) -> bytes:

@@ -13,8 +13,10 @@ import threading
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import fake_server
 import httpx
 import pytest
+import websockets
 from fakes import FakeBackbone, backbone_factory
 from fastapi.testclient import TestClient
 from in_process import TEST_HOSTS, TEST_KEY
@@ -424,3 +426,22 @@ def test_a_message_too_large_is_refused_and_the_session_goes_on(fake) -> None:
         ws.send_text(json.dumps(session_update(instructions="x" * 4000)))
         assert next_error(ws)["code"] == "message_too_large"
         answers(ws)
+
+
+def test_the_transport_refuses_a_message_over_the_event_cap(tmp_path) -> None:
+    """A real `serve()` process: a message over the cap never reaches the app whole; the
+    socket closes with 1009 (message too big), and the server serves the next client."""
+
+    async def scenario(server: fake_server.FakeServer) -> int | None:
+        async with websockets.connect(server.ws_url, max_size=None) as ws:
+            await ws.recv()  # session.created
+            await ws.send(json.dumps(session_update(instructions="x" * 70_000)))
+            with pytest.raises(websockets.ConnectionClosed):
+                while True:
+                    await ws.recv()
+            return ws.close_code
+
+    env = {"VOXGATE_REALTIME__MAX_EVENT_BYTES": "65536"}
+    with fake_server.launch(tmp_path, env) as server:
+        assert asyncio.run(scenario(server)) == 1009
+        assert httpx.get(f"{server.base_url}/ready").status_code == 200
