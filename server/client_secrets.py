@@ -35,8 +35,8 @@ from fastapi import APIRouter, FastAPI, Request
 from pydantic import ConfigDict, Field, ValidationError
 
 from voxgate.model.types import BackboneError
-from voxgate.server import auth, json_input, protocol
-from voxgate.server.errors import RestError, rest_validation_error
+from voxgate.server import auth, protocol
+from voxgate.server.errors import RestError, parse_json_body
 from voxgate.server.protocol import SessionParams, Strict, Unsupported
 from voxgate.server.rest import _inline_refs as inline_refs
 from voxgate.streaming.config import SessionConfig
@@ -248,16 +248,7 @@ async def _read_body(request: Request, limit: int) -> bytes:
 def _parse(body: bytes) -> ClientSecretRequest:
     if not body.strip():
         return ClientSecretRequest()  # OpenAI's parameters are all optional
-    try:
-        raw = json_input.loads(body)
-    except json_input.InvalidJson as e:
-        raise RestError(400, "invalid_json", f"the body is {e}") from e
-    if not isinstance(raw, dict):
-        raise RestError(400, "invalid_json", "the body must be a JSON object")
-    try:
-        return ClientSecretRequest.model_validate(raw)
-    except ValidationError as e:
-        raise rest_validation_error(e) from e
+    return parse_json_body(body, ClientSecretRequest)
 
 
 async def _session_config(services: Services, params: SessionParams | None) -> SessionConfig:

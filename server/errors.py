@@ -7,8 +7,11 @@ codes are stable and listed in the README.
 
 from __future__ import annotations
 
-from pydantic import ValidationError
+from typing import TypeVar
 
+from pydantic import BaseModel, ValidationError
+
+from voxgate.server import json_input
 from voxgate.server.protocol import UNION_TAGS
 from voxgate.streaming.events import ErrorReported
 
@@ -118,3 +121,21 @@ def rest_validation_error(e: ValidationError, prefix: tuple[str, ...] = ()) -> R
     if e.errors(include_url=False)[0]["type"] in _REST_VALUE_ERRORS:
         code = "invalid_value"
     return RestError(400, code, reported.message, reported.param)
+
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+def parse_json_body(body: bytes, model: type[ModelT]) -> ModelT:
+    """A REST request's JSON body as `model`: 400 `invalid_json` unless it is a JSON object
+    (nested at most `json_input.MAX_DEPTH` deep), else its first validation problem."""
+    try:
+        raw = json_input.loads(body)
+    except json_input.InvalidJson as e:
+        raise RestError(400, "invalid_json", f"the body is {e}") from e
+    if not isinstance(raw, dict):
+        raise RestError(400, "invalid_json", "the body must be a JSON object")
+    try:
+        return model.model_validate(raw)
+    except ValidationError as e:
+        raise rest_validation_error(e) from e

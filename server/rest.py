@@ -50,7 +50,7 @@ from voxgate.model.types import (
     Segment,
     UnknownVoiceError,
 )
-from voxgate.server import json_input, metrics
+from voxgate.server import metrics
 from voxgate.server.audio_files import (
     AudioFileError,
     EmptyAudio,
@@ -59,7 +59,7 @@ from voxgate.server.audio_files import (
     decode_upload,
 )
 from voxgate.server.engine_watch import MESSAGE as ENGINE_DEAD
-from voxgate.server.errors import RestError, rest_validation_error
+from voxgate.server.errors import RestError, parse_json_body, rest_validation_error
 from voxgate.server.routes import require_key
 from voxgate.server.transcripts import (
     TimedSegment,
@@ -698,7 +698,7 @@ async def _read_speech(request: Request, services: Services) -> _SpeechBody:
     # Worst case JSON: every character of input and instructions escaped as \uXXXX.
     limit = 12 * settings.max_text_chars + FORM_FIELDS_BYTES
     body = b"".join([chunk async for chunk in _capped(request, limit, "request body")])
-    speech = await asyncio.to_thread(_parse_speech, body)
+    speech = await asyncio.to_thread(parse_json_body, body, SpeechRequest)
     _check_model(speech.model, SPEECH_MODELS, services)
     for param, text in (("input", speech.input), ("instructions", speech.instructions or "")):
         if len(text) > settings.max_text_chars:
@@ -740,19 +740,6 @@ async def _speech(request: Request, services: Services, body: _SpeechBody) -> Re
         )
     media_type = speech.response_format.media_type
     return _ReleasingStream(audio, media_type=media_type, headers=headers)
-
-
-def _parse_speech(body: bytes) -> SpeechRequest:
-    try:
-        raw = json_input.loads(body)
-    except json_input.InvalidJson as e:
-        raise RestError(400, "invalid_json", f"the body is {e}") from e
-    if not isinstance(raw, dict):
-        raise RestError(400, "invalid_json", "the body must be a JSON object")
-    try:
-        return SpeechRequest.model_validate(raw)
-    except ValidationError as e:
-        raise rest_validation_error(e) from e
 
 
 def _speakable_pieces(text: str) -> list[str]:

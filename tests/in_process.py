@@ -1,5 +1,5 @@
-"""Helpers for tests that run the app in this process: a real uvicorn server on a free port,
-and microphone audio in the wire's default format."""
+"""Helpers for tests that run the app in this process: the app over a fake backbone, a real
+uvicorn server on a free port, and microphone audio in the wire's default format."""
 
 from __future__ import annotations
 
@@ -7,13 +7,18 @@ import base64
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import numpy as np
 import uvicorn
+from fakes import FakeBackbone, backbone_factory
 from fastapi import FastAPI
 from starlette.testclient import WebSocketTestSession
 
+from voxgate.model.artifacts import default_home
 from voxgate.model.types import INPUT_SAMPLE_RATE
+from voxgate.server.app import create_app
+from voxgate.server.settings import Settings
 from voxgate.streaming import audio
 from voxgate.streaming.audio import AudioFormat, StreamResampler
 
@@ -57,3 +62,15 @@ TEST_HOSTS = ["testserver", "localhost", "127.0.0.1"]
 by real clients on loopback."""
 TEST_KEY = "test-key-0123456789"
 """An API key long enough for the server to accept (at least 16 characters)."""
+
+
+def app_over(fake: FakeBackbone, **settings: Any) -> FastAPI:
+    """The real app over `fake`: models where the tests find them, never fetched, no API key
+    (whatever $VOXGATE_API_KEY says), the hosts test clients use; `settings` override these."""
+    defaults = {
+        "home": default_home(),
+        "fetch_missing_models": False,
+        "allowed_hosts": TEST_HOSTS,
+        "api_key": None,
+    }
+    return create_app(Settings(**(defaults | settings)), backbone_factory=backbone_factory(fake))

@@ -17,17 +17,14 @@ import httpx
 import numpy as np
 import pytest
 import websockets
-from fakes import FakeBackbone, backbone_factory
+from fakes import FakeBackbone
 from fastapi.testclient import TestClient
-from in_process import TEST_HOSTS, pcm, send_audio
+from in_process import app_over, pcm, send_audio
 from starlette.testclient import WebSocketTestSession
 from starlette.websockets import WebSocketDisconnect
 
-from voxgate.model.artifacts import default_home
 from voxgate.model.types import Role
-from voxgate.server.app import create_app
 from voxgate.server.draining import DrainState, TurnActivity
-from voxgate.server.settings import Settings
 from voxgate.streaming.config import TurnDetection
 from voxgate.streaming.events import (
     InputCommitted,
@@ -42,16 +39,6 @@ from voxgate.streaming.events import (
 pytestmark = pytest.mark.timeout(60)
 
 
-def app_for(fake: FakeBackbone, **overrides: Any):
-    settings = Settings(
-        home=default_home(),
-        fetch_missing_models=False,
-        allowed_hosts=TEST_HOSTS,
-        **({"api_key": None} | overrides),
-    )
-    return create_app(settings, backbone_factory=backbone_factory(fake))
-
-
 @pytest.fixture
 def fake() -> FakeBackbone:
     return FakeBackbone(reply=["word "] * 20, chunk_delay_s=0.02)
@@ -59,7 +46,7 @@ def fake() -> FakeBackbone:
 
 @pytest.fixture
 def client(fake: FakeBackbone) -> Iterator[TestClient]:
-    with TestClient(app_for(fake)) as client:
+    with TestClient(app_over(fake)) as client:
         yield client
 
 
@@ -146,7 +133,7 @@ def test_a_turn_being_spoken_is_answered_before_the_close(client: TestClient, sp
 
 def test_the_deadline_closes_a_session_mid_answer(fake: FakeBackbone) -> None:
     fake.reply = ["word "] * 1000  # 20 s of answer
-    with TestClient(app_for(fake, drain_deadline_s=0.3)) as client:
+    with TestClient(app_over(fake, drain_deadline_s=0.3)) as client:
         with client.websocket_connect("/v1/realtime") as ws:
             receive_until(ws, "session.created")
             ws.send_json({"type": "response.create"})

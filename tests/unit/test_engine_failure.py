@@ -19,30 +19,17 @@ import fake_server
 import httpx
 import pytest
 import websockets
-from fakes import FakeBackbone, backbone_factory
+from fakes import FakeBackbone
 from fastapi.testclient import TestClient
-from in_process import TEST_HOSTS
+from in_process import app_over
 from realtime_wire import receive, receive_until, text_item
 from starlette.testclient import WebSocketDenialResponse
 from starlette.websockets import WebSocketDisconnect
 
-from voxgate.model.artifacts import default_home
 from voxgate.model.types import EngineUnavailable
-from voxgate.server.app import create_app
 from voxgate.server.engine_watch import EXIT_ENGINE_DEAD
-from voxgate.server.settings import Settings
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def app_for(fake: FakeBackbone, **overrides: Any):
-    settings = Settings(
-        home=default_home(),
-        fetch_missing_models=False,
-        allowed_hosts=TEST_HOSTS,
-        **({"api_key": None} | overrides),
-    )
-    return create_app(settings, backbone_factory=backbone_factory(fake))
 
 
 @pytest.fixture
@@ -52,7 +39,7 @@ def fake() -> FakeBackbone:
 
 @pytest.fixture
 def client(fake: FakeBackbone) -> Iterator[TestClient]:
-    with TestClient(app_for(fake)) as client:
+    with TestClient(app_over(fake)) as client:
         yield client
 
 
@@ -106,7 +93,7 @@ def test_new_work_is_refused_before_it_starts(client, fake) -> None:
 def test_a_response_the_engine_fails_says_engine_unavailable(fake) -> None:
     fake.fail_after = 2
     fake.failure = EngineUnavailable("the speech engine has stopped")
-    with TestClient(app_for(fake)) as client, client.websocket_connect("/v1/realtime") as ws:
+    with TestClient(app_over(fake)) as client, client.websocket_connect("/v1/realtime") as ws:
         receive(ws)
         ws.send_json(text_item("hello"))
         ws.send_json({"type": "response.create"})

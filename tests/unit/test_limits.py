@@ -17,24 +17,21 @@ import fake_server
 import httpx
 import pytest
 import websockets
-from fakes import FakeBackbone, backbone_factory
+from fakes import FakeBackbone
 from fastapi.testclient import TestClient
-from in_process import TEST_HOSTS, TEST_KEY
+from in_process import TEST_KEY, app_over
 from pydantic import SecretStr
 from realtime_wire import answers, next_error, receive, receive_until, session_update, text_item
 from starlette.testclient import WebSocketTestSession
 from starlette.websockets import WebSocketDisconnect
 
 from voxgate.model import tools
-from voxgate.model.artifacts import default_home
 from voxgate.model.types import ToolSpec
 from voxgate.server import outgoing
-from voxgate.server.app import create_app
 from voxgate.server.settings import (
     ClientSecretSettings,
     RealtimeSettings,
     RestSettings,
-    Settings,
 )
 from voxgate.streaming.config import SessionConfig, SessionLimits
 from voxgate.streaming.events import ErrorReported
@@ -51,15 +48,11 @@ LIMITS = SessionLimits(
 )
 
 
-def app_for(fake: FakeBackbone, *, realtime: dict[str, Any] | None = None, **overrides: Any):
-    settings = Settings(
-        home=default_home(),
-        fetch_missing_models=False,
-        allowed_hosts=TEST_HOSTS,
-        realtime=RealtimeSettings(**({"session": LIMITS} | (realtime or {}))),
-        **({"api_key": None} | overrides),
+def app_for(fake: FakeBackbone, *, realtime: dict[str, Any] | None = None, **settings: Any):
+    """The app with this file's small session limits (and `realtime` settings)."""
+    return app_over(
+        fake, realtime=RealtimeSettings(**({"session": LIMITS} | (realtime or {}))), **settings
     )
-    return create_app(settings, backbone_factory=backbone_factory(fake))
 
 
 @pytest.fixture

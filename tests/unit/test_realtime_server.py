@@ -13,7 +13,6 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
-import pydantic
 import pytest
 import websockets
 from fakes import FakeBackbone, backbone_factory
@@ -21,8 +20,8 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from in_process import TEST_HOSTS, TEST_KEY, pcm, serving
 from openai import AsyncOpenAI
-from openai.types.realtime.realtime_server_event import RealtimeServerEvent
 from pydantic import SecretStr
+from realtime_wire import receive, receive_until, text_item
 from starlette.testclient import WebSocketTestSession
 from starlette.websockets import WebSocketDisconnect
 
@@ -35,10 +34,7 @@ from voxgate.streaming.audio import AudioFormat
 
 pytestmark = pytest.mark.timeout(30)
 
-SERVER_EVENT = pydantic.TypeAdapter(RealtimeServerEvent)
 MAX_EVENT_BYTES = 8192
-MAX_EVENTS = 2000
-"""No exchange in these tests needs more server events than this."""
 
 
 def settings(**overrides: Any) -> Settings:
@@ -70,23 +66,6 @@ def client(fake: FakeBackbone) -> Iterator[TestClient]:
 # --- the wire -------------------------------------------------------------------------------
 
 
-def receive(ws: WebSocketTestSession) -> dict[str, Any]:
-    """The next server event; it must be valid for the official SDK."""
-    event = ws.receive_json()
-    SERVER_EVENT.validate_python(event)
-    return event
-
-
-def receive_until(ws: WebSocketTestSession, kind: str) -> list[dict[str, Any]]:
-    """Events up to and including the first of type `kind`."""
-    got: list[dict[str, Any]] = []
-    for _ in range(MAX_EVENTS):
-        got.append(event := receive(ws))
-        if event["type"] == kind:
-            return got
-    raise AssertionError(f"no {kind} in {MAX_EVENTS} events")
-
-
 def types(events: list[dict[str, Any]]) -> list[str]:
     return [e["type"] for e in events]
 
@@ -103,17 +82,6 @@ def ws(client: TestClient) -> Iterator[WebSocketTestSession]:
         created = receive(ws)
         assert created["type"] == "session.created"
         yield ws
-
-
-def text_item(text: str) -> dict[str, Any]:
-    return {
-        "type": "conversation.item.create",
-        "item": {
-            "type": "message",
-            "role": "user",
-            "content": [{"type": "input_text", "text": text}],
-        },
-    }
 
 
 def still_works(ws: WebSocketTestSession, note: str = "still here") -> None:

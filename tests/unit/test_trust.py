@@ -12,7 +12,6 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import fake_server
 import httpx
@@ -20,9 +19,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 import websockets
-from fakes import FakeBackbone, backbone_factory
+from fakes import FakeBackbone
 from fastapi.testclient import TestClient
-from in_process import TEST_HOSTS, TEST_KEY
+from in_process import TEST_KEY, app_over
 from pydantic import SecretStr, ValidationError
 from realtime_wire import receive
 from starlette.routing import Route, WebSocketRoute
@@ -30,21 +29,11 @@ from starlette.testclient import WebSocketDenialResponse
 from starlette.websockets import WebSocketDisconnect
 
 from voxgate.model.artifacts import default_home
-from voxgate.server.app import create_app
 from voxgate.server.settings import Settings
 
 pytestmark = pytest.mark.timeout(60)
 
 METRICS_KEY = "metrics-key-0123456789"
-
-
-def app_for(fake: FakeBackbone, **overrides: Any):
-    settings = Settings(
-        home=default_home(),
-        fetch_missing_models=False,
-        **({"api_key": None, "allowed_hosts": TEST_HOSTS} | overrides),
-    )
-    return create_app(settings, backbone_factory=backbone_factory(fake))
 
 
 def silent_wav() -> bytes:
@@ -107,7 +96,7 @@ def realtime_allowed(client: TestClient, headers: dict[str, str]) -> bool:
 
 
 def test_every_route_by_every_credential() -> None:
-    app = app_for(FakeBackbone(), api_key=SecretStr(TEST_KEY), metrics_key=SecretStr(METRICS_KEY))
+    app = app_over(FakeBackbone(), api_key=SecretStr(TEST_KEY), metrics_key=SecretStr(METRICS_KEY))
     served = {
         ("WS" if isinstance(r, WebSocketRoute) else m, r.path)
         for r in app.routes
@@ -152,16 +141,16 @@ def test_every_route_by_every_credential() -> None:
 
 
 def test_docs_pages_exist_only_without_a_key() -> None:
-    with TestClient(app_for(FakeBackbone())) as client:
+    with TestClient(app_over(FakeBackbone())) as client:
         assert client.get("/docs").status_code == 200
         assert client.get("/openapi.json").status_code == 200
-    with TestClient(app_for(FakeBackbone(), api_key=SecretStr(TEST_KEY))) as client:
+    with TestClient(app_over(FakeBackbone(), api_key=SecretStr(TEST_KEY))) as client:
         assert client.get("/docs").status_code == 404
         assert client.get("/redoc").status_code == 404
 
 
 def test_metrics_carry_no_local_paths() -> None:
-    with TestClient(app_for(FakeBackbone())) as client:
+    with TestClient(app_over(FakeBackbone())) as client:
         text = client.get("/metrics").text
     assert str(default_home()) not in text and "/root/" not in text
 
@@ -210,7 +199,7 @@ LOCAL_WS = "ws://localhost:8000/v1/realtime"
 def local() -> Iterator[TestClient]:
     """A keyless server on loopback, as `voxgate serve` runs by default (its Host allowlist
     too), reached as http://localhost:8000."""
-    app = app_for(FakeBackbone(), allowed_hosts=None)
+    app = app_over(FakeBackbone(), allowed_hosts=None)
     with TestClient(app, base_url="http://localhost:8000") as client:
         yield client
 
@@ -260,7 +249,7 @@ def test_the_servers_own_page_and_programs_are_welcome(local) -> None:
 
 
 def test_an_allowed_origin_gets_cors() -> None:
-    app = app_for(FakeBackbone(), allowed_hosts=None, allowed_origins=["https://app.example.com"])
+    app = app_over(FakeBackbone(), allowed_hosts=None, allowed_origins=["https://app.example.com"])
     with TestClient(app, base_url="http://localhost:8000") as client:
         origin = {"Origin": "https://app.example.com"}
         response = client.get("/v1/models", headers=origin)
