@@ -183,18 +183,21 @@ class RealtimeConnection:
             log.info("realtime session %s closed", session_id)
 
     async def _refuse(self, code: str, message: str, close_code: int) -> None:
-        await self._ws.accept(subprotocol=auth.reply_subprotocol(self._ws))
         error = ErrorReported(code, message)
         metrics.session_refused(code)
-        await self._ws.send_text(json.dumps(error_event(error)))
-        await self._ws.close(close_code, message[:120])
+        # A client that leaves before hearing why is no failure of the server.
+        with contextlib.suppress(WebSocketDisconnect, WebSocketDisconnected, OSError):
+            await self._ws.accept(subprotocol=auth.reply_subprotocol(self._ws))
+            await self._ws.send_text(json.dumps(error_event(error)))
+            await self._ws.close(close_code, message[:120])
 
     async def _deny(self, status: int, code: str, message: str) -> None:
         """Refuse the handshake itself with an HTTP error (OpenAI's body shape)."""
         metrics.session_refused(code)
         retry = {"Retry-After": str(self._services.settings.rest.retry_after_s)}
         body = {"error": {"message": message, "type": "server_error", "param": None, "code": code}}
-        await self._ws.send_denial_response(JSONResponse(body, status, headers=retry))
+        with contextlib.suppress(WebSocketDisconnect, WebSocketDisconnected, OSError):
+            await self._ws.send_denial_response(JSONResponse(body, status, headers=retry))
 
     async def _end(self, code: str, message: str, close_code: int, reason: str) -> None:
         """Send a last `error` and close the connection (between two events of the writer)."""

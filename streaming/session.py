@@ -958,6 +958,7 @@ class RealtimeSession:
             await self._emit(ResponseFinished(running.response))
 
     async def _run_response(self, response: Response, request: ResponseRequest) -> None:
+        caused_by_request = False  # a failure the request itself caused (4xx, not 5xx)
         try:
             await self._emit(ResponseStarted(response))
             # A manual commit followed at once by response.create: its ASR may still be running.
@@ -997,6 +998,7 @@ class RealtimeSession:
             response.status = ResponseStatus.CANCELLED
         except BackboneError as e:
             response.status, response.error = ResponseStatus.FAILED, (e.code, str(e))
+            caused_by_request = e.status < 500
         except Exception:
             log.exception("response %s failed", response.id)
             response.status = ResponseStatus.FAILED
@@ -1016,7 +1018,8 @@ class RealtimeSession:
         if response.error is not None:
             # Before response.done: a client that ends its turn there must not miss it.
             code, message = response.error
-            await self._emit(ErrorReported(code, message, type="server_error"))
+            kind = "invalid_request_error" if caused_by_request else "server_error"
+            await self._emit(ErrorReported(code, message, type=kind))
         await self._emit(ResponseFinished(response))
         if self._answer_pending is not None and self._running is None:
             trace, self._answer_pending = self._answer_pending, None
