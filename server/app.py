@@ -16,6 +16,7 @@ from fastapi.responses import HTMLResponse
 from voxgate.model import artifacts
 from voxgate.model.artifacts import SILERO_VAD
 from voxgate.model.backbone import Backbone
+from voxgate.model.voices import VoiceBook
 from voxgate.server import browsers, client_secrets, metrics, rest, routes, web
 from voxgate.server.client_secrets import ClientSecretStore
 from voxgate.server.draining import Drain
@@ -47,6 +48,8 @@ class Services:
     backbone: Backbone
     vad_model: SileroModel
     client_secrets: ClientSecretStore
+    voices: VoiceBook
+    """The backbone's voices and the aliases clients may use for them."""
     sessions: Slots = field(init=False)
     """Realtime sessions open (`realtime.max_sessions`)."""
     out_of_band_responses: Slots = field(init=False)
@@ -78,7 +81,7 @@ class Services:
     def default_session_config(self) -> SessionConfig:
         return SessionConfig(
             instructions=self.settings.realtime.instructions,
-            voice=self.backbone.voices[0].name,
+            voice=self.voices.default,
             # The transcript is computed anyway (the cascade's LM reads it): send it by default.
             transcription=Transcription(model=self.model_name),
             max_output_tokens=min(
@@ -133,8 +136,9 @@ def create_app(settings: Settings, backbone_factory: BackboneFactory | None = No
         vad_dir = await asyncio.to_thread(artifacts.verify, SILERO_VAD, settings.home)
         vad_model = await asyncio.to_thread(SileroModel, vad_dir / SILERO_VAD.files[0].name)
         async with factory(settings) as backbone:
+            voices = VoiceBook(backbone.voices, settings.voice_aliases)  # a bad alias: no start
             services = Services(
-                settings, MeteredBackbone(backbone), vad_model, app.state.client_secrets
+                settings, MeteredBackbone(backbone), vad_model, app.state.client_secrets, voices
             )
             app.state.services = services
             watch = asyncio.create_task(services.engine_watch.watch(), name="engine-watch")

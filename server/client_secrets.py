@@ -268,14 +268,10 @@ async def _session_config(services: Services, params: SessionParams | None) -> S
         raise RestError(400, e.code, e.message, e.param) from e
     except ValidationError as e:
         raise RestError(400, "invalid_value", str(e.errors()[0]["msg"]), "session") from e
-    voices = [v.name for v in services.backbone.voices]
-    if config.voice not in voices:
-        raise RestError(
-            400,
-            "invalid_value",
-            f"unknown voice {config.voice!r}; this server has: {', '.join(voices)}",
-            "session.audio.output.voice",
-        )
+    try:
+        services.voices.resolve(config.voice)
+    except BackboneError as e:
+        raise RestError(400, "invalid_value", str(e), "session.audio.output.voice") from e
     if len(config.instructions) > limits.max_instructions_chars:
         raise RestError(
             400,

@@ -144,6 +144,7 @@ class RealtimeConnection:
             config,
             self._settings.session,
             services.out_of_band_responses,
+            services.voices,
         )
         outgoing = Outgoing(session_id, services.model_name)
         try:

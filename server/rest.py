@@ -249,7 +249,8 @@ async def create_speech(request: Request) -> Response:
 
 @router.get("/v1/audio/voices")
 async def list_voices(request: Request) -> dict[str, Any]:
-    """The voices `/v1/audio/speech` takes; the first is the realtime default."""
+    """The voices `/v1/audio/speech` takes, each with its aliases (other names it answers to,
+    OpenAI's voice names by default); the first is the realtime default."""
     services = _authorised(request)
     return {
         "object": "list",
@@ -260,6 +261,7 @@ async def list_voices(request: Request) -> dict[str, Any]:
                 "name": v.name,
                 "language": v.language,
                 "sample_rate": v.sample_rate,
+                "aliases": services.voices.aliases_of(v.name),
             }
             for v in services.backbone.voices
         ],
@@ -711,16 +713,11 @@ async def _read_speech(request: Request, services: Services) -> _SpeechBody:
             )
     if not speech.input.strip():
         raise RestError(400, "invalid_value", "`input` holds nothing to say", "input")
-    backbone = services.backbone
-    voices = [v.name for v in backbone.voices]
-    if speech.voice not in voices:
-        raise RestError(
-            400,
-            "unknown_voice",
-            f"unknown voice {speech.voice!r}; this server has: {', '.join(voices)}",
-            "voice",
-        )
-    return _SpeechBody(speech)
+    try:
+        voice = services.voices.resolve(speech.voice)  # an alias speaks as its voice
+    except UnknownVoiceError as e:
+        raise RestError(400, "unknown_voice", str(e), "voice") from e
+    return _SpeechBody(speech.model_copy(update={"voice": voice}))
 
 
 async def _speech(request: Request, services: Services, body: _SpeechBody) -> Response:

@@ -120,6 +120,10 @@ class Settings(BaseSettings):
     """`Host` header values accepted (`*.example.com` matches subdomains; ports ignored). None:
     on a loopback address only loopback names (localhost, 127.0.0.1, ::1), which stops DNS
     rebinding; on any other address, every host."""
+    voice_aliases: dict[str, str] | None = None
+    """Other names for this server's voices, as JSON (`{"alloy": "joe", "marin": "joe"}`). None:
+    each of OpenAI's voice names (alloy, ash, ballad, coral, echo, fable, onyx, nova, sage,
+    shimmer, verse, marin, cedar) is the default voice; `{}`: no aliases."""
     engine_exit_deadline_s: float = Field(15.0, gt=0)
     """After the engine dies, the longest the process takes to exit (`server/engine_watch.py`)."""
     home: Path = Field(default_factory=default_home)

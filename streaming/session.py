@@ -50,7 +50,9 @@ from voxgate.model.types import (
     Transcription,
     Turn,
     TurnTrace,
+    UnknownVoiceError,
 )
+from voxgate.model.voices import VoiceBook
 from voxgate.streaming import audio
 from voxgate.streaming.audio import AudioFormat, AudioFormatError, InputDecoder, OutputEncoder
 from voxgate.streaming.config import SessionConfig, SessionLimits, TurnDetection
@@ -210,8 +212,11 @@ class RealtimeSession:
         config: SessionConfig,
         limits: SessionLimits,
         out_of_band_slots: Slots | None = None,
+        voices: VoiceBook | None = None,
     ) -> None:
         self._backbone = backbone
+        self._voices = voices or VoiceBook(backbone.voices)
+        """The backbone's voices and their aliases: a session keeps the name its client chose."""
         self._vad_factory = vad_factory
         self._limits = limits
         self._out_of_band_slots = out_of_band_slots or Slots(limits.max_out_of_band_responses)
@@ -294,13 +299,10 @@ class RealtimeSession:
         await self._emit(error)
 
     def _check_voice(self, voice: str, param: str) -> None:
-        voices = [v.name for v in self._backbone.voices]
-        if voice not in voices:
-            raise SessionRejected(
-                "invalid_value",
-                f"unknown voice {voice!r}; this server has: {', '.join(voices)}",
-                param,
-            )
+        try:
+            self._voices.resolve(voice)
+        except UnknownVoiceError as e:
+            raise SessionRejected("invalid_value", str(e), param) from e
 
     def _check_reasoning(self, effort: str | None, param: str) -> None:
         if effort is not None and not self._backbone.can_reason:
@@ -977,7 +979,7 @@ class RealtimeSession:
             options = ResponseOptions(
                 request_id=response.id,
                 instructions=request.instructions or config.instructions,
-                voice=response.voice,
+                voice=self._voices.resolve(response.voice),
                 audio=response.audio,
                 max_output_tokens=response.max_output_tokens,
                 speed=config.speed,

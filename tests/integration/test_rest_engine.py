@@ -293,7 +293,7 @@ async def test_voices_models_and_errors(server, fox) -> None:
                 file=("fox.wav", encoded(fox, "WAV")), model="whisper-9"
             )
         with pytest.raises(BadRequestError) as bad:
-            await client.audio.speech.create(model="tts-1", voice="alloy", input="Hello.")
+            await client.audio.speech.create(model="tts-1", voice="nobody", input="Hello.")
         assert "joe" in bad.value.message
     async with AsyncOpenAI(base_url=f"{server.base_url}/v1", api_key="wrong") as stranger:
         with pytest.raises(AuthenticationError):

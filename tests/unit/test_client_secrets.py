@@ -175,7 +175,7 @@ def test_minting_needs_the_api_key_itself(http: TestClient) -> None:
             "session.tools[0].name",
         ),
         (
-            {"session": {"type": "realtime", "audio": {"output": {"voice": "alloy"}}}},
+            {"session": {"type": "realtime", "audio": {"output": {"voice": "nobody"}}}},
             "invalid_value",
             "session.audio.output.voice",
         ),

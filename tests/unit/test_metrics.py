@@ -278,7 +278,7 @@ def test_rest_requests_latency_errors_and_real_time_factors(
     body = {"model": "tts-1", "voice": "joe", "input": "One. Two.", "response_format": "pcm"}
     answer = client.post(speech, json=body)
     assert answer.status_code == 200
-    refused = client.post(speech, json=body | {"voice": "alloy"})
+    refused = client.post(speech, json=body | {"voice": "nobody"})
     assert (refused.status_code, refused.json()["error"]["code"]) == (400, "unknown_voice")
     wav = io.BytesIO()
     sf.write(wav, speak("Hello there."), INPUT_SAMPLE_RATE, format="WAV")

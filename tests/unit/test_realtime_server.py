@@ -647,3 +647,28 @@ async def test_real_server_refuses_a_missing_key(fake: FakeBackbone) -> None:
             with pytest.raises(websockets.ConnectionClosed) as closed:
                 await asyncio.wait_for(ws.recv(), 10)
         assert closed.value.rcvd.code == 1008
+
+
+def test_openai_voice_names_are_aliases_of_the_default_voice(client, fake) -> None:
+    with client.websocket_connect("/v1/realtime") as ws:
+        receive(ws)
+        update = {"type": "realtime", "audio": {"output": {"voice": "marin"}}}
+        ws.send_json({"type": "session.update", "session": update})
+        updated = receive_until(ws, "session.updated")[-1]
+        assert updated["session"]["audio"]["output"]["voice"] == "marin"  # the client's name
+        ws.send_json(text_item("hello"))
+        ws.send_json(
+            {"type": "response.create", "response": {"audio": {"output": {"voice": "ash"}}}}
+        )
+        done = receive_until(ws, "response.done")[-1]
+        assert done["response"]["status"] == "completed"
+        assert fake.respond_calls[-1].options.voice == "joe"  # the voice it stands for
+        ws.send_json(
+            {
+                "type": "session.update",
+                "session": {"type": "realtime", "audio": {"output": {"voice": "nobody"}}},
+            }
+        )
+        error = receive_until(ws, "error")[-1]["error"]
+        assert (error["code"], error["param"]) == ("invalid_value", "session.audio.output.voice")
+        assert "alloy" in error["message"] and "joe" in error["message"]

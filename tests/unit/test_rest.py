@@ -37,6 +37,7 @@ from voxgate.model.types import (
     EngineUnavailable,
     RequestRejected,
 )
+from voxgate.model.voices import OPENAI_VOICES
 from voxgate.server.app import create_app
 from voxgate.server.audio_files import OUTPUT_SAMPLE_RATE, decode_upload
 from voxgate.server.settings import RestSettings, Settings
@@ -537,7 +538,7 @@ def test_every_failure_has_its_code_on_rest_and_in_sse(
 @pytest.mark.parametrize(
     ("body", "status", "code", "param"),
     [
-        ({"voice": "alloy"}, 400, "unknown_voice", "voice"),
+        ({"voice": "nobody"}, 400, "unknown_voice", "voice"),
         ({"voice": {"id": "voice_123"}}, 400, "invalid_type", "voice"),
         ({"model": "tts-2"}, 404, "model_not_found", "model"),
         ({"model": "whisper-1"}, 404, "model_not_found", "model"),
@@ -606,9 +607,28 @@ def test_voices(client) -> None:
                 "name": "joe",
                 "language": VOICE.language,
                 "sample_rate": VOICE.sample_rate,
+                "aliases": sorted(OPENAI_VOICES),
             }
         ],
     }
+
+
+@pytest.mark.parametrize("voice", OPENAI_VOICES)
+def test_openai_voice_names_speak_as_their_voice(client, fake, voice: str) -> None:
+    # The SDK's own examples name OpenAI's voices: each is an alias of the default voice.
+    assert speech(client, voice=voice).status_code == 200
+    assert fake.synthesize_calls[-1].voice == "joe"
+
+
+def test_voice_aliases_are_the_operators(fake) -> None:
+    with TestClient(app_for(fake, voice_aliases={"narrator": "joe"})) as client:
+        assert speech(client, voice="narrator").status_code == 200
+        assert_error(speech(client, voice="alloy"), 400, "unknown_voice", "voice")
+        (voice,) = client.get("/v1/audio/voices").json()["data"]
+        assert voice["aliases"] == ["narrator"]
+    with pytest.raises(ValueError, match="not a voice of this backbone"):
+        with TestClient(app_for(fake, voice_aliases={"alloy": "nobody"})):
+            pass  # pragma: no cover - the server refuses to start
 
 
 def test_the_api_key_is_required_when_configured(fake, hello_wav) -> None:
@@ -776,5 +796,5 @@ async def test_the_official_sdk(fake, hello_wav) -> None:
                 await client.audio.speech.create(model="tts-9", voice="joe", input="Hi.")
             assert missing.value.code == "model_not_found"
             with pytest.raises(BadRequestError) as bad:
-                await client.audio.speech.create(model="tts-1", voice="alloy", input="Hi.")
+                await client.audio.speech.create(model="tts-1", voice="nobody", input="Hi.")
             assert bad.value.code == "unknown_voice"
