@@ -131,8 +131,26 @@ PIPER_JOE = Artifact(
     ),
 )
 
+RNNOISE = Artifact(
+    name="rnnoise",
+    package="pyrnnoise",
+    version="0.4.5",
+    licence="BSD-3-Clause (RNNoise, Xiph.Org); the pyrnnoise wrapper is Apache-2.0 (unused)",
+    files=(
+        ArtifactFile(
+            "pyrnnoise-0.4.5.data/purelib/pyrnnoise/librnnoise.so",
+            "de5120abce147a72ba343296744ae7cc0a97298e19307c7d3f01cce8c34b18ff",
+        ),
+    ),
+)
+"""The optional noise suppressor of realtime input (`noise_reduction`, switched on with
+`VOXGATE_REALTIME__NOISE_SUPPRESSOR=rnnoise`); a Linux x86-64 library."""
+
 CPU_DEFAULT: tuple[Artifact, ...] = (SILERO_VAD, WHISPER_TINY_EN, SMOLLM2_GGUF, PIPER_JOE)
 """Everything the embedded CPU default (the cascade backbone) loads."""
+
+OPTIONAL: tuple[Artifact, ...] = (RNNOISE,)
+"""Fetched by `voxgate fetch-models` where the platform has them; loaded only when switched on."""
 
 
 def default_home() -> Path:

@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from fastapi.responses import HTMLResponse
 
 from voxgate.model import artifacts
-from voxgate.model.artifacts import SILERO_VAD
+from voxgate.model.artifacts import RNNOISE, SILERO_VAD
 from voxgate.model.backbone import Backbone
 from voxgate.model.voices import VoiceBook
 from voxgate.server import browsers, client_secrets, metrics, rest, routes, web
@@ -25,6 +25,7 @@ from voxgate.server.metrics import HttpMetrics, MeteredBackbone
 from voxgate.server.realtime import realtime_endpoint
 from voxgate.server.settings import Settings
 from voxgate.streaming.config import SessionConfig, Transcription
+from voxgate.streaming.denoise import RNNoiseLibrary
 from voxgate.streaming.slots import Slots
 from voxgate.streaming.vad import SileroModel, SileroVad
 
@@ -50,6 +51,8 @@ class Services:
     client_secrets: ClientSecretStore
     voices: VoiceBook
     """The backbone's voices and the aliases clients may use for them."""
+    rnnoise: RNNoiseLibrary | None = None
+    """The noise suppressor sessions run when they ask for `noise_reduction` (None: off)."""
     sessions: Slots = field(init=False)
     """Realtime sessions open (`realtime.max_sessions`)."""
     out_of_band_responses: Slots = field(init=False)
@@ -135,10 +138,16 @@ def create_app(settings: Settings, backbone_factory: BackboneFactory | None = No
             await asyncio.to_thread(artifacts.fetch, SILERO_VAD, settings.home)
         vad_dir = await asyncio.to_thread(artifacts.verify, SILERO_VAD, settings.home)
         vad_model = await asyncio.to_thread(SileroModel, vad_dir / SILERO_VAD.files[0].name)
+        rnnoise = await _noise_suppressor(settings)
         async with factory(settings) as backbone:
             voices = VoiceBook(backbone.voices, settings.voice_aliases)  # a bad alias: no start
             services = Services(
-                settings, MeteredBackbone(backbone), vad_model, app.state.client_secrets, voices
+                settings,
+                MeteredBackbone(backbone),
+                vad_model,
+                app.state.client_secrets,
+                voices,
+                rnnoise,
             )
             app.state.services = services
             watch = asyncio.create_task(services.engine_watch.watch(), name="engine-watch")
@@ -189,3 +198,14 @@ def _add_docs(app: FastAPI) -> None:
     @app.get("/redoc", include_in_schema=False)
     async def redoc() -> HTMLResponse:
         return get_redoc_html(openapi_url="/openapi.json", title="voxgate")
+
+
+async def _noise_suppressor(settings: Settings) -> RNNoiseLibrary | None:
+    """RNNoise, when switched on (`realtime.noise_suppressor`): its library fetched (if allowed),
+    checked against its sha256 and loaded."""
+    if settings.realtime.noise_suppressor != "rnnoise":
+        return None
+    if settings.fetch_missing_models:
+        await asyncio.to_thread(artifacts.fetch, RNNOISE, settings.home)
+    directory = await asyncio.to_thread(artifacts.verify, RNNOISE, settings.home)
+    return await asyncio.to_thread(RNNoiseLibrary, directory / RNNOISE.files[0].name)

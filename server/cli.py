@@ -51,6 +51,13 @@ def _fetch_models(args: argparse.Namespace) -> int:
         return 1
     for artifact in artifacts.CPU_DEFAULT:
         print(f"ok  {artifact.requirement:<32} {artifact.directory(settings.home)}")
+    for artifact in artifacts.OPTIONAL:
+        try:
+            directory = artifacts.fetch(artifact, settings.home)
+        except ArtifactError as e:  # not on this platform: only its feature is unavailable
+            print(f"--  {artifact.requirement:<32} not fetched ({e}); optional")
+        else:
+            print(f"ok  {artifact.requirement:<32} {directory}")
     return 0
 
 

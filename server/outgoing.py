@@ -74,9 +74,10 @@ def error_event(error: ErrorReported) -> Wire:
 class Outgoing:
     """Translates one connection's session events; knows the session id and model name."""
 
-    def __init__(self, session_id: str, model: str) -> None:
+    def __init__(self, session_id: str, model: str, noise_suppressor: str | None = None) -> None:
         self._session_id = session_id
         self._model = model
+        self._noise_suppressor = noise_suppressor
 
     def wire_events(self, event: SessionEvent) -> list[Wire]:
         match event:
@@ -84,7 +85,10 @@ class Outgoing:
                 kind = "session.created" if created else "session.updated"
                 return [
                     _event(
-                        kind, session=protocol.wire_session(config, self._session_id, self._model)
+                        kind,
+                        session=protocol.wire_session(
+                            config, self._session_id, self._model, self._noise_suppressor
+                        ),
                     )
                 ]
             case ErrorReported():

@@ -113,8 +113,7 @@ class TranscriptionParams(Strict):
 
 
 class NoiseReduction(Strict):
-    type: str | None = None
-    strength: float | None = None
+    type: Literal["near_field", "far_field"]
 
 
 class AudioInputParams(Strict):
@@ -143,6 +142,17 @@ class Reasoning(Strict):
     effort: Literal["minimal", "low", "medium", "high", "xhigh"] | None = None
 
 
+class Tracing(Strict):
+    """OpenAI's tracing configuration (traces go to OpenAI's dashboard): accepted, not used."""
+
+    group_id: str | None = Field(None, max_length=512)
+    metadata: dict[str, Any] | None = None
+    workflow_name: str | None = Field(None, max_length=512)
+
+
+Include = Literal["item.input_audio_transcription.logprobs"]
+
+
 class SessionParams(Strict):
     type: Literal["realtime", "transcription"]
     model: str | None = None
@@ -152,9 +162,9 @@ class SessionParams(Strict):
     max_output_tokens: OutputTokens | Literal["inf"] | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: Literal["auto", "none", "required"] | FunctionChoice | dict[str, Any] | None = None
-    tracing: Any = None
+    tracing: Literal["auto"] | Tracing | None = None
     truncation: Any = None
-    include: list[str] | None = None
+    include: list[Include] | None = None
     prompt: Any = None
     reasoning: Reasoning | None = None
     parallel_tool_calls: bool | None = None
@@ -383,15 +393,26 @@ def session_config(
     it in a thread."""
     if params.type != "realtime":
         raise Unsupported("session.type", "'transcription' sessions")
-    for name in ("tracing", "prompt", "include"):
-        if getattr(params, name) is not None:
-            raise Unsupported(f"session.{name}", name)
-    if params.parallel_tool_calls:
-        raise Unsupported("session.parallel_tool_calls", "more than one call per response")
+    if params.prompt is not None:
+        raise Unsupported("session.prompt", "stored prompts (OpenAI's prompt templates)")
     if params.truncation not in (None, "auto"):
         raise Unsupported("session.truncation", "truncation other than 'auto'")
 
     update: dict[str, Any] = {}
+    # Accepted with OpenAI's meaning, honoured as far as the server can (said in x_voxgate):
+    # tracing is OpenAI's dashboard, nothing to send it to; this server's ASR reports no
+    # logprobs; and a response calls at most one function, which `parallel_tool_calls`
+    # either way allows.
+    if _set(params, "tracing"):
+        update["tracing"] = (
+            params.tracing.model_dump(exclude_none=True)
+            if isinstance(params.tracing, Tracing)
+            else params.tracing
+        )
+    if _set(params, "include"):
+        update["include"] = tuple(params.include or ())
+    if _set(params, "parallel_tool_calls"):
+        update["parallel_tool_calls"] = params.parallel_tool_calls
     if params.tools is not None:
         update["tools"] = function_tools(params.tools, "session.tools", limits)
     if params.tool_choice is not None:
@@ -413,8 +434,9 @@ def session_config(
     if inp is not None:
         if inp.format is not None:
             update["input_format"] = _format(inp.format)
-        if inp.noise_reduction is not None:
-            raise Unsupported("session.audio.input.noise_reduction", "noise reduction")
+        if _set(inp, "noise_reduction"):
+            nr = inp.noise_reduction
+            update["noise_reduction"] = nr.type if nr is not None else None
         if _set(inp, "transcription"):
             update["transcription"] = _transcription(inp.transcription)
         if _set(inp, "turn_detection"):
@@ -579,7 +601,25 @@ def wire_format(fmt: AudioFormat) -> dict[str, Any]:
     return {"type": "audio/pcm", "rate": 24000} if fmt is AudioFormat.PCM else {"type": fmt.value}
 
 
-def wire_session(config: SessionConfig, session_id: str, model: str) -> dict[str, Any]:
+def session_extension(config: SessionConfig, noise_suppressor: str | None) -> dict[str, Any]:
+    """`session.x_voxgate`: what this server does with settings it accepts but cannot fully
+    honour (empty when there are none)."""
+    extension: dict[str, Any] = {}
+    if config.noise_reduction is not None:
+        extension["noise_reduction"] = noise_suppressor or "not applied"
+    ignored = {}
+    if config.tracing is not None:
+        ignored["tracing"] = "accepted; this server traces nothing"
+    if config.include:
+        ignored["include"] = "accepted; this server's transcription reports no logprobs"
+    if ignored:
+        extension["not_honoured"] = ignored
+    return extension
+
+
+def wire_session(
+    config: SessionConfig, session_id: str, model: str, noise_suppressor: str | None = None
+) -> dict[str, Any]:
     td = config.turn_detection
     turn_detection: dict[str, Any] | None = None
     if td is not None:
@@ -620,7 +660,9 @@ def wire_session(config: SessionConfig, session_id: str, model: str) -> dict[str
                 "transcription": None
                 if tr is None
                 else {"model": tr.model, "language": tr.language, "prompt": tr.prompt},
-                "noise_reduction": None,
+                "noise_reduction": None
+                if config.noise_reduction is None
+                else {"type": config.noise_reduction},
                 "turn_detection": turn_detection,
             },
             "output": {
@@ -644,6 +686,9 @@ def wire_session(config: SessionConfig, session_id: str, model: str) -> dict[str
             else {"type": "function", "name": config.tool_choice}
         ),
         **({"reasoning": {"effort": config.reasoning_effort}} if config.reasoning_effort else {}),
+        "tracing": config.tracing,
+        **({"include": list(config.include)} if config.include else {}),
+        **({"x_voxgate": ext} if (ext := session_extension(config, noise_suppressor)) else {}),
         "max_output_tokens": "inf"
         if config.max_output_tokens is None
         else config.max_output_tokens,

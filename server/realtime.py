@@ -145,8 +145,10 @@ class RealtimeConnection:
             self._settings.session,
             services.out_of_band_responses,
             services.voices,
+            services.rnnoise.suppressor if services.rnnoise is not None else None,
         )
-        outgoing = Outgoing(session_id, services.model_name)
+        suppressor = services.settings.realtime.noise_suppressor if services.rnnoise else None
+        outgoing = Outgoing(session_id, services.model_name, suppressor)
         try:
             await ws.accept(subprotocol=auth.reply_subprotocol(ws))
             log.info("realtime session %s opened", session_id)
@@ -492,9 +494,8 @@ def _response_request(
     if params is None:
         return ResponseRequest()
     if params.prompt is not None:
-        raise Unsupported("response.prompt", "prompt")
-    if params.parallel_tool_calls:
-        raise Unsupported("response.parallel_tool_calls", "more than one call per response")
+        raise Unsupported("response.prompt", "stored prompts (OpenAI's prompt templates)")
+    # parallel_tool_calls: a response calls at most one function, which either value allows.
     if params.conversation not in (None, "auto", "none"):
         raise Unsupported("response.conversation", "conversations other than 'auto' and 'none'")
     request = ResponseRequest(

@@ -39,6 +39,11 @@ class RealtimeSettings(BaseModel):
     max_session_s: float | None = Field(3600.0, gt=0)
     """The longest a session may last (OpenAI's is 60 minutes): then it gets an `error`
     (`session_expired`) and is closed (1000). None: no limit."""
+    noise_suppressor: Literal["none", "rnnoise"] = "none"
+    """What a session's `noise_reduction` (near_field or far_field) runs: "none" accepts the
+    setting and applies nothing (reported in `session.updated`'s `x_voxgate`); "rnnoise" runs
+    RNNoise on the input. Off by default: with the cascade's Whisper it helped only on steady
+    noise and hurt the VAD and babble (bench/noise_reduction.py)."""
     max_out_of_band_responses: int = Field(16, ge=1)
     """Out-of-band responses (`response.create` with `conversation: "none"`) running at once
     over all sessions; one more gets `response_limit_reached`."""

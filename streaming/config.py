@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -68,6 +68,16 @@ class SessionConfig(BaseModel):
     """"auto" | "none" | "required" | a tool's name (that call is forced)."""
     reasoning_effort: Literal["minimal", "low", "medium", "high", "xhigh"] | None = None
     """Think mode (backbones that can reason): how many tokens it may think first."""
+    tracing: str | dict[str, Any] | None = None
+    """OpenAI's tracing setting, kept to say it back; nothing is traced."""
+    include: tuple[str, ...] = ()
+    """Extra fields the client asked for (OpenAI's `include`); said back, none is produced."""
+    parallel_tool_calls: bool | None = None
+    """Said back; a response calls at most one function, which either value allows."""
+    noise_reduction: Literal["near_field", "far_field"] | None = None
+    """What the client asked of input noise reduction (OpenAI's setting). Applied when the
+    server has a noise suppressor switched on (`RealtimeSettings.noise_suppressor`); else
+    accepted and reported as not applied."""
 
 
 class SessionLimits(BaseModel):

@@ -56,6 +56,7 @@ from voxgate.model.voices import VoiceBook
 from voxgate.streaming import audio
 from voxgate.streaming.audio import AudioFormat, AudioFormatError, InputDecoder, OutputEncoder
 from voxgate.streaming.config import SessionConfig, SessionLimits, TurnDetection
+from voxgate.streaming.denoise import NoiseSuppressor
 from voxgate.streaming.echo import EchoGuard
 from voxgate.streaming.events import (
     CancelReason,
@@ -213,6 +214,7 @@ class RealtimeSession:
         limits: SessionLimits,
         out_of_band_slots: Slots | None = None,
         voices: VoiceBook | None = None,
+        noise_suppressor: Callable[[], NoiseSuppressor] | None = None,
     ) -> None:
         self._backbone = backbone
         self._voices = voices or VoiceBook(backbone.voices)
@@ -223,6 +225,9 @@ class RealtimeSession:
         """Out-of-band responses over the whole server (a session's own cap is in limits)."""
         self._out_of_band: dict[str, _Running] = {}
         """Out-of-band responses of this session running now, by response id."""
+        self._new_denoiser = noise_suppressor
+        """Makes this session's noise suppressor, when the server has one switched on."""
+        self._denoiser: NoiseSuppressor | None = None
         self._window = ContextWindow()
         """Where this conversation's prompts start (the backbone moves it; see model.lm)."""
         self.id = new_id("conv")
@@ -320,7 +325,15 @@ class RealtimeSession:
             self._decoder = InputDecoder(config.input_format)
         if config.turn_detection != self.config.turn_detection or self._detector is None:
             await self._set_turn_detection(config.turn_detection)
+        self._set_noise_reduction(config.noise_reduction is not None)
         self.config = config
+
+    def _set_noise_reduction(self, on: bool) -> None:
+        if on and self._denoiser is None and self._new_denoiser is not None:
+            self._denoiser = self._new_denoiser()
+        elif not on and self._denoiser is not None:
+            self._denoiser.close()
+            self._denoiser = None
 
     async def _set_turn_detection(self, detection: TurnDetection | None) -> None:
         if detection is None:
@@ -358,15 +371,24 @@ class RealtimeSession:
             raise SessionRejected("invalid_audio", str(e), "audio") from e
         try:
             if self._detector is None:
+                if self._denoiser is not None:
+                    samples = await asyncio.to_thread(self._denoiser.process, samples)
                 self._buffer.append(samples, arrived_at)
                 return
             async with self._detector_lock:
                 self._tune_interruptions()
-                events = await asyncio.to_thread(self._detector.feed, samples, arrived_at)
+                events = await asyncio.to_thread(self._hear, samples, arrived_at)
         except InputBufferFull as e:
             raise SessionRejected("input_audio_buffer_full", str(e), "audio") from e
         for event in events:
             await self._on_turn_event(event)
+
+    def _hear(self, samples: np.ndarray, arrived_at: float | None) -> list[TurnEvent]:
+        """Input audio through the noise suppressor (if on) and the turn detector (a thread)."""
+        assert self._detector is not None
+        if self._denoiser is not None:
+            samples = self._denoiser.process(samples)
+        return self._detector.feed(samples, arrived_at)
 
     def _tune_interruptions(self) -> None:
         """While the agent talks, speech must last min_interruption_ms to count as a turn."""
@@ -1201,3 +1223,4 @@ class RealtimeSession:
             task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._set_noise_reduction(False)

@@ -15,7 +15,7 @@ import pytest
 import soxr
 
 from voxgate.model import artifacts
-from voxgate.model.artifacts import PIPER_JOE, SILERO_VAD, Artifact, ArtifactError
+from voxgate.model.artifacts import PIPER_JOE, RNNOISE, SILERO_VAD, Artifact, ArtifactError
 from voxgate.model.types import INPUT_SAMPLE_RATE
 
 
@@ -29,6 +29,11 @@ def _verified(artifact: Artifact) -> Path:
 @pytest.fixture(scope="session")
 def silero_path() -> Path:
     return _verified(SILERO_VAD) / SILERO_VAD.files[0].name
+
+
+@pytest.fixture(scope="session")
+def rnnoise_path() -> Path:
+    return _verified(RNNOISE) / RNNOISE.files[0].name
 
 
 @pytest.fixture(scope="session")

@@ -714,13 +714,8 @@ def session_update(session: dict[str, Any]) -> dict[str, Any]:
         ({"tools": [{"type": "mcp", "server_label": "s"}]}, "session.tools[0].type"),
         ({"tool_choice": {"type": "mcp", "server_label": "s"}}, "session.tool_choice.type"),
         ({"truncation": "disabled"}, "session.truncation"),
-        ({"tracing": "auto"}, "session.tracing"),
-        ({"include": ["item.input_audio_transcription.logprobs"]}, "session.include"),
+        ({"prompt": {"id": "pmpt_123"}}, "session.prompt"),
         ({"output_modalities": ["text", "audio"]}, "output_modalities"),
-        (
-            {"audio": {"input": {"noise_reduction": {"type": "near_field"}}}},
-            "session.audio.input.noise_reduction",
-        ),
         (
             {
                 "audio": {
@@ -739,6 +734,39 @@ def test_unsupported_session_features_are_refused(session: dict[str, Any], param
     with pytest.raises(Unsupported) as refused:
         session_config(CONFIG, parsed_session(session_update(session)), LIMITS)
     assert refused.value.param == param
+
+
+def test_settings_the_frameworks_send_are_accepted_and_said_back() -> None:
+    """LiveKit's defaults (`tracing: null`, `noise_reduction: null`, "inf"), its documented
+    `near_field`, the SDK's `tracing: "auto"` and `include`: accepted, echoed, and what the
+    server does not do with them is said in `x_voxgate`."""
+    session = {
+        "tracing": "auto",
+        "include": ["item.input_audio_transcription.logprobs"],
+        "parallel_tool_calls": True,
+        "max_output_tokens": "inf",
+        "audio": {"input": {"noise_reduction": {"type": "near_field"}}},
+    }
+    config = session_config(CONFIG, parsed_session(session_update(session)), LIMITS)
+    assert (config.tracing, config.include, config.noise_reduction) == (
+        "auto",
+        ("item.input_audio_transcription.logprobs",),
+        "near_field",
+    )
+    wire = protocol.wire_session(config, "sess_1", "m")
+    SERVER_EVENT.validate_python({"type": "session.updated", "event_id": "e", "session": wire})
+    assert wire["audio"]["input"]["noise_reduction"] == {"type": "near_field"}
+    assert wire["tracing"] == "auto" and wire["include"] == session["include"]
+    assert wire["x_voxgate"]["noise_reduction"] == "not applied"
+    assert set(wire["x_voxgate"]["not_honoured"]) == {"tracing", "include"}
+    on = protocol.wire_session(config, "sess_1", "m", noise_suppressor="rnnoise")
+    assert on["x_voxgate"]["noise_reduction"] == "rnnoise"
+    off = {"tracing": None, "include": [], "audio": {"input": {"noise_reduction": None}}}
+    config = session_config(config, parsed_session(session_update(off)), LIMITS)
+    assert config.tracing is None and config.noise_reduction is None
+    wire = protocol.wire_session(config, "sess_1", "m")
+    assert "not_honoured" not in wire.get("x_voxgate", {})
+    assert "noise_reduction" not in wire.get("x_voxgate", {})
 
 
 @pytest.mark.parametrize(
