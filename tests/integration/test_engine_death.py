@@ -18,6 +18,7 @@ import psutil
 import pytest
 import websockets
 from conftest import launch
+from realtime_wire import text_item
 
 from voxgate.server.engine_watch import EXIT_ENGINE_DEAD
 
@@ -56,18 +57,7 @@ async def kill_mid_turn(server: Any) -> tuple[list[dict[str, Any]], int | None, 
     events: list[dict[str, Any]] = []
     readiness = ReadinessLog(server.base_url)
     async with websockets.connect(server.ws_url, additional_headers=headers) as ws:
-        await ws.send(
-            json.dumps(
-                {
-                    "type": "conversation.item.create",
-                    "item": {
-                        "type": "message",
-                        "role": "user",
-                        "content": [{"type": "input_text", "text": "Tell me about the sea."}],
-                    },
-                }
-            )
-        )
+        await ws.send(json.dumps(text_item("Tell me about the sea.")))
         await ws.send(json.dumps({"type": "response.create"}))
         try:
             async with asyncio.timeout(120):

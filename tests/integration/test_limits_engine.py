@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 import websockets
+from realtime_wire import text_item
 
 pytestmark = [pytest.mark.engine, pytest.mark.timeout(600)]
 
@@ -112,12 +113,7 @@ def test_megabytes_of_text_are_refused_while_others_are_served(server) -> None:
         )
         codes.append((await until(ws, "error"))["error"]["code"])
         for _ in range(3):
-            item = {
-                "type": "message",
-                "role": "user",
-                "content": [{"type": "input_text", "text": huge}],
-            }
-            await ws.send(json.dumps({"type": "conversation.item.create", "item": item}))
+            await ws.send(json.dumps(text_item(huge)))
             codes.append((await until(ws, "error"))["error"]["code"])
         response = await text_answer(ws)
         assert response["status"] in ("completed", "incomplete"), response

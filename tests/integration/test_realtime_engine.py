@@ -23,6 +23,7 @@ from realtime_helpers import (
     talk_over_an_answer,
     words,
 )
+from realtime_wire import text_item
 
 pytestmark = [pytest.mark.engine, pytest.mark.timeout(300)]
 
@@ -211,18 +212,7 @@ async def test_bad_input_never_reaches_the_engine_and_the_session_survives(serve
         assert reply["error"]["event_id"] is None
         assert server.metric("vllm:prompt_tokens_total") == prompts_before
         # Still a working session.
-        await ws.send(
-            json.dumps(
-                {
-                    "type": "conversation.item.create",
-                    "item": {
-                        "type": "message",
-                        "role": "user",
-                        "content": [{"type": "input_text", "text": "Hi!"}],
-                    },
-                }
-            )
-        )
+        await ws.send(json.dumps(text_item("Hi!")))
         await ws.send(json.dumps({"type": "response.create", "event_id": "go"}))
         types = []
         while "response.done" not in types:
