@@ -160,7 +160,12 @@ async def test_two_sessions_at_once_both_get_answers(server) -> None:
     turns = await asyncio.gather(ask("Name a colour."), ask("Name an animal."))
     for turn in turns:
         done = turn.first("response.done")["response"]
-        assert done["status"] == "completed"
+        # SmolLM2-135M samples at 0.8: now and then it rambles to the server's token cap, which
+        # ends the answer "incomplete" for that reason. Both are whole answers; anything else
+        # (failed, cancelled, another reason) is not.
+        if done["status"] != "completed":
+            assert done["status"] == "incomplete", done
+            assert done["status_details"]["reason"] == "max_output_tokens", done
         assert words(done["output"][0]["content"][0]["transcript"])
         assert rms(bytes(turn.audio)) > 0.02
     ids = {turn.first("response.done")["response"]["id"] for turn in turns}
