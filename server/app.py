@@ -31,9 +31,6 @@ from voxgate.streaming.vad import SileroModel, SileroVad
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_OUTPUT_TOKENS = 128
-"""Spoken answers should be short; a session can ask for more (up to the server's cap)."""
-
 BackboneFactory = Callable[[Settings], AbstractAsyncContextManager[Backbone]]
 
 
@@ -87,8 +84,11 @@ class Services:
             voice=self.voices.default,
             # The transcript is computed anyway (the cascade's LM reads it): send it by default.
             transcription=Transcription(model=self.model_name),
+            # The backbone's default answer (a few sentences; Step-Audio-2: a minute of
+            # speech), within the operator's cap; a session may ask for more up to the cap.
             max_output_tokens=min(
-                DEFAULT_MAX_OUTPUT_TOKENS, self.settings.realtime.session.max_output_tokens
+                self.backbone.answer_budget.default_tokens,
+                self.settings.realtime.session.answer_cap(self.backbone.answer_budget),
             ),
         )
 

@@ -280,10 +280,11 @@ async def _session_config(services: Services, params: SessionParams | None) -> S
             f"takes at most {limits.max_instructions_chars}",
             "session.instructions",
         )
-    wanted = config.max_output_tokens or limits.max_output_tokens
+    cap = limits.answer_cap(services.backbone.answer_budget)
+    wanted = config.max_output_tokens or cap
     try:
         await services.backbone.check_instructions(
-            config.instructions, min(wanted, limits.max_output_tokens)
+            config.instructions, min(wanted, cap)
         )
     except BackboneError as e:
         raise RestError(e.status, e.code, str(e), "session.instructions") from e

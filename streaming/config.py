@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from voxgate.model.types import ToolSpec
+from voxgate.model.types import AnswerBudget, ToolSpec
 from voxgate.streaming.audio import AudioFormat
 from voxgate.streaming.vad import VadParams
 
@@ -92,8 +92,14 @@ class SessionLimits(BaseModel):
     """Server events waiting for the socket; when full, the session waits (backpressure)."""
     output_chunk_ms: int = Field(200, ge=10)
     """Largest audio delta sent to the client."""
-    max_output_tokens: int = Field(512, ge=1)
-    """Cap on any response's max_output_tokens (including "inf")."""
+    max_output_tokens: int | None = Field(None, ge=1)
+    """Cap on any response's max_output_tokens (including "inf"). None: the backbone's own
+    (`AnswerBudget.max_tokens`: 512 for the cascade's text LM, 300 s of speech for
+    Step-Audio-2)."""
+    def answer_cap(self, budget: AnswerBudget) -> int:
+        """The largest answer a response may ask for, in the backbone's output tokens."""
+        return self.max_output_tokens or budget.max_tokens
+
     max_reasoning_tokens: int = Field(1024, ge=16)
     """Cap on think mode's reasoning per response (the effort levels scale up to it)."""
     max_instructions_chars: int = Field(32_768, ge=64)

@@ -296,7 +296,7 @@ class RealtimeSession:
 
     def _max_tokens(self, wanted: int | Literal["inf"] | None) -> int:
         """An answer's token budget: what was asked, within the server's cap ("inf": the cap)."""
-        cap = self._limits.max_output_tokens
+        cap = self._limits.answer_cap(self._backbone.answer_budget)
         return cap if wanted in (None, "inf") else min(int(wanted), cap)
 
     async def report_error(self, error: ErrorReported) -> None:

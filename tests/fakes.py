@@ -18,6 +18,7 @@ import numpy as np
 
 from voxgate.model.types import (
     INPUT_SAMPLE_RATE,
+    AnswerBudget,
     AudioChunk,
     BackboneError,
     ContextBudgetExceeded,
@@ -131,6 +132,7 @@ class FakeBackbone:
         self.is_healthy = True
         self.follows_instructions = False
         self.can_reason = False
+        self.answer_budget = AnswerBudget(default_tokens=128, max_tokens=512)
         self.reasoning = ["Let me think. ", "The user greets me."]
         """Think mode: what the fake 'thinks' before answering (when asked to)."""
         self.tool_arguments: str | None = None

@@ -26,12 +26,14 @@ from voxgate.model.engine import EngineConfig, EngineHost
 from voxgate.model.lm import PromptBuilder
 from voxgate.model.memory import SUMMARY_INSTRUCTIONS, SUMMARY_TOKENS, summary_request, with_summary
 from voxgate.model.priority import PriorityExecutor
-from voxgate.model.stepaudio2 import audio, regimes
+from voxgate.model.stepaudio2 import audio, budgets, regimes
+from voxgate.model.stepaudio2.budgets import ReadingPace
 from voxgate.model.stepaudio2.parsing import OutputSplitter, SpeechCodes, TextPiece
 from voxgate.model.stepaudio2.regimes import Prompt, PromptWriter, Regime
 from voxgate.model.stepaudio2.tokens import TokenMap
 from voxgate.model.types import (
     INPUT_SAMPLE_RATE,
+    AnswerBudget,
     AudioChunk,
     BackboneError,
     ContextBudgetExceeded,
@@ -66,12 +68,22 @@ class StepAudio2Options(BaseModel):
     num_speculative_tokens: int = Field(4, ge=1, le=8)
     prompt_lookup_max: int = Field(4, ge=1)
     prompt_lookup_min: int = Field(2, ge=1)
-    context_tokens: int = Field(3072, ge=512)
-    """Prompt + answer budget of a realtime turn (audio counts 12.5 tokens per second)."""
+    context_tokens: int = Field(8192, ge=512)
+    """Prompt + answer budget of a realtime turn (the engine's max_model_len unless that is
+    set). Input audio counts 12.5 tokens a second, spoken output 31.25 (see `budgets`): the
+    default holds a 60 s answer beside ~5 minutes of conversation audio."""
+    answer_s: float = Field(60.0, gt=0)
+    """A realtime answer's default length in seconds of speech (`max_output_tokens` a session
+    starts with); a client may ask for less, or more up to `max_answer_s`."""
+    max_answer_s: float = Field(180.0, gt=0)
+    """The longest realtime answer any client may ask for ("inf"), in seconds of speech."""
     audio_pieces_per_prompt: int = Field(8, ge=1)
     """25 s pieces one prompt may carry (8 = 200 s)."""
-    max_tts_tokens: int = Field(2048, ge=16)
-    """Cap on one synthesis (speech codes are 25 per second)."""
+    max_tts_s: float = Field(300.0, gt=0)
+    """Cap on one synthesis, in seconds of speech; each request's own budget comes from its
+    text (`reading_pace`)."""
+    reading_pace: ReadingPace = ReadingPace()
+    """How long a text may take to read, per script: sizes each synthesis' token budget."""
     voice: str | None = None
     """Default voice (the first in the model's voices/ folder if unset)."""
     vocoder_device: str = "cpu"
@@ -164,6 +176,9 @@ class StepAudio2Backbone:
             asyncio.to_thread(AutoTokenizer.from_pretrained, model_dir),
             asyncio.to_thread(Token2Wav.load, model_dir, options.vocoder_device),
         )
+        # The checkpoint's own dtype (bfloat16 for the published weights) and a context that
+        # holds the realtime budget, unless the operator chose otherwise.
+        engine_config = engine_config.for_backbone("stepaudio2", options.context_tokens, "auto")
         async with EngineHost.start(
             model_dir, engine_config, f"voxgate-{cls.name}", **options.engine_args()
         ) as engine:
@@ -239,9 +254,7 @@ class StepAudio2Backbone:
             # Step-Audio-2 has no speed knob: it is asked for the pace, like any other style.
             style = f"{style}\nSpeak at {speed:g} times the normal speed.".strip()
         request = self._writer.tts(text, style or None)
-        params = self._params(
-            regimes.TTS, max_tokens=min(self._options.max_tts_tokens, 64 + 6 * len(text))
-        )
+        params = self._params(regimes.TTS, max_tokens=self.tts_tokens(text, speed))
         stream = self._speech(request, params, f"tts-{_rid()}", priority, speaker, TurnTrace())
         async with aclosing(stream):
             async for item in stream:
@@ -299,6 +312,19 @@ class StepAudio2Backbone:
         async with aclosing(stream):
             async for item in stream:
                 yield replace(item, context_start=start) if isinstance(item, ResponseEnd) else item
+
+    @property
+    def answer_budget(self) -> AnswerBudget:
+        return AnswerBudget(
+            default_tokens=budgets.speech_tokens(self._options.answer_s),
+            max_tokens=budgets.speech_tokens(self._options.max_answer_s),
+            seconds_per_token=1 / budgets.TOKENS_PER_SECOND,
+        )
+
+    def tts_tokens(self, text: str, speed: float = 1.0) -> int:
+        """The token budget of reading `text` aloud: its reading time, within `max_tts_s`."""
+        seconds = min(self._options.reading_pace.seconds(text, speed), self._options.max_tts_s)
+        return budgets.speech_tokens(seconds)
 
     @property
     def can_reason(self) -> bool:

@@ -120,14 +120,13 @@ def unified_env(model: Path, speculative: str = "ngram") -> dict[str, str]:
         # One request at a time: the engine's priority order becomes observable.
         "VOXGATE_ENGINE__MAX_NUM_SEQS": "1",
         "VOXGATE_ENGINE__KV_CACHE_GIB": "0.5",
-        "VOXGATE_ENGINE__MAX_MODEL_LEN": "4096",
         # The tiny model writes hundreds of tokens a second: long answers keep it busy long
         # enough to be interrupted.
         "VOXGATE_REALTIME__SESSION__MAX_OUTPUT_TOKENS": "3800",
         "VOXGATE_STEPAUDIO2__CONTEXT_TOKENS": "4096",
         "VOXGATE_REST__MAX_CONCURRENT_REQUESTS": "8",
-        # Long syntheses stop at 800 tokens (~1-3 s of engine time here).
-        "VOXGATE_STEPAUDIO2__MAX_TTS_TOKENS": "800",
+        # Long syntheses stop at 25 s of speech, ~790 tokens (~1-3 s of engine time here).
+        "VOXGATE_STEPAUDIO2__MAX_TTS_S": "25",
     }
 
 

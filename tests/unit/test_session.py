@@ -639,7 +639,7 @@ async def test_response_request_overrides_the_session(make) -> None:
     got = await events.until(ResponseFinished)
     response = only(got, ResponseFinished).response
     assert (response.audio_format, response.metadata) == ("audio/pcmu", {"k": "v"})
-    assert response.max_output_tokens == SessionLimits().max_output_tokens  # capped
+    assert response.max_output_tokens == fake.answer_budget.max_tokens  # capped
     options = fake.respond_calls[0].options
     assert (options.instructions, options.max_output_tokens) == ("Be terse.", 512)
     # G.711 at 8 kHz: one byte per sample, 200 ms of tone as 1600 bytes or so.
