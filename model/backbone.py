@@ -76,6 +76,23 @@ class Backbone(Protocol):
         """Transcribe 16 kHz mono float32 audio (segments/words when `timestamps` asks)."""
         ...
 
+    @property
+    def takes_transcription_prompt(self) -> bool:
+        """Whether `transcribe(prompt=...)` is used (Whisper's initial prompt); if not, a
+        request with a prompt is refused rather than the hint silently dropped."""
+        ...
+
+    async def translate(
+        self,
+        audio: np.ndarray,
+        *,
+        temperature: float = 0.0,
+        priority: int = 0,
+    ) -> Transcription:
+        """Translate 16 kHz mono float32 speech into English text (OpenAI's translations).
+        Backbones that cannot raise `TranslationUnsupported` (before any work)."""
+        ...
+
     def synthesize(
         self,
         text: str,

@@ -38,6 +38,7 @@ from voxgate.model.types import (
     TextDelta,
     ToolCall,
     Transcription,
+    TranslationUnsupported,
     Turn,
     TurnTrace,
     UnknownVoiceError,
@@ -168,6 +169,18 @@ class CascadeBackbone:
     ) -> Transcription:
         # Whisper runs beside the engine, not in it: `priority` has nothing to order here.
         return await self._asr.transcribe(audio, language, prompt, temperature, timestamps)
+
+    @property
+    def takes_transcription_prompt(self) -> bool:
+        return True  # Whisper's initial prompt
+
+    async def translate(
+        self, audio: np.ndarray, *, temperature: float = 0.0, priority: int = 0
+    ) -> Transcription:
+        raise TranslationUnsupported(
+            "speech translation needs a multilingual backbone (stepaudio2); this server's "
+            "Whisper tiny.en hears English only"
+        )
 
     async def synthesize(
         self,

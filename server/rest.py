@@ -1,5 +1,5 @@
-"""OpenAI's REST speech API: `POST /v1/audio/transcriptions`, `POST /v1/audio/speech` and
-`GET /v1/audio/voices`, on the same backbone as `/v1/realtime`.
+"""OpenAI's REST speech API: `POST /v1/audio/transcriptions`, `POST /v1/audio/translations`,
+`POST /v1/audio/speech` and `GET /v1/audio/voices`, on the same backbone as `/v1/realtime`.
 
 Every request passes one gate first (`_serve`): the API key, the engine's health, its body
 read whole under a deadline and a size cap (holding one of `rest.max_pending_bodies`, never a
@@ -12,14 +12,14 @@ code and status (`engine_unavailable` 503, `context_length_exceeded` 400, ...), 
 else is a 500 `server_error`.
 
 Decoding, VAD and encoding are CPU work and run in worker threads. Long audio is cut at
-silences (`Segmenter`) and transcribed piece by piece, in order. Speech is synthesised sentence
-by sentence and each piece is encoded and sent as soon as it exists, so the first audio leaves
-before the whole text is spoken.
+silences (`Segmenter`) and transcribed (or translated) piece by piece, in order. Speech is
+synthesised sentence by sentence and each piece is encoded and sent as soon as it exists, so the
+first audio leaves before the whole text is spoken.
 
 The `model` field takes this server's own model id (`voxgate-<backbone>`, see /v1/models) or
 one of OpenAI's model names, all served by the one backbone: `whisper-1`, `gpt-4o-transcribe`,
-`gpt-4o-mini-transcribe` (...) for transcriptions, `tts-1`, `tts-1-hd`, `gpt-4o-mini-tts` (...)
-for speech. Anything else is 404 `model_not_found`.
+`gpt-4o-mini-transcribe` (...) for transcriptions and translations, `tts-1`, `tts-1-hd`,
+`gpt-4o-mini-tts` (...) for speech. Anything else is 404 `model_not_found`.
 """
 
 from __future__ import annotations
@@ -28,10 +28,10 @@ import asyncio
 import base64
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Coroutine, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol, TypeVar
 
 import numpy as np
 from fastapi import APIRouter, FastAPI, Request, Response
@@ -48,6 +48,7 @@ from voxgate.model.types import (
     AudioChunk,
     BackboneError,
     Segment,
+    Transcription,
     UnknownVoiceError,
 )
 from voxgate.server import metrics
@@ -88,7 +89,8 @@ TRANSCRIPTION_MODELS = (
     "gpt-4o-mini-transcribe-2025-12-15",
     "gpt-transcribe",
 )
-"""OpenAI's transcription model names; each is served by this server's backbone."""
+"""OpenAI's transcription model names (translations take them too); each is served by this
+server's backbone."""
 SPEECH_MODELS = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts", "gpt-4o-mini-tts-2025-12-15")
 """OpenAI's speech model names; each is served by this server's backbone."""
 
@@ -108,20 +110,27 @@ sentence boundary instead of after the whole text, and concurrent REST requests 
 # --- request models (parsed once, here) -------------------------------------------------------
 
 
-class TranscriptionForm(BaseModel):
-    """The form fields of `/v1/audio/transcriptions` besides `file`. Fields OpenAI has and
-    voxgate does not use (`include[]`, `chunking_strategy`, ...) are accepted and ignored."""
+class _AudioForm(BaseModel):
+    """The form fields that transcriptions and translations share, besides `file`. Fields
+    OpenAI has and voxgate does not use (`include[]`, `chunking_strategy`, ...) are accepted
+    and ignored."""
 
     model_config = ConfigDict(extra="ignore", use_attribute_docstrings=True)
 
     model: str = Field(examples=["whisper-1"])
     """This server's model id or an OpenAI transcription model name (an alias)."""
-    language: str | None = Field(None, pattern=r"^[a-z]{2,3}$", examples=["en"])
-    """ISO-639-1 code of the spoken language (`en`)."""
     prompt: str | None = Field(None, max_length=MAX_PROMPT_CHARS)
-    """Text to guide the transcription's spelling and style."""
+    """Text to guide the spelling and style; refused (400 `unsupported_parameter`) by
+    backbones whose ASR prompt is fixed."""
     temperature: float = Field(0.0, ge=0.0, le=1.0)
     response_format: Literal["json", "text", "srt", "vtt", "verbose_json"] = "json"
+
+
+class TranscriptionForm(_AudioForm):
+    """The form fields of `/v1/audio/transcriptions` besides `file`."""
+
+    language: str | None = Field(None, pattern=r"^[a-z]{2,3}$", examples=["en"])
+    """ISO-639-1 code of the spoken language (`en`)."""
     timestamp_granularities: list[Literal["word", "segment"]] = Field(
         default_factory=list,
         validation_alias=AliasChoices("timestamp_granularities[]", "timestamp_granularities"),
@@ -131,6 +140,15 @@ class TranscriptionForm(BaseModel):
     """Stream `transcript.text.delta` events (Server-Sent Events), one per piece of audio, then
     `transcript.text.done`. Only with `json` or `text`."""
 
+
+class TranslationForm(_AudioForm):
+    """The form fields of `/v1/audio/translations` besides `file`: speech in, English text out."""
+
+    stream: bool = False
+    """Translations are not streamed (OpenAI's are not either): `true` is refused."""
+
+
+FormT = TypeVar("FormT", bound=_AudioForm)
 
 _LIST_FIELDS = frozenset({"timestamp_granularities[]", "timestamp_granularities"})
 
@@ -177,14 +195,17 @@ def _inline_refs(schema: dict[str, Any]) -> dict[str, Any]:
     return resolve(schema)
 
 
-def _form_schema() -> dict[str, Any]:
-    schema = _inline_refs(TranscriptionForm.model_json_schema())
+def _multipart_body(form: type[_AudioForm]) -> dict[str, Any]:
+    """The OpenAPI request body of an upload: `file` and the fields of `form`."""
+    schema = _inline_refs(form.model_json_schema())
     schema["properties"] = {
         "file": {"type": "string", "format": "binary", "description": "The audio file."},
         **schema["properties"],
     }
     schema["required"] = ["file", *schema.get("required", [])]
-    return schema
+    return {
+        "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": schema}}}
+    }
 
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -203,12 +224,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 @router.post(
     "/v1/audio/transcriptions",
     response_model=None,
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {"multipart/form-data": {"schema": _form_schema()}},
-        }
-    },
+    openapi_extra=_multipart_body(TranscriptionForm),
     responses={
         200: {
             "description": "The transcript in `response_format`, or SSE with `stream=true`",
@@ -221,6 +237,25 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 async def create_transcription(request: Request) -> Response:
     """Transcribe an audio file (OpenAI's `audio.transcriptions.create`)."""
     return await _serve(request, _read_transcription, _transcription)
+
+
+@router.post(
+    "/v1/audio/translations",
+    response_model=None,
+    openapi_extra=_multipart_body(TranslationForm),
+    responses={
+        200: {
+            "description": "The English text in `response_format`",
+            "content": {"text/plain": {}, "text/vtt": {}},
+        },
+        415: {"description": "Not multipart/form-data"},
+        **_ERRORS,
+    },
+)
+async def create_translation(request: Request) -> Response:
+    """Translate speech in an audio file into English text (OpenAI's
+    `audio.translations.create`); 400 `unsupported_feature` on a backbone that cannot."""
+    return await _serve(request, _read_translation, _translation)
 
 
 @router.post(
@@ -435,29 +470,77 @@ async def _capped(request: Request, limit: int, what: str) -> AsyncIterator[byte
         yield chunk
 
 
-# --- transcriptions ---------------------------------------------------------------------------
+# --- transcriptions and translations ----------------------------------------------------------
+
+Timestamps = Literal["none", "segment", "word"]
 
 
 @dataclass(slots=True)
-class _TranscriptionBody:
-    form: TranscriptionForm
+class _UploadBody(Generic[FormT]):
+    form: FormT
     upload: UploadFile
 
     async def close(self) -> None:
         await self.upload.close()
 
 
-async def _read_transcription(request: Request, services: Services) -> _TranscriptionBody:
+async def _read_transcription(
+    request: Request, services: Services
+) -> _UploadBody[TranscriptionForm]:
+    return await _read_upload(request, services, TranscriptionForm, _check_transcription)
+
+
+async def _read_translation(request: Request, services: Services) -> _UploadBody[TranslationForm]:
+    return await _read_upload(request, services, TranslationForm, _check_translation)
+
+
+def _check_transcription(form: TranscriptionForm) -> None:
+    if form.stream and form.response_format not in ("json", "text"):
+        raise RestError(
+            400,
+            "invalid_value",
+            "stream=true sends transcript.text.* events; use response_format json or text",
+            "stream",
+        )
+
+
+def _check_translation(form: TranslationForm) -> None:
+    if form.stream:
+        raise RestError(
+            400,
+            "unsupported_parameter",
+            "translations are not streamed (OpenAI's are not either); leave `stream` out",
+            "stream",
+        )
+    if form.prompt:
+        raise RestError(
+            400,
+            "unsupported_parameter",
+            "`prompt` is not available for translations here: no backbone of this server "
+            "uses one to translate (leave `prompt` out)",
+            "prompt",
+        )
+
+
+async def _read_upload(
+    request: Request,
+    services: Services,
+    form_type: type[FormT],
+    check: Callable[[FormT], None],
+) -> _UploadBody[FormT]:
+    """The form of an upload endpoint, checked (`check`: what only that endpoint refuses)."""
     settings = services.settings.rest
-    form, upload = await _read_form(request, settings.max_upload_bytes)
+    form, upload = await _read_form(request, settings.max_upload_bytes, form_type)
     try:
         _check_model(form.model, TRANSCRIPTION_MODELS, services)
-        if form.stream and form.response_format not in ("json", "text"):
+        check(form)
+        if form.prompt and not services.backbone.takes_transcription_prompt:
             raise RestError(
                 400,
-                "invalid_value",
-                "stream=true sends transcript.text.* events; use response_format json or text",
-                "stream",
+                "unsupported_parameter",
+                "`prompt` is not available here: this backbone's ASR prompt is the published "
+                "fixed instruction; a hint would change it (leave `prompt` out)",
+                "prompt",
             )
         if upload.size is not None and upload.size > settings.max_upload_bytes:
             raise RestError(
@@ -469,27 +552,78 @@ async def _read_transcription(request: Request, services: Services) -> _Transcri
     except BaseException:
         await upload.close()
         raise
-    return _TranscriptionBody(form, upload)
+    return _UploadBody(form, upload)
 
 
 async def _transcription(
-    request: Request, services: Services, body: _TranscriptionBody
+    request: Request, services: Services, body: _UploadBody[TranscriptionForm]
 ) -> Response:
-    settings = services.settings.rest
-    form = body.form
-    audio = await asyncio.to_thread(_decode, body.upload, settings.max_audio_seconds)
-    params = SegmenterParams(
-        max_piece_s=settings.max_piece_seconds, min_piece_s=settings.max_piece_seconds / 3
+    form, backbone, priority = body.form, services.backbone, services.settings.rest.priority
+    audio, pieces = await _speech_pieces(body.upload, services)
+
+    async def transcribe(samples: np.ndarray, timestamps: Timestamps) -> Transcription:
+        return await backbone.transcribe(
+            samples,
+            language=form.language,
+            prompt=form.prompt,
+            temperature=form.temperature,
+            timestamps=timestamps,
+            priority=priority,
+        )
+
+    job = _TranscriptionJob(
+        audio,
+        pieces,
+        transcribe,
+        TranscriptFormat(form.response_format),
+        form.timestamp_granularities,
+        Transcript(_seconds(audio), form.language or "", form.temperature),
     )
-    pieces = await asyncio.to_thread(Segmenter(services.new_vad(), params).split, audio)
-    job = _TranscriptionJob(services.backbone, audio, pieces, form, settings.priority)
     if form.stream:
         return _ReleasingStream(
             _transcript_events(job, request.app), media_type="text/event-stream"
         )
+    return await _completed(request, job)
+
+
+async def _translation(
+    request: Request, services: Services, body: _UploadBody[TranslationForm]
+) -> Response:
+    form, backbone, priority = body.form, services.backbone, services.settings.rest.priority
+    audio, pieces = await _speech_pieces(body.upload, services)
+
+    async def translate(samples: np.ndarray, timestamps: Timestamps) -> Transcription:
+        # Translations are not timed: srt, vtt and verbose_json get one cue per piece.
+        return await backbone.translate(samples, temperature=form.temperature, priority=priority)
+
+    # OpenAI names the language of a translation in words, and it is always English.
+    transcript = Transcript(_seconds(audio), "english", form.temperature, task="translate")
+    job = _TranscriptionJob(
+        audio, pieces, translate, TranscriptFormat(form.response_format), (), transcript
+    )
+    return await _completed(request, job)
+
+
+def _seconds(audio: np.ndarray) -> float:
+    return len(audio) / INPUT_SAMPLE_RATE
+
+
+async def _speech_pieces(upload: UploadFile, services: Services) -> tuple[np.ndarray, list[Piece]]:
+    """The upload decoded and cut at silences into pieces the backbone takes (worker threads)."""
+    settings = services.settings.rest
+    audio = await asyncio.to_thread(_decode, upload, settings.max_audio_seconds)
+    params = SegmenterParams(
+        max_piece_s=settings.max_piece_seconds, min_piece_s=settings.max_piece_seconds / 3
+    )
+    pieces = await asyncio.to_thread(Segmenter(services.new_vad(), params).split, audio)
+    return audio, pieces
+
+
+async def _completed(request: Request, job: _TranscriptionJob) -> Response:
+    """The whole file's answer, or 499 once its client has hung up."""
     if not await _unless_disconnected(request, job.complete()):
         # Nobody is waiting for the rest of a long file: the backbone stopped working on it.
-        log.info("transcription abandoned by its client after %d pieces", job.done)
+        log.info("%s abandoned by its client after %d pieces", job.transcript.task, job.done)
         return Response(status_code=499)
     return _transcript_response(job)
 
@@ -519,8 +653,8 @@ async def _unless_disconnected(request: Request, work: Coroutine[Any, Any, None]
 
 
 async def _read_form(
-    request: Request, max_upload_bytes: int
-) -> tuple[TranscriptionForm, UploadFile]:
+    request: Request, max_upload_bytes: int, form_type: type[FormT]
+) -> tuple[FormT, UploadFile]:
     content_type = request.headers.get("content-type", "")
     if not content_type.lower().startswith("multipart/form-data"):
         raise RestError(
@@ -555,7 +689,7 @@ async def _read_form(
         raise RestError(400, "missing_required_parameter", "`file` is required", "file")
     try:
         data = {k: v if k in _LIST_FIELDS else v[-1] for k, v in fields.items()}
-        return TranscriptionForm.model_validate(data), upload
+        return form_type.model_validate(data), upload
     except ValidationError as e:
         await upload.close()
         raise rest_validation_error(e) from e
@@ -570,40 +704,39 @@ def _decode(upload: UploadFile, max_seconds: float) -> np.ndarray:
         raise RestError(400, e.code, e.message, "file") from e
 
 
+Recognise = Callable[[np.ndarray, Timestamps], Awaitable[Transcription]]
+"""One piece of speech to text (the backbone's transcribe or translate), timed as asked."""
+
+
 class _TranscriptionJob:
-    """One file's pieces through the backbone, in order, into a `Transcript`."""
+    """One file's pieces through the backbone (`recognise`), in order, into `transcript`."""
 
     def __init__(
         self,
-        backbone: Backbone,
         audio: np.ndarray,
         pieces: list[Piece],
-        form: TranscriptionForm,
-        priority: int,
+        recognise: Recognise,
+        fmt: TranscriptFormat,
+        granularities: Collection[str],
+        transcript: Transcript,
     ) -> None:
-        self._backbone = backbone
         self._audio = audio
         self._pieces = pieces
-        self._form = form
-        self._priority = priority
-        self.format = TranscriptFormat(form.response_format)
-        granularities = set(form.timestamp_granularities) or {"segment"}
+        self._recognise = recognise
+        self.format = fmt
+        granularities = set(granularities) or {"segment"}
         verbose = self.format is TranscriptFormat.VERBOSE_JSON
         self.with_segments = verbose and "segment" in granularities
         """What `verbose_json` lists (OpenAI: segments by default, words when asked)."""
         self.with_words = verbose and "word" in granularities
-        self._timestamps: Literal["none", "segment", "word"] = (
+        self._timestamps: Timestamps = (
             "word"
             if self.with_words
             else "none"
             if self.format in (TranscriptFormat.JSON, TranscriptFormat.TEXT)
             else "segment"
         )
-        self.transcript = Transcript(
-            duration_s=len(audio) / INPUT_SAMPLE_RATE,
-            language=form.language or "",
-            temperature=form.temperature,
-        )
+        self.transcript = transcript
         self.done = 0
 
     async def complete(self) -> None:
@@ -611,19 +744,12 @@ class _TranscriptionJob:
             pass
 
     async def run(self) -> AsyncIterator[str]:
-        """Transcribe piece by piece; yield each piece's text once it is in the transcript."""
-        form, transcript = self._form, self.transcript
+        """Piece by piece; yield each piece's text once it is in the transcript."""
+        transcript = self.transcript
         for piece in self._pieces:
             if not piece.has_speech:
                 continue
-            result = await self._backbone.transcribe(
-                piece.samples(self._audio),
-                language=form.language,
-                prompt=form.prompt,
-                temperature=form.temperature,
-                timestamps=self._timestamps,
-                priority=self._priority,
-            )
+            result = await self._recognise(piece.samples(self._audio), self._timestamps)
             self.done += 1
             if result.language and not transcript.language:
                 transcript.language = result.language

@@ -1,5 +1,6 @@
-"""OpenAI's transcription response shapes: `json`, `text`, `srt`, `vtt`, `verbose_json`, and the
-`transcript.text.*` stream events. Pure functions of a `Transcript`; no HTTP here.
+"""OpenAI's transcription (and translation) response shapes: `json`, `text`, `srt`, `vtt`,
+`verbose_json`, and the `transcript.text.*` stream events. Pure functions of a `Transcript`; no
+HTTP here.
 
 `verbose_json` follows the SDK's `TranscriptionVerbose`. What a segment carries beyond its times
 and text is filled as honestly as the backbone allows: `seek` is the start of the piece the
@@ -14,13 +15,13 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 from voxgate.model.types import Segment
 
 
 class TranscriptFormat(StrEnum):
-    """`response_format` of `/v1/audio/transcriptions`."""
+    """`response_format` of `/v1/audio/transcriptions` and `/v1/audio/translations`."""
 
     JSON = "json"
     TEXT = "text"
@@ -49,11 +50,12 @@ class TimedSegment:
 
 @dataclass(slots=True)
 class Transcript:
-    """A whole file's transcription, assembled piece by piece."""
+    """A whole file's transcription (or translation), assembled piece by piece."""
 
     duration_s: float
     language: str
     temperature: float
+    task: Literal["transcribe", "translate"] = "transcribe"
     texts: list[str] = field(default_factory=list)
     segments: list[TimedSegment] = field(default_factory=list)
 
@@ -72,7 +74,7 @@ def text_body(t: Transcript) -> str:
 
 def verbose_json_body(t: Transcript, *, segments: bool, words: bool) -> dict[str, Any]:
     body: dict[str, Any] = {
-        "task": "transcribe",
+        "task": t.task,
         "language": t.language,
         "duration": round(t.duration_s, 3),
         "text": t.text,

@@ -31,6 +31,7 @@ from voxgate.model.types import (
     TextDelta,
     ToolCall,
     Transcription,
+    TranslationUnsupported,
     Turn,
     TurnTrace,
     UnknownVoiceError,
@@ -85,6 +86,13 @@ class TranscribeCall:
 
 
 @dataclass(frozen=True, slots=True)
+class TranslateCall:
+    audio: np.ndarray
+    temperature: float = 0.0
+    priority: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class SynthesizeCall:
     text: str
     voice: str
@@ -99,6 +107,9 @@ class FakeBackbone:
     - `transcript`: what `transcribe` returns, a string or a function of the audio (default
       "hello"); `transcribe_gate`, when set, holds every transcription until it is set. Asked
       for timestamps, it returns one segment over the whole audio, its words spread evenly.
+      `takes_transcription_prompt` is settable (default True).
+    - `translate` returns `translation` (no segments); with `can_translate` False it raises
+      `TranslationUnsupported` instead, before recording the call.
     - `synthesize` yields `synth_chunks` tone chunks per call; `synthesize_gate`, when set,
       holds every call after the first until it is set (to show that a caller streams the
       first call's audio before asking for more); `follows_instructions` is settable.
@@ -126,6 +137,9 @@ class FakeBackbone:
         self.fail_after = fail_after
         self.failure: Exception = BackboneError("the fake backbone failed on purpose")
         """What `respond` raises after `fail_after` pieces."""
+        self.translation = "hello in English"
+        self.can_translate = True
+        self.takes_transcription_prompt = True
         self.transcribe_gate: asyncio.Event | None = None
         self.synthesize_gate: asyncio.Event | None = None
         self.synth_chunks = 3
@@ -144,6 +158,7 @@ class FakeBackbone:
         in this many, or `check_instructions` refuses them."""
         self.summarize_calls: list[tuple[str, list[Turn], int]] = []
         self.transcribe_calls: list[TranscribeCall] = []
+        self.translate_calls: list[TranslateCall] = []
         self.synthesize_calls: list[SynthesizeCall] = []
         self.respond_calls: list[RespondCall] = []
 
@@ -184,6 +199,14 @@ class FakeBackbone:
                 words = tuple(Word(i * step, (i + 1) * step, w) for i, w in enumerate(spoken))
             segments = (Segment(0.0, duration, text, words),)
         return Transcription(text, duration, "en", segments)
+
+    async def translate(
+        self, audio: np.ndarray, *, temperature: float = 0.0, priority: int = 0
+    ) -> Transcription:
+        if not self.can_translate:
+            raise TranslationUnsupported("the fake backbone cannot translate")
+        self.translate_calls.append(TranslateCall(audio, temperature, priority))
+        return Transcription(self.translation, len(audio) / INPUT_SAMPLE_RATE, "en")
 
     async def synthesize(
         self,

@@ -24,11 +24,12 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from in_process import TEST_HOSTS, TEST_KEY, serving
 from openai import AsyncOpenAI, BadRequestError, NotFoundError
-from openai.types.audio import Transcription, TranscriptionVerbose
+from openai.types.audio import Transcription, TranscriptionVerbose, Translation, TranslationVerbose
 from openai.types.audio.transcription_stream_event import TranscriptionStreamEvent
 from pydantic import SecretStr
 
 from voxgate.model.artifacts import default_home
+from voxgate.model.cascade import CascadeBackbone, CascadeConfig
 from voxgate.model.types import (
     INPUT_SAMPLE_RATE,
     AudioChunk,
@@ -36,6 +37,7 @@ from voxgate.model.types import (
     ContextBudgetExceeded,
     EngineUnavailable,
     RequestRejected,
+    TranslationUnsupported,
 )
 from voxgate.model.voices import OPENAI_VOICES
 from voxgate.server.app import create_app
@@ -45,6 +47,7 @@ from voxgate.server.settings import RestSettings, Settings
 pytestmark = pytest.mark.timeout(60)
 
 STREAM_EVENT = pydantic.TypeAdapter(TranscriptionStreamEvent)
+TRANSCRIPTIONS, TRANSLATIONS = "/v1/audio/transcriptions", "/v1/audio/translations"
 FAKE_PIECE_S = 0.3
 """Audio the fake synthesises per call (3 chunks of 0.1 s)."""
 
@@ -95,13 +98,21 @@ def hello_wav(hello: np.ndarray) -> bytes:
     return wav(hello)
 
 
-def transcribe(client: TestClient, file: bytes | None, **fields: Any) -> httpx.Response:
+def upload(client: TestClient, path: str, file: bytes | None, **fields: Any) -> httpx.Response:
     data = {"model": "whisper-1", **fields}
     if file is None:  # still multipart: fields as parts without a file name
         parts = [(k, (None, v)) for k, v in data.items()]
-        return client.post("/v1/audio/transcriptions", files=parts)
+        return client.post(path, files=parts)
     files = {"file": ("speech.wav", file, "audio/wav")}
-    return client.post("/v1/audio/transcriptions", data=data, files=files)
+    return client.post(path, data=data, files=files)
+
+
+def transcribe(client: TestClient, file: bytes | None, **fields: Any) -> httpx.Response:
+    return upload(client, TRANSCRIPTIONS, file, **fields)
+
+
+def translate(client: TestClient, file: bytes | None, **fields: Any) -> httpx.Response:
+    return upload(client, TRANSLATIONS, file, **fields)
 
 
 def speech(client: TestClient, **body: Any) -> httpx.Response:
@@ -140,18 +151,20 @@ def test_json_transcription_is_the_sdk_shape(client, fake, hello_wav) -> None:
     assert abs(len(call.audio) - len(sf.read(io.BytesIO(hello_wav))[0])) <= 1
 
 
-def test_text_srt_and_vtt(client, hello_wav, hello) -> None:
+@pytest.mark.parametrize(
+    ("path", "said"), [(TRANSCRIPTIONS, "hello there"), (TRANSLATIONS, "hello in English")]
+)
+def test_text_srt_and_vtt(client, hello_wav, hello, path: str, said: str) -> None:
+    """A translation is not timed by the backbone: its piece of audio (here all of it) is the
+    cue, as is the fake's one segment of a transcription."""
     end = f"{len(hello) / INPUT_SAMPLE_RATE:.3f}".replace(".", ",")
-    text = transcribe(client, hello_wav, response_format="text")
-    assert (text.text, text.headers["content-type"]) == (
-        "hello there\n",
-        "text/plain; charset=utf-8",
-    )
-    srt = transcribe(client, hello_wav, response_format="srt")
-    assert srt.text == f"1\n00:00:00,000 --> 00:00:0{end}\nhello there\n"
-    vtt = transcribe(client, hello_wav, response_format="vtt")
+    text = upload(client, path, hello_wav, response_format="text")
+    assert (text.text, text.headers["content-type"]) == (f"{said}\n", "text/plain; charset=utf-8")
+    srt = upload(client, path, hello_wav, response_format="srt")
+    assert srt.text == f"1\n00:00:00,000 --> 00:00:0{end}\n{said}\n"
+    vtt = upload(client, path, hello_wav, response_format="vtt")
     assert vtt.headers["content-type"].startswith("text/vtt")
-    assert vtt.text == f"WEBVTT\n\n00:00:00.000 --> 00:00:0{end.replace(',', '.')}\nhello there\n"
+    assert vtt.text == f"WEBVTT\n\n00:00:00.000 --> 00:00:0{end.replace(',', '.')}\n{said}\n"
 
 
 @pytest.mark.parametrize(
@@ -389,6 +402,145 @@ def test_audio_over_the_duration_limit(fake, hello) -> None:
         long = wav(np.concatenate([hello, silence(2.0)]))
         assert_error(transcribe(client, long), 400, "audio_too_long", "file")
     assert fake.transcribe_calls == []
+
+
+# --- translations -----------------------------------------------------------------------------
+
+
+def test_json_translation_is_the_sdk_shape(client, fake, hello, hello_wav) -> None:
+    response = translate(client, hello_wav, temperature="0.3")
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/json"
+    assert Translation.model_validate(response.json()).text == "hello in English"
+    (call,) = fake.translate_calls
+    assert (call.priority, call.temperature) == (10, 0.3)
+    assert abs(len(call.audio) - len(hello)) <= 1
+    assert fake.transcribe_calls == []
+
+
+def test_verbose_json_translation(client, fake, hello, hello_wav) -> None:
+    """The backbone does not time a translation: each piece of audio is one segment."""
+    seconds = len(hello) / INPUT_SAMPLE_RATE
+    verbose = translate(client, hello_wav, response_format="verbose_json").json()
+    assert (verbose["task"], "words" in verbose) == ("translate", False)
+    body = TranslationVerbose.model_validate(verbose)
+    assert (body.text, body.language) == ("hello in English", "english")
+    assert body.duration == pytest.approx(seconds, abs=1e-3)
+    (segment,) = body.segments
+    assert (segment.id, segment.seek, segment.start, segment.text) == (
+        0,
+        0,
+        0.0,
+        "hello in English",
+    )
+    assert segment.end == pytest.approx(seconds, abs=1e-3)
+    assert len(fake.translate_calls) == 1 and fake.transcribe_calls == []
+
+
+def test_silence_is_not_sent_to_be_translated(client, fake) -> None:
+    assert translate(client, wav(silence(3))).json()["text"] == ""
+    assert fake.translate_calls == []
+
+
+def test_a_backbone_that_cannot_translate_is_a_400(fake, hello_wav) -> None:
+    fake.can_translate = False
+    with TestClient(app_for(fake)) as client:
+        error = assert_error(translate(client, hello_wav), 400, "unsupported_feature")
+    assert error["type"] == "invalid_request_error"
+    assert error["message"] == "the fake backbone cannot translate"
+    assert fake.translate_calls == []
+
+
+async def test_the_cascade_refuses_translation_before_any_work() -> None:
+    # Whisper tiny.en is English-only; nothing the cascade holds is touched.
+    cascade = CascadeBackbone(None, None, None, None, CascadeConfig())  # type: ignore[arg-type]
+    assert cascade.takes_transcription_prompt
+    with pytest.raises(TranslationUnsupported, match="multilingual backbone"):
+        await cascade.translate(silence(1))
+
+
+@pytest.mark.parametrize(
+    ("fields", "status", "code", "param"),
+    [
+        ({"stream": "true"}, 400, "unsupported_parameter", "stream"),
+        ({"model": None}, 400, "missing_required_parameter", "model"),
+        ({"model": "whisper-2"}, 404, "model_not_found", "model"),
+        ({"model": "tts-1"}, 404, "model_not_found", "model"),
+        ({"response_format": "diarized_json"}, 400, "invalid_value", "response_format"),
+        ({"temperature": "1.5"}, 400, "invalid_value", "temperature"),
+        ({"prompt": "x" * 2001}, 400, "string_above_max_length", "prompt"),
+    ],
+)
+def test_bad_translation_fields(client, fake, hello_wav, fields, status, code, param) -> None:
+    data = {"model": "whisper-1"} | fields
+    data = {k: v for k, v in data.items() if v is not None}
+    files = {"file": ("speech.wav", hello_wav, "audio/wav")}
+    assert_error(client.post(TRANSLATIONS, data=data, files=files), status, code, param)
+    assert fake.translate_calls == []
+
+
+def test_translation_models_are_the_transcription_ones(client, hello_wav) -> None:
+    for model in ("voxgate-fake", "whisper-1", "gpt-4o-transcribe"):
+        assert translate(client, hello_wav, model=model).status_code == 200
+
+
+def test_bad_and_oversized_translation_uploads(fake, hello) -> None:
+    over = wav(np.concatenate([hello] * 7))  # over the limit, within the room for the fields
+    with TestClient(app_for(fake, rest={"max_upload_bytes": 100_000})) as client:
+        assert_error(translate(client, b""), 400, "empty_file", "file")
+        assert_error(translate(client, None), 400, "missing_required_parameter", "file")
+        assert_error(translate(client, over), 413, "file_too_large", "file")
+        huge = wav(np.concatenate([hello] * 20))
+        assert_error(translate(client, huge), 413, "file_too_large")
+        not_multipart = client.post(TRANSLATIONS, json={"model": "whisper-1"})
+        assert_error(not_multipart, 415, "unsupported_media_type")
+    assert fake.translate_calls == []
+
+
+@pytest.mark.parametrize("path", [TRANSCRIPTIONS, TRANSLATIONS])
+@pytest.mark.parametrize("takes_prompt", [True, False])
+def test_a_prompt_only_where_the_backbone_takes_one(fake, hello_wav, path, takes_prompt) -> None:
+    """A backbone whose ASR prompt is fixed refuses a hint rather than silently dropping it."""
+    fake.takes_transcription_prompt = takes_prompt
+    with TestClient(app_for(fake)) as client:
+        prompted = upload(client, path, hello_wav, prompt="Greetings.")
+        unprompted = upload(client, path, hello_wav, prompt="")  # an empty field is unset
+    assert unprompted.status_code == 200
+    calls = fake.transcribe_calls + fake.translate_calls
+    if takes_prompt and path != TRANSLATIONS:
+        assert prompted.status_code == 200
+        assert len(calls) == 2
+    else:
+        # Translations use no prompt on any backbone: refused, never dropped.
+        error = assert_error(prompted, 400, "unsupported_parameter", "prompt")
+        assert error["type"] == "invalid_request_error"
+        assert "fixed instruction" in error["message"] or "translations" in error["message"]
+        assert len(calls) == 1
+    assert [c.prompt for c in fake.transcribe_calls] == (
+        [] if path == TRANSLATIONS else ["Greetings.", None] if takes_prompt else [None]
+    )
+
+
+def test_translations_are_documented_like_transcriptions(client) -> None:
+    paths = client.get("/openapi.json").json()["paths"]
+
+    def fields(path: str) -> set[str]:
+        body = paths[path]["post"]["requestBody"]["content"]["multipart/form-data"]
+        assert body["schema"]["required"] == ["file", "model"]
+        return set(body["schema"]["properties"])
+
+    assert fields(TRANSLATIONS) == {
+        "file",
+        "model",
+        "prompt",
+        "temperature",
+        "response_format",
+        "stream",
+    }
+    assert fields(TRANSCRIPTIONS) == fields(TRANSLATIONS) | {
+        "language",
+        "timestamp_granularities[]",
+    }
 
 
 # --- speech -----------------------------------------------------------------------------------
@@ -644,10 +796,11 @@ def test_the_api_key_is_required_when_configured(fake, hello_wav) -> None:
 
 def test_an_unhealthy_backbone_is_503_with_retry_after(client, fake, hello_wav) -> None:
     fake.is_healthy = False
-    for response in (transcribe(client, hello_wav), speech(client)):
+    for response in (transcribe(client, hello_wav), translate(client, hello_wav), speech(client)):
         assert_error(response, 503, "engine_unavailable")
         assert response.headers["retry-after"] == "2"
     assert fake.transcribe_calls == [] and fake.synthesize_calls == []
+    assert fake.translate_calls == []
 
 
 async def test_over_capacity_is_429_with_retry_after(fake, hello_wav) -> None:
@@ -798,3 +951,37 @@ async def test_the_official_sdk(fake, hello_wav) -> None:
             with pytest.raises(BadRequestError) as bad:
                 await client.audio.speech.create(model="tts-1", voice="nobody", input="Hi.")
             assert bad.value.code == "unknown_voice"
+
+
+# The SDK marks `audio.translations.create` deprecated (whisper-1's announced shutdown); clients
+# still call it, and it warns on every call.
+@pytest.mark.filterwarnings("ignore:deprecated:DeprecationWarning")
+async def test_the_official_sdk_translates(fake, hello_wav) -> None:
+    async with serving(app_for(fake, api_key=SecretStr(TEST_KEY))) as port:
+        client = AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=TEST_KEY)
+        async with client:
+            file = ("hello.wav", hello_wav)
+            text = await client.audio.translations.create(file=file, model="whisper-1")
+            assert text.text == "hello in English"
+            verbose = await client.audio.translations.create(
+                file=file, model="whisper-1", response_format="verbose_json", temperature=0.2
+            )
+            assert (verbose.language, verbose.segments[0].temperature) == ("english", 0.2)
+            vtt = await client.audio.translations.create(
+                file=file, model="whisper-1", response_format="vtt"
+            )
+            assert vtt.startswith("WEBVTT\n\n00:00:00.000 --> ")
+            fake.can_translate = False
+            with pytest.raises(BadRequestError) as refused:
+                await client.audio.translations.create(file=file, model="whisper-1")
+            assert (refused.value.code, refused.value.param) == ("unsupported_feature", None)
+            fake.takes_transcription_prompt = False
+            with pytest.raises(BadRequestError) as prompted:
+                await client.audio.translations.create(
+                    file=file, model="whisper-1", prompt="Greetings."
+                )
+            assert (prompted.value.code, prompted.value.param) == (
+                "unsupported_parameter",
+                "prompt",
+            )
+    assert len(fake.translate_calls) == 3

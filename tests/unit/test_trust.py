@@ -57,6 +57,7 @@ ROUTES: dict[tuple[str, str], str] = {
     ("GET", "/v1/audio/voices"): KEY,
     ("POST", "/v1/audio/speech"): KEY,
     ("POST", "/v1/audio/transcriptions"): KEY,
+    ("POST", "/v1/audio/translations"): KEY,
     ("POST", "/v1/realtime/client_secrets"): KEY_ONLY,
     ("WS", "/v1/realtime"): KEY,
 }
@@ -73,7 +74,7 @@ def request(client: TestClient, method: str, path: str, headers: dict[str, str])
         case ("POST", "/v1/audio/speech"):
             body = {"model": "tts-1", "voice": "joe", "input": "Hi."}
             return client.post(path, json=body, headers=headers)
-        case ("POST", "/v1/audio/transcriptions"):
+        case ("POST", "/v1/audio/transcriptions" | "/v1/audio/translations"):
             files = {"file": ("a.wav", silent_wav(), "audio/wav")}
             return client.post(path, data={"model": "whisper-1"}, files=files, headers=headers)
         case ("POST", "/v1/realtime/client_secrets"):
