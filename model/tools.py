@@ -103,6 +103,23 @@ def validate(instance: Any, schema: dict[str, Any]) -> None:
         raise error
 
 
+def checked_call(tool: ToolSpec, arguments: str) -> ToolCall:
+    """A call of `tool` with `arguments` (JSON text), valid for its schema, with a new id.
+    Raises ValueError when the arguments are not a JSON object its schema accepts."""
+    try:
+        parsed = json.loads(arguments, strict=False)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"arguments for {tool.name} are not JSON: {e}") from e
+    if not isinstance(parsed, dict):
+        raise ValueError(f"arguments for {tool.name} are not a JSON object")
+    try:
+        validate(parsed, tool.parameters or {"type": "object"})
+    except (jsonschema.ValidationError, Unresolvable) as e:
+        message = getattr(e, "message", str(e))
+        raise ValueError(f"arguments for {tool.name} do not match its schema: {message}") from e
+    return ToolCall(f"call_{uuid.uuid4().hex[:20]}", tool.name, json.dumps(parsed))
+
+
 def parse_decision(text: str, tools: Sequence[ToolSpec]) -> ToolCall | None:
     """The call the model chose, or None for "answer in words". Raises ValueError if the text
     is not a valid decision (which constrained decoding should make impossible)."""
@@ -120,10 +137,4 @@ def parse_decision(text: str, tools: Sequence[ToolSpec]) -> ToolCall | None:
     tool = by_name.get(decision["call"])
     if tool is None:
         raise ValueError(f"the model called an unknown function {decision['call']!r}")
-    arguments = decision.get("arguments")
-    try:
-        validate(arguments, tool.parameters or {"type": "object"})
-    except (jsonschema.ValidationError, Unresolvable) as e:
-        message = getattr(e, "message", str(e))
-        raise ValueError(f"arguments for {tool.name} do not match its schema: {message}") from e
-    return ToolCall(f"call_{uuid.uuid4().hex[:20]}", tool.name, json.dumps(arguments))
+    return checked_call(tool, json.dumps(decision.get("arguments")))

@@ -66,6 +66,10 @@ class ResponseEnd:
     context_start: int = 0
     """Index of the first conversation turn the prompt held: the turns before it did not fit
     the context budget (the session may fold them into its summary)."""
+    spoken_tokens: tuple[int, ...] | None = None
+    """The spoken answer as the model wrote it, its own token ids (Step-Audio-2: the TA4
+    stream up to `<tts_end>`). The session hands them back with the answer's turn
+    (`Turn.tokens`) so the model sees its past speech verbatim; None for text LMs."""
 
 
 ResponseOutput = TextDelta | AudioChunk | ReasoningDelta | ToolCall | ResponseEnd
@@ -138,12 +142,20 @@ class Turn:
     use it instead of the transcript in `text`."""
     key: str | None = None
     """A stable id of the message (the conversation item id), when it has one."""
+    tokens: tuple[int, ...] | None = None
+    """An assistant answer as the backbone wrote it (`ResponseEnd.spoken_tokens`), while it
+    is unchanged (a truncated answer loses them and is rendered from `text`)."""
+    call: ToolCall | None = None
+    """A function call the assistant made (then `text` says it in words)."""
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Turn):
             return NotImplemented
         # The key identifies a message across prompts; it is not part of what was said.
-        return (self.role, self.text) == (other.role, other.text) and self.audio is other.audio
+        return (
+            (self.role, self.text, self.tokens, self.call)
+            == (other.role, other.text, other.tokens, other.call)
+        ) and self.audio is other.audio
 
     def __hash__(self) -> int:
         return hash((self.role, self.text))
@@ -265,6 +277,13 @@ class RequestRejected(BackboneError):
     """The engine refused a request as malformed (vLLM raised ValueError on it)."""
 
     code = "invalid_request"
+    status = 400
+
+
+class TranslationUnsupported(BackboneError):
+    """The backbone cannot translate speech (an English-only ASR model, for one)."""
+
+    code = "unsupported_feature"
     status = 400
 
 

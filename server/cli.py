@@ -66,7 +66,7 @@ def _make_tiny_model(args: argparse.Namespace) -> int:
 
     from voxgate.model.stepaudio2.tiny import make_tiny_model
 
-    directory = make_tiny_model(Path(args.directory), seed=args.seed)
+    directory = make_tiny_model(Path(args.directory), seed=args.seed, think=args.think)
     print(f"tiny Step-Audio-2 model written to {directory}")
     return 0
 
@@ -107,6 +107,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     tiny.add_argument("directory")
     tiny.add_argument("--seed", type=int, default=0)
+    tiny.add_argument(
+        "--think",
+        choices=["text", "tokens"],
+        default="text",
+        help="think markers: written as text (Step-Audio-2-mini-Think) or "
+        "<|THINK_START|>/<|THINK_END|> tokens (Step-Audio-R1.1)",
+    )
     tiny.set_defaults(run=_make_tiny_model)
     voice = commands.add_parser(
         "make-voice",

@@ -283,9 +283,7 @@ async def _session_config(services: Services, params: SessionParams | None) -> S
     cap = limits.answer_cap(services.backbone.answer_budget)
     wanted = config.max_output_tokens or cap
     try:
-        await services.backbone.check_instructions(
-            config.instructions, min(wanted, cap)
-        )
+        await services.backbone.check_instructions(config.instructions, min(wanted, cap))
     except BackboneError as e:
         raise RestError(e.status, e.code, str(e), "session.instructions") from e
     return config

@@ -86,6 +86,9 @@ class SessionLimits(BaseModel):
     max_buffer_seconds: float = Field(60.0, gt=0)
     """Input audio held before a commit. With server VAD a longer turn is ended at this bound;
     without it, more audio is refused with `input_audio_buffer_full`."""
+    audio_turns_kept: int = Field(4, ge=1)
+    """User audio turns whose voice is kept (the newest; each at most `max_buffer_seconds`):
+    a backbone that hears audio gets them as audio, older ones as transcripts."""
     max_items: int = Field(200, ge=2)
     """Conversation items kept; the oldest are forgotten beyond this."""
     event_queue_size: int = Field(256, ge=8)
@@ -96,6 +99,7 @@ class SessionLimits(BaseModel):
     """Cap on any response's max_output_tokens (including "inf"). None: the backbone's own
     (`AnswerBudget.max_tokens`: 512 for the cascade's text LM, 300 s of speech for
     Step-Audio-2)."""
+
     def answer_cap(self, budget: AnswerBudget) -> int:
         """The largest answer a response may ask for, in the backbone's output tokens."""
         return self.max_output_tokens or budget.max_tokens

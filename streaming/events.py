@@ -40,8 +40,11 @@ class Item:
     audio: bool = False
     status: ItemStatus = ItemStatus.COMPLETED
     samples: np.ndarray | None = field(default=None, repr=False)
-    """The user's voice (16 kHz), kept for the newest user audio item only (bounded memory);
-    backbones that hear audio answer from it."""
+    """The user's voice (16 kHz), kept for the newest `audio_turns_kept` user audio items
+    (bounded memory); backbones that hear audio answer from it."""
+    tokens: tuple[int, ...] | None = field(default=None, repr=False)
+    """An assistant answer as the backbone wrote it (`ResponseEnd.spoken_tokens`), handed
+    back with the turn; dropped when the answer is truncated."""
     audio_ms: int = 0
     """Assistant audio sent so far (what `conversation.item.truncate` may cut back to)."""
     spoken: list[tuple[int, int]] = field(default_factory=list, repr=False)

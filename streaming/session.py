@@ -309,6 +309,15 @@ class RealtimeSession:
         except UnknownVoiceError as e:
             raise SessionRejected("invalid_value", str(e), param) from e
 
+    def _check_transcription_prompt(self, prompt: str | None) -> None:
+        if prompt and not self._backbone.takes_transcription_prompt:
+            raise SessionRejected(
+                "unsupported_parameter",
+                f"the {self._backbone.name} backbone takes no transcription prompt: its "
+                "published ASR instruction is fixed, and a hint would change what it does",
+                "session.audio.input.transcription.prompt",
+            )
+
     def _check_reasoning(self, effort: str | None, param: str) -> None:
         if effort is not None and not self._backbone.can_reason:
             raise SessionRejected(
@@ -321,6 +330,8 @@ class RealtimeSession:
     async def _apply(self, config: SessionConfig) -> None:
         self._check_voice(config.voice, "session.audio.output.voice")
         self._check_reasoning(config.reasoning_effort, "session.reasoning")
+        if config.transcription is not None:
+            self._check_transcription_prompt(config.transcription.prompt)
         if config.input_format != self.config.input_format:
             self._decoder = InputDecoder(config.input_format)
         if config.turn_detection != self.config.turn_detection or self._detector is None:
@@ -565,6 +576,8 @@ class RealtimeSession:
                 spec.task.cancel()
             return
         item.transcript = result.text
+        if not result.text.strip():
+            item.samples = None  # a turn without words is not answered, nor kept as voice
         if self.config.transcription is not None:
             await self._emit(InputTranscribed(item.id, result.text, result.duration_s))
         await self._emit(ItemDone(item))
@@ -675,9 +688,14 @@ class RealtimeSession:
         await self._emit(InputCleared())
 
     def _keep_voice(self, item: Item, samples: np.ndarray) -> None:
-        """Keep the audio of the newest user turn only: older turns live on as transcripts."""
-        for older in self.items:
-            older.samples = None
+        """Keep the audio of the newest `audio_turns_kept` user turns (the backbone hears how
+        they were said): older turns live on as transcripts."""
+        kept = 1
+        for older in reversed(self.items):
+            if older.samples is not None and older is not item:
+                kept += 1
+                if kept > self._limits.audio_turns_kept:
+                    older.samples = None
         item.samples = samples
 
     async def _commit_audio(self, samples: np.ndarray, speech: _Speech, *, answer: bool) -> None:
@@ -702,6 +720,7 @@ class RealtimeSession:
         except Exception as e:
             log.exception("transcription of %s failed", item.id)
             item.transcript = ""
+            item.samples = None  # a turn not understood is not answered, nor kept as voice
             if self.config.transcription is not None:
                 await self._emit(InputTranscriptionFailed(item.id, str(e) or type(e).__name__))
             await self._emit(ItemDone(item))
@@ -710,6 +729,8 @@ class RealtimeSession:
             trace.mark("asr_end")
             self._transcribing.pop(item.id, None)
         item.transcript = result.text
+        if not result.text.strip():
+            item.samples = None  # a turn without words is not answered, nor kept as voice
         if self.config.transcription is not None:
             await self._emit(InputTranscribed(item.id, result.text, result.duration_s))
         await self._emit(ItemDone(item))
@@ -825,6 +846,7 @@ class RealtimeSession:
             )
         item.transcript = item.heard_transcript(audio_end_ms)
         item.audio_ms = audio_end_ms
+        item.tokens = None  # what the model wrote is no longer what was said
         item.spoken = [(ms, off) for ms, off in item.spoken if ms < audio_end_ms]
         await self._emit(ItemTruncated(item_id, audio_end_ms))
 
@@ -992,7 +1014,7 @@ class RealtimeSession:
             if request.provisional is not None:
                 context = [*context, request.provisional]
             entries = [
-                (Turn(self._role_of(i), text, i.samples, key=i.id), i)
+                (self._turn_of(i, text), i)
                 for i in context
                 if (text := i.content_text.strip()) or i.samples is not None
             ]
@@ -1048,6 +1070,14 @@ class RealtimeSession:
         if self._answer_pending is not None and self._running is None:
             trace, self._answer_pending = self._answer_pending, None
             self._start_response(ResponseRequest(), trace)
+
+    def _turn_of(self, item: Item, text: str) -> Turn:
+        call = None
+        if item.kind == "function_call":
+            call = ToolCall(item.call_id, item.name, item.arguments)
+        return Turn(
+            self._role_of(item), text, item.samples, key=item.id, tokens=item.tokens, call=call
+        )
 
     @staticmethod
     def _role_of(item: Item) -> Role:
@@ -1125,6 +1155,8 @@ class RealtimeSession:
                             item.audio_ms = audio.samples_to_ms(sent, fmt.sample_rate)
                             await self._emit(OutputAudioDelta(response, item, piece))
                     case ResponseEnd():
+                        if item is not None and output.spoken_tokens is not None:
+                            item.tokens = output.spoken_tokens
                         response.input_tokens = output.input_tokens
                         response.output_tokens = output.output_tokens
                         response.output_audio_tokens = output.output_audio_tokens

@@ -26,7 +26,7 @@ from voxgate.model.engine import EngineConfig, EngineHost
 from voxgate.model.lm import PromptBuilder
 from voxgate.model.memory import SUMMARY_INSTRUCTIONS, SUMMARY_TOKENS, summary_request, with_summary
 from voxgate.model.priority import PriorityExecutor
-from voxgate.model.stepaudio2 import audio, budgets, regimes
+from voxgate.model.stepaudio2 import audio, budgets, parsing, regimes
 from voxgate.model.stepaudio2.budgets import ReadingPace
 from voxgate.model.stepaudio2.parsing import OutputSplitter, SpeechCodes, TextPiece
 from voxgate.model.stepaudio2.regimes import Prompt, PromptWriter, Regime
@@ -38,12 +38,14 @@ from voxgate.model.types import (
     BackboneError,
     ContextBudgetExceeded,
     ReasoningDelta,
+    RequestRejected,
     ResponseEnd,
     ResponseOptions,
     ResponseOutput,
     Segment,
     TextDelta,
     ToolCall,
+    ToolSpec,
     Transcription,
     Turn,
     TurnTrace,
@@ -54,6 +56,13 @@ from voxgate.model.types import (
 log = logging.getLogger(__name__)
 
 TOOL_DECISION_TOKENS = 512
+"""Longest arguments object a call may write."""
+TOOL_NAME_TOKENS = 32
+HINT_REFUSED = (
+    "a transcription prompt is not supported by this backbone: Step-Audio-2's published ASR "
+    "prompt is a fixed instruction, and a hint added to it changes what the model does "
+    "(it may follow or translate the hint)"
+)
 
 SAMPLES_PER_CODE = 960
 """One speech code is 40 ms at 24 kHz (25 codes per second)."""
@@ -86,6 +95,10 @@ class StepAudio2Options(BaseModel):
     """How long a text may take to read, per script: sizes each synthesis' token budget."""
     voice: str | None = None
     """Default voice (the first in the model's voices/ folder if unset)."""
+    think: Literal["auto", "on", "off"] = "auto"
+    """Think mode. "auto": on when the vocabulary has think tokens (Step-Audio-R1.1) or the
+    model folder's name says it reasons ("Think", "R1": Step-Audio-2-mini-Think writes its
+    markers as text, so its vocabulary cannot tell)."""
     vocoder_device: str = "cpu"
     """torch device of the token2wav vocoder ("cuda" beside the engine on a GPU machine)."""
     vocoder_threads: int = Field(1, ge=1)
@@ -106,12 +119,20 @@ class StepAudio2Options(BaseModel):
 class DialogueWindow(PromptBuilder):
     """The bounded realtime context, in Step-Audio-2's prompt format."""
 
-    def __init__(self, writer: PromptWriter, tokenizer: Any, context_tokens: int) -> None:
+    def __init__(
+        self,
+        writer: PromptWriter,
+        tokenizer: Any,
+        context_tokens: int,
+        tools: Sequence[ToolSpec] = (),
+    ) -> None:
         super().__init__(tokenizer, context_tokens)
         self._writer = writer
+        self._tools = tools
+        """Offered to the model in its `tool_json_schemas` turn (this window is per request)."""
 
     def render(self, instructions: str, turns: Sequence[Turn]) -> Prompt:
-        return self._writer.dialogue(instructions, turns)
+        return self._writer.dialogue(instructions, turns, tools=self._tools)
 
     def size(self, prompt: Prompt) -> int:
         return prompt.length
@@ -136,7 +157,7 @@ class StepAudio2Backbone:
         self._engine = engine
         self._tokenizer = tokenizer
         self._tokens = TokenMap.from_tokenizer(tokenizer)
-        self._writer = PromptWriter(tokenizer, self._tokens)
+        self._writer = PromptWriter(tokenizer, self._tokens, options.audio_pieces_per_prompt)
         self._window = DialogueWindow(self._writer, tokenizer, options.context_tokens)
         self._vocoder = vocoder
         self._options = options
@@ -225,10 +246,12 @@ class StepAudio2Backbone:
         timestamps: Literal["none", "segment", "word"] = "none",
         priority: int = regimes.REALTIME_PRIORITY,
     ) -> Transcription:
+        if prompt:
+            raise RequestRejected(HINT_REFUSED)
         duration = len(audio_16k) / INPUT_SAMPLE_RATE
         if audio.num_audio_tokens(len(audio_16k)) < 2:
             return Transcription("", duration, language)
-        request = self._writer.asr(audio_16k, hint=prompt)
+        request = self._writer.asr(audio_16k)
         params = self._params(
             regimes.ASR,
             max_tokens=32 + int(10 * duration),
@@ -238,6 +261,58 @@ class StepAudio2Backbone:
         text, _codes, _end = await self._generate(request, params, f"asr-{_rid()}", priority)
         segments = (Segment(0.0, duration, text),) if timestamps != "none" and text else ()
         return Transcription(text.strip(), duration, language, segments)
+
+    @property
+    def takes_transcription_prompt(self) -> bool:
+        return False  # the published ASR prompt is fixed (see HINT_REFUSED)
+
+    async def translate(
+        self,
+        audio_16k: np.ndarray,
+        *,
+        temperature: float = 0.1,
+        priority: int = regimes.REST_PRIORITY,
+    ) -> Transcription:
+        """Speech into English text: the reference's S2TT prompt (its decoding: 0.1)."""
+        return await self._understand(
+            self._writer.translate, audio_16k, "English", temperature, priority, "translate"
+        )
+
+    async def describe(
+        self, audio_16k: np.ndarray, kind: str = "caption", *, priority: int = regimes.REST_PRIORITY
+    ) -> str:
+        """What is heard, in words: "caption" (events) or "paralinguistic" (voice, emotion,
+        background), with the reference's audio caption prompts."""
+        if kind not in regimes.DESCRIBE_SYSTEM:
+            raise RequestRejected(
+                f"unknown description {kind!r}: {sorted(regimes.DESCRIBE_SYSTEM)}"
+            )
+        result = await self._understand(
+            self._writer.describe, audio_16k, kind, regimes.UNDERSTAND.temperature, priority, kind
+        )
+        return result.text
+
+    async def _understand(
+        self,
+        write: Any,
+        audio_16k: np.ndarray,
+        what: str,
+        temperature: float,
+        priority: int,
+        name: str,
+    ) -> Transcription:
+        duration = len(audio_16k) / INPUT_SAMPLE_RATE
+        if audio.num_audio_tokens(len(audio_16k)) < 2:
+            return Transcription("", duration)
+        request = await asyncio.to_thread(write, audio_16k, what)
+        params = self._params(
+            regimes.UNDERSTAND,
+            max_tokens=64 + int(16 * duration),
+            temperature=temperature,
+            allowed=[*self._text_ids, self._tokens.eot],
+        )
+        text, _codes, _end = await self._generate(request, params, f"{name}-{_rid()}", priority)
+        return Transcription(text.strip(), duration)
 
     async def synthesize(
         self,
@@ -253,7 +328,7 @@ class StepAudio2Backbone:
         if speed != 1.0:
             # Step-Audio-2 has no speed knob: it is asked for the pace, like any other style.
             style = f"{style}\nSpeak at {speed:g} times the normal speed.".strip()
-        request = self._writer.tts(text, style or None)
+        request = await asyncio.to_thread(self._writer.tts, text, style or None)
         params = self._params(regimes.TTS, max_tokens=self.tts_tokens(text, speed))
         stream = self._speech(request, params, f"tts-{_rid()}", priority, speaker, TurnTrace())
         async with aclosing(stream):
@@ -266,25 +341,28 @@ class StepAudio2Backbone:
     ) -> AsyncIterator[ResponseOutput]:
         speaker = self._check_voice(options.voice) if options.audio else None
         if options.reasoning_tokens and not self.can_reason:
-            raise BackboneError("think mode needs the Think variant of Step-Audio-2 (<think>)")
+            raise BackboneError(
+                "think mode needs a reasoning Step-Audio-2 (mini-Think, R1): "
+                "set VOXGATE_STEPAUDIO2__THINK=on if this checkpoint is one"
+            )
         system = with_summary(options.instructions, options.summary)
+        offered = options.tools if options.tool_choice != "none" else ()
+        window = DialogueWindow(
+            self._writer, self._tokenizer, self._options.context_tokens, offered
+        )
         request, start = await asyncio.to_thread(
-            self._window.build_window,
-            system,
-            conversation,
-            options.max_output_tokens,
-            options.window,
+            window.build_window, system, conversation, options.max_output_tokens, options.window
         )
         kept = conversation[start:]
-        if options.tools and options.tool_choice != "none":
-            call, end = await self._decide_tool(system, kept, options)
-            if call is not None:
-                yield call
-                yield replace(end, context_start=start)
-                return
+        if offered and options.tool_choice != "auto":
+            # A call is required: the model writes it at once, under the tool's grammar.
+            call, end = await self._forced_call(system, kept, options)
+            yield call
+            yield replace(end, context_start=start)
+            return
         if options.reasoning_tokens:
             trace.mark("lm_submit")
-            thought = self._think(system, kept, options, trace)
+            thought = self._think(request, options, trace)
             async with aclosing(thought):
                 async for item in thought:
                     if isinstance(item, Prompt):
@@ -292,7 +370,8 @@ class StepAudio2Backbone:
                     else:
                         yield item
         if speaker is None:
-            request.token_ids = request.token_ids[:-1]  # no <tts_start>: a text answer
+            if request.token_ids[-1] == self._tokens.tts_start:
+                request = Prompt(request.token_ids[:-1], request.audio, request.length - 1)
             params = self._params(
                 regimes.REALTIME,
                 max_tokens=options.max_output_tokens,
@@ -302,16 +381,43 @@ class StepAudio2Backbone:
             text, _codes, end = await self._generate(
                 request, params, options.request_id, options.priority, trace
             )
-            if text:
-                yield TextDelta(text)
+            words, native = parsing.split_calls(text) if offered else (text, [])
+            if words:
+                yield TextDelta(words)
+            if native:
+                written = request.extended(self._writer.encode(words))
+                for call in await self._checked_calls(native, written, options):
+                    yield call
             yield replace(end, context_start=start)
             return
-        params = self._params(regimes.REALTIME, max_tokens=options.max_output_tokens)
+        params = self._params(
+            regimes.REALTIME, max_tokens=options.max_output_tokens, until_turn_end=bool(offered)
+        )
         trace.mark("lm_submit")
-        stream = self._speech(request, params, options.request_id, options.priority, speaker, trace)
+        splitter = OutputSplitter(self._tokenizer, self._tokens)
+        stream = self._speech(
+            request, params, options.request_id, options.priority, speaker, trace, splitter
+        )
         async with aclosing(stream):
             async for item in stream:
-                yield replace(item, context_start=start) if isinstance(item, ResponseEnd) else item
+                if not isinstance(item, ResponseEnd):
+                    yield item
+                    continue
+                spoken = self._spoken(splitter)
+                end = replace(item, context_start=start, spoken_tokens=spoken)
+                _words, native = parsing.split_calls(splitter.after_speech)
+                if offered and native:
+                    written = request.extended(spoken)
+                    for call in await self._checked_calls(native, written, options):
+                        yield call
+                yield end
+
+    def _spoken(self, splitter: OutputSplitter) -> tuple[int, ...]:
+        """The answer's ids up to `<tts_end>` (calls after it are written back by name)."""
+        ids = splitter.ids
+        if self._tokens.tts_end in ids:
+            ids = ids[: ids.index(self._tokens.tts_end) + 1]
+        return tuple(t for t in ids if t != self._tokens.eot)
 
     @property
     def answer_budget(self) -> AnswerBudget:
@@ -328,82 +434,129 @@ class StepAudio2Backbone:
 
     @property
     def can_reason(self) -> bool:
-        return self._tokens.think is not None and self._tokens.think_end is not None
+        match self._options.think:
+            case "on":
+                return True
+            case "off":
+                return False
+        name = self._engine.model_dir.name.lower()
+        return self._tokens.think.are_tokens or "think" in name or "r1" in name
 
     async def check_instructions(self, instructions: str, max_output_tokens: int) -> None:
         await asyncio.to_thread(self._window.check_instructions, instructions, max_output_tokens)
 
     async def _think(
-        self, system: str, turns: Sequence[Turn], options: ResponseOptions, trace: TurnTrace
+        self, request: Prompt, options: ResponseOptions, trace: TurnTrace
     ) -> AsyncIterator[ReasoningDelta | Prompt]:
         """Think mode: reasoning first (streamed as text, never spoken), at most the budget;
         then yield the prompt the spoken answer continues from (reasoning closed)."""
-        prompt = await asyncio.to_thread(self._writer.dialogue, system, turns, "think")
-        end_think = self._tokens.think_end
-        assert end_think is not None
+        markers = self._tokens.think
+        opening = self._writer.think_start()
+        # The dialogue prompt ends `<|BOT|>assistant\n<tts_start>`: open the reasoning instead.
+        base = Prompt(request.token_ids[:-1], request.audio, request.length - 1)
+        prompt = base.extended(opening)
         params = self._params(
             regimes.REALTIME,
             max_tokens=options.reasoning_tokens,
-            allowed=[*self._text_ids, end_think],
+            allowed=[*self._text_ids, *([markers.end_id] if markers.end_id is not None else [])],
         )
-        params.stop_token_ids = [end_think]
+        if markers.end_id is not None:
+            params.stop_token_ids = [markers.end_id]
         splitter = OutputSplitter(self._tokenizer, self._tokens)
-        thought: list[int] = []
-        async for output in self._engine.stream(
+        shown = 0
+        thought = ""
+        stream = self._engine.stream(
             prompt.token_ids,
             params,
             f"{options.request_id}-think",
             options.priority,
             prompt.multi_modal_data(),
-        ):
-            ids = [t for t in output.outputs[0].token_ids if t != end_think]
-            trace.mark("lm_first_token")
-            thought += ids
-            for piece in splitter.push(ids):
-                if isinstance(piece, TextPiece):
-                    yield ReasoningDelta(piece.text)
-        if tail := splitter.finish():
-            yield ReasoningDelta(tail)
-        # Reasoning over (or cut at its budget): close it and open the spoken answer.
-        answer = Prompt(
-            token_ids=[
-                *prompt.token_ids,
-                *thought,
-                end_think,
-                *self._writer.encode("\n"),
-                self._tokens.tts_start,
-            ],
-            audio=prompt.audio,
-            length=prompt.length + len(thought) + 3,
         )
-        yield answer
+        async with aclosing(stream):
+            async for output in stream:
+                trace.mark("lm_first_token")
+                splitter.push(output.outputs[0].token_ids)
+                thought, ended = _before_marker(splitter.text, markers.end)
+                # Hold back what could be the start of the end marker written as text.
+                visible = len(thought) if ended else _safe_length(thought, markers.end)
+                if visible > shown:
+                    yield ReasoningDelta(thought[shown:visible])
+                    shown = visible
+                if ended:
+                    break  # closing the stream aborts the request: reasoning is over
+        if len(thought) > shown:
+            yield ReasoningDelta(thought[shown:])
+        # Reasoning over (or cut at its budget): close it and open the spoken answer.
+        yield base.extended(self._writer.thought(thought))
 
-    async def _decide_tool(
+    async def _checked_calls(
+        self, native: list[parsing.NativeCall], written: Prompt, options: ResponseOptions
+    ) -> list[ToolCall]:
+        """The model's own calls, each checked against the offered tools; a call with an
+        unknown name or arguments its schema refuses gets one retry under the tool's grammar,
+        continuing from what the model said before it (`written`)."""
+        calls = []
+        by_name = {t.name: t for t in options.tools}
+        for attempt in native:
+            tool = by_name.get(attempt.name)
+            if tool is not None and attempt.complete:
+                try:
+                    calls.append(tools.checked_call(tool, attempt.arguments))
+                    continue
+                except ValueError as e:
+                    log.info("the model's call of %s is invalid (%s): retrying", tool.name, e)
+            opened = written.extended(
+                self._writer.encode(parsing.CALL_OPEN + parsing.CALL_KIND + "\n")
+            )
+            call, _end = await self._constrained_call(
+                opened, options, tool.name if tool is not None else None
+            )
+            calls.append(call)
+        return calls
+
+    async def _forced_call(
         self, system: str, turns: Sequence[Turn], options: ResponseOptions
-    ) -> tuple[ToolCall | None, ResponseEnd]:
-        """The model's choice of function (or none), written under a JSON-schema grammar."""
+    ) -> tuple[ToolCall, ResponseEnd]:
+        """tool_choice "required" or a name: the assistant turn opens with `<tool_call>`."""
+        prompt = await asyncio.to_thread(
+            self._writer.dialogue, system, turns, "call", options.tools
+        )
+        named = options.tool_choice if options.tool_choice != "required" else None
+        return await self._constrained_call(prompt, options, named)
+
+    async def _constrained_call(
+        self, prompt: Prompt, options: ResponseOptions, name: str | None
+    ) -> tuple[ToolCall, ResponseEnd]:
+        """Finish a call opened by `prompt` (which ends `<tool_call>function\\n`): the name
+        (one of the tools, when not given), then arguments under its JSON-schema grammar."""
         from vllm.sampling_params import StructuredOutputsParams
 
-        prompt = await asyncio.to_thread(
-            self._writer.dialogue,
-            f"{system}\n\n{tools.instructions(options.tools, options.tool_choice)}",
-            turns,
-            "text",
-        )
+        names = [t.name for t in options.tools]
+        used = 0
+        if name is None:
+            params = self._params(regimes.ASR, max_tokens=TOOL_NAME_TOKENS)
+            params.structured_outputs = StructuredOutputsParams(choice=names)
+            name, _codes, end = await self._generate(
+                prompt, params, f"{options.request_id}-tool-name", options.priority
+            )
+            used += end.output_tokens
+            name = name.strip()
+        tool = next((t for t in options.tools if t.name == name), None)
+        if tool is None:
+            raise BackboneError(f"the model could not name one of the tools {names}")
+        prompt = prompt.extended(self._writer.encode(f"{name}\n"))
         params = self._params(regimes.ASR, max_tokens=TOOL_DECISION_TOKENS)
         params.structured_outputs = StructuredOutputsParams(
-            json=tools.decision_schema(options.tools, options.tool_choice)
+            json=tool.parameters or {"type": "object"}
         )
-        text, _codes, end = await self._generate(
+        arguments, _codes, end = await self._generate(
             prompt, params, f"{options.request_id}-tool", options.priority
         )
         try:
-            return tools.parse_decision(text, options.tools), end
+            call = tools.checked_call(tool, arguments)
         except ValueError as e:
-            if options.tool_choice != "auto":
-                raise BackboneError(f"the model could not produce the required call: {e}") from e
-            log.warning("no usable tool decision (%s); answering in words", e)
-            return None, end
+            raise BackboneError(f"the model could not produce a valid call: {e}") from e
+        return call, replace(end, output_tokens=end.output_tokens + used)
 
     async def summarize(self, summary: str, turns: Sequence[Turn], *, priority: int) -> str:
         request = await asyncio.to_thread(
@@ -424,15 +577,19 @@ class StepAudio2Backbone:
         max_tokens: int,
         temperature: float | None = None,
         allowed: list[int] | None = None,
+        until_turn_end: bool = False,
     ) -> Any:
+        """Sampling for `regime`. Speech stops at `<tts_end>` unless `until_turn_end`: with
+        tools offered the model writes its calls after it, and stops at `<|EOT|>`."""
         from vllm import SamplingParams
 
+        stops = [self._tokens.eot] if until_turn_end else [self._tokens.eot, self._tokens.tts_end]
         return SamplingParams(
             max_tokens=max_tokens,
             temperature=regime.temperature if temperature is None else temperature,
             top_p=regime.top_p,
             repetition_penalty=regime.repetition_penalty,
-            stop_token_ids=[self._tokens.eot, self._tokens.tts_end],
+            stop_token_ids=stops,
             allowed_token_ids=allowed,
             detokenize=False,  # we decode text ourselves; speech codes need no text at all
         )
@@ -474,9 +631,11 @@ class StepAudio2Backbone:
         priority: int,
         speaker: Any,
         trace: TurnTrace,
+        splitter: OutputSplitter | None = None,
     ) -> AsyncIterator[ResponseOutput]:
-        """Stream an answer with speech: text is released with the audio that speaks it."""
-        splitter = OutputSplitter(self._tokenizer, self._tokens)
+        """Stream an answer with speech: text is released with the audio that speaks it.
+        `splitter` (given) keeps what the model wrote, for the caller to read at the end."""
+        splitter = splitter or OutputSplitter(self._tokenizer, self._tokens)
         vocoder = self._vocoder.stream(speaker)
         held: list[tuple[int, str]] = []  # (speech codes before this text, text)
         codes_seen = samples_out = generated = 0
@@ -487,9 +646,10 @@ class StepAudio2Backbone:
             held[:] = [(before, t) for before, t in held if before > upto_codes]
             return out
 
-        async for output in self._engine.stream(
+        stream = self._engine.stream(
             request.token_ids, params, request_id, priority, request.multi_modal_data()
-        ):
+        )
+        async for output in stream:
             completion = output.outputs[0]
             if completion.token_ids:
                 trace.mark("lm_first_token")
@@ -526,3 +686,17 @@ def _rid() -> str:
     import uuid
 
     return uuid.uuid4().hex[:16]
+
+
+def _before_marker(text: str, marker: str) -> tuple[str, bool]:
+    """`text` up to `marker` (the end of reasoning written as text), and whether it came."""
+    at = text.find(marker)
+    return (text, False) if at < 0 else (text[:at], True)
+
+
+def _safe_length(text: str, marker: str) -> int:
+    """How much of `text` can be shown: all but a tail that may be the start of `marker`."""
+    for keep in range(min(len(marker) - 1, len(text)), 0, -1):
+        if marker.startswith(text[-keep:]):
+            return len(text) - keep
+    return len(text)

@@ -22,24 +22,22 @@ HIDDEN = 64
 HEADS = 2  # head size 32: vLLM's CPU attention needs at least 32
 TEXT_VOCAB = 1024
 
-SPECIALS = (
-    "<|endoftext|>",
-    "<|im_start|>",
-    "<|im_end|>",
-    "<|BOT|>",
-    "<|EOT|>",
+QWEN_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+QWEN_TEXT_ADDED = ("<tool_call>", "</tool_call>")
+"""Added but not special in Qwen2.5's vocabulary (they decode as text)."""
+STEP_SPECIALS = ("<|BOT|>", "<|EOT|>")
+THINK_SPECIALS = ("<|THINK_START|>", "<|THINK_END|>")
+"""Step-Audio-R1.1's think tokens (the "tokens" variant); Step-Audio-2-mini-Think writes
+`<think>`/`</think>` as text (the "text" variant, the default)."""
+AUDIO_SPECIALS = (
     "<audio_start>",
     "<audio_end>",
     "<audio_patch>",
     "<tts_start>",
     "<tts_end>",
     "<tts_pad>",
-    "<tool_call>",
-    "</tool_call>",
-    # As in the Think variant: the tiny model can be asked to reason.
-    "<think>",
-    "</think>",
 )
+"""In the published order (151688...151695), just before <audio_0> (151696)."""
 
 CORPUS = """\
 Hello, how are you today? I am fine, thank you. What is the capital of France? Paris is the
@@ -53,7 +51,10 @@ system human assistant user: good morning, good evening, good night, see you lat
 """
 
 
-def build_tokenizer():
+def build_tokenizer(think: str = "text"):
+    """The tiny vocabulary, laid out as the published one: text, Qwen's specials and tool-call
+    tags, Step's turn tokens (then R1.1's think tokens in the "tokens" variant), the audio
+    control tokens, the 6562 audio codes."""
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tokenizer = Tokenizer(models.BPE())
@@ -66,7 +67,14 @@ def build_tokenizer():
     )
     tokenizer.train_from_iterator(CORPUS.splitlines() * 8, trainer=trainer)
     # As in the published vocabulary: specials after the text tokens, then the audio codes.
-    tokenizer.add_special_tokens([AddedToken(t, special=True) for t in SPECIALS])
+    tokenizer.add_special_tokens([AddedToken(t, special=True) for t in QWEN_SPECIALS])
+    tokenizer.add_tokens([AddedToken(t, special=False) for t in QWEN_TEXT_ADDED])
+    tokenizer.add_special_tokens([AddedToken(t, special=True) for t in STEP_SPECIALS])
+    if think == "tokens":
+        tokenizer.add_special_tokens([AddedToken(t, special=True) for t in THINK_SPECIALS])
+    elif think != "text":
+        raise ValueError(f"think is 'text' or 'tokens', not {think!r}")
+    tokenizer.add_special_tokens([AddedToken(t, special=True) for t in AUDIO_SPECIALS])
     tokenizer.add_special_tokens(
         [AddedToken(f"<audio_{k}>", special=True) for k in range(AUDIO_CODES + 1)]
     )
@@ -129,14 +137,15 @@ def _write_shards(directory: Path, tensors: dict[str, torch.Tensor], shards: int
     (directory / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
 
 
-def make_tiny_model(directory: Path, seed: int = 0) -> Path:
-    """Write the tiny checkpoint into `directory` (created); return it."""
+def make_tiny_model(directory: Path, seed: int = 0, think: str = "text") -> Path:
+    """Write the tiny checkpoint into `directory` (created); return it. `think` picks the
+    vocabulary's think markers: "text" (Step-Audio-2-mini-Think) or "tokens" (R1.1)."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     directory.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
 
-    tokenizer = build_tokenizer()
+    tokenizer = build_tokenizer(think)
     tokenizer.save(str(directory / "tokenizer.json"))
     eot, endoftext = tokenizer.token_to_id("<|EOT|>"), tokenizer.token_to_id("<|endoftext|>")
     vocab_size = -(-tokenizer.get_vocab_size(with_added_tokens=True) // 64) * 64

@@ -117,6 +117,9 @@ def unified_env(model: Path, speculative: str = "ngram") -> dict[str, str]:
         "VOXGATE_BACKBONE": "stepaudio2",
         "VOXGATE_MODEL": str(model),
         "VOXGATE_STEPAUDIO2__SPECULATIVE": speculative,
+        # The tiny model writes its think markers as text, as Step-Audio-2-mini-Think does;
+        # its folder name cannot say it reasons.
+        "VOXGATE_STEPAUDIO2__THINK": "on",
         # One request at a time: the engine's priority order becomes observable.
         "VOXGATE_ENGINE__MAX_NUM_SEQS": "1",
         "VOXGATE_ENGINE__KV_CACHE_GIB": "0.5",

@@ -296,11 +296,23 @@ async def test_two_turns_build_the_conversation(make, hello, question) -> None:
         (Role.USER, "what time is it"),
         (Role.ASSISTANT, fake.reply_text),
     ]
-    # The backbone hears the newest user turn's voice; older turns live on as transcripts only.
+    # The backbone hears the newest user turns' voices (audio_turns_kept of them).
     first_heard, second_heard = (c.heard for c in fake.respond_calls)
     assert first_heard[0] is not None and abs(len(first_heard[0]) - len(turn(hello))) < 16000
-    assert [h is None for h in second_heard] == [True, True, False]
-    assert session.items[0].samples is None
+    assert [h is None for h in second_heard] == [False, True, False]
+
+
+async def test_only_the_newest_user_voices_are_kept(make, hello, question) -> None:
+    fake = FakeBackbone(transcript="hi")
+    limits = SessionLimits(audio_turns_kept=2, event_queue_size=4096)
+    session, events = await make(fake, limits)
+    for speech in (hello, question, hello):
+        await feed(session, turn(speech))
+        await events.until(ResponseFinished)
+    users = [i for i in session.items if i.role is Role.USER]
+    # Older turns live on as transcripts only: memory per session stays bounded.
+    assert [i.samples is None for i in users] == [True, False, False]
+    assert [h is None for h in fake.respond_calls[-1].heard] == [True, True, False, True, False]
 
 
 async def test_a_turn_without_words_is_not_answered(make, hello, question) -> None:

@@ -61,5 +61,5 @@ def test_engine_defaults_come_from_the_backbone() -> None:
     assert (config.max_model_len, config.dtype) == (8192, "auto")
     chosen = EngineConfig(max_model_len=16384, dtype="bfloat16")
     assert chosen.for_backbone("stepaudio2", 8192, "auto") == chosen
-    with pytest.raises(ValueError, match="below stepaudio2.context_tokens"):
+    with pytest.raises(ValueError, match=r"below stepaudio2\.context_tokens"):
         EngineConfig(max_model_len=2048).for_backbone("stepaudio2", 8192, "auto")
