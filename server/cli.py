@@ -80,7 +80,9 @@ def _make_voice(args: argparse.Namespace) -> int:
 
     model = Path(args.model)
     audio, rate = soundfile.read(args.wav, dtype="float32", always_2d=True)
-    voice = Voice.from_wav(args.name, audio.mean(axis=1), rate, model / "token2wav")
+    voice = Voice.from_wav(
+        args.name, audio.mean(axis=1), rate, model / "token2wav", fit=args.prompt_fit
+    )
     voice.save(model / "voices" / f"{args.name}.npz")
     print(f"voice {args.name!r} written to {model / 'voices'}")
     return 0
@@ -122,6 +124,13 @@ def main(argv: list[str] | None = None) -> int:
     voice.add_argument("--model", required=True, help="the Step-Audio-2 model folder")
     voice.add_argument("--wav", required=True, help="a clean recording, at most 30 s")
     voice.add_argument("--name", required=True)
+    voice.add_argument(
+        "--prompt-fit",
+        choices=["truncate", "reference"],
+        default="truncate",
+        help="tokens and mel differ by a frame: keep what both cover (truncate), or every "
+        "token with the mel's last frame repeated, as the published token2wav (reference)",
+    )
     voice.set_defaults(run=_make_voice)
     args = parser.parse_args(argv)
     return args.run(args)

@@ -439,3 +439,17 @@ def test_real_checkpoint_voice_from_wav_and_streaming() -> None:
     # full-size model (bench/vocoder_rtf.py's |stream-whole|). 1e-3 is -60 dBFS, inaudible.
     np.testing.assert_allclose(streamed, whole, rtol=0, atol=1e-3)
     assert 0.01 < np.abs(whole).max() < 0.99
+
+
+def test_the_prompt_mel_fits_its_tokens_either_way() -> None:
+    from voxgate.model.stepaudio2.token2wav.voice import fit_prompt_mel
+
+    mel = np.arange(2 * 9 * 3, dtype=np.float32).reshape(2 * 9 + 0, 3)[:17]  # 17 frames
+    # truncate: 8 tokens' worth (16 frames), nothing invented
+    assert fit_prompt_mel(mel, 9, "truncate").shape == (16, 3)
+    # reference (token2wav.py's F.pad(..., mode="replicate")): all 9 tokens, last frame repeated
+    padded = fit_prompt_mel(mel, 9, "reference")
+    assert padded.shape == (18, 3)
+    assert (padded[-1] == mel[-1]).all() and (padded[:17] == mel).all()
+    # and a mel longer than the tokens is cut to two frames per token
+    assert fit_prompt_mel(mel, 5, "reference").shape == (10, 3)

@@ -69,9 +69,23 @@ class Voice:
             )
 
     @classmethod
-    def from_wav(cls, name: str, audio: np.ndarray, sample_rate: int, onnx_dir: Path) -> Voice:
+    def from_wav(
+        cls,
+        name: str,
+        audio: np.ndarray,
+        sample_rate: int,
+        onnx_dir: Path,
+        fit: str = "truncate",
+    ) -> Voice:
         """A voice from a mono recording (float, -1..1). `onnx_dir` holds `campplus.onnx` and
-        `speech_tokenizer_v2_25hz.onnx` (the checkpoint's `token2wav/` folder)."""
+        `speech_tokenizer_v2_25hz.onnx` (the checkpoint's `token2wav/` folder).
+
+        The speech tokens and the mel of one recording can differ by a frame or two. `fit`
+        "truncate" keeps what both cover (no invented frame); "reference" keeps every token
+        and pads the mel by repeating its last frame (or cuts it) to two frames per token, as
+        the published token2wav does."""
+        if fit not in ("truncate", "reference"):
+            raise ValueError(f"fit is 'truncate' or 'reference', not {fit!r}")
         import onnxruntime
 
         audio = np.asarray(audio, dtype=np.float32)
@@ -98,15 +112,25 @@ class Voice:
         fbank = kaldi_fbank(audio16)
         fbank -= fbank.mean(axis=0, keepdims=True)
         embedding = campplus.run(None, {campplus.get_inputs()[0].name: fbank[None]})[0].reshape(-1)
-        mel = prompt_mel(audio24)
-        # Tokens and mel of one recording can differ by a frame: keep what both cover.
-        n = min(len(tokens), len(mel) // FRAMES_PER_TOKEN)
+        mel = fit_prompt_mel(prompt_mel(audio24), len(tokens), fit)
+        n = len(mel) // FRAMES_PER_TOKEN
         return cls(
             name=name,
             prompt_tokens=tokens[:n].astype(np.int64),
-            prompt_mel=mel[: FRAMES_PER_TOKEN * n],
+            prompt_mel=mel,
             speaker_embedding=embedding.astype(np.float32),
         )
+
+
+def fit_prompt_mel(mel: np.ndarray, tokens: int, fit: str) -> np.ndarray:
+    """The prompt mel, `FRAMES_PER_TOKEN` frames per kept token (see `Voice.from_wav`)."""
+    if fit == "truncate":
+        n = min(tokens, len(mel) // FRAMES_PER_TOKEN)
+        return mel[: FRAMES_PER_TOKEN * n]
+    frames = FRAMES_PER_TOKEN * tokens
+    if len(mel) >= frames:
+        return mel[:frames]
+    return np.concatenate([mel, np.repeat(mel[-1:], frames - len(mel), axis=0)])
 
 
 def _slaney_mel(hz: np.ndarray) -> np.ndarray:
