@@ -38,10 +38,8 @@ ENV VOXGATE_HOME=/home/voxgate/.cache/voxgate \
     VOXGATE_LOG_FORMAT=json \
     VOXGATE_BACKBONE=stepaudio2 \
     VOXGATE_MODEL=/models/Step-Audio-2-mini \
-    VOXGATE_ENGINE__DTYPE=bfloat16 \
     VOXGATE_ENGINE__ENFORCE_EAGER=false \
     VOXGATE_ENGINE__KV_CACHE_GIB=16 \
-    VOXGATE_ENGINE__MAX_MODEL_LEN=8192 \
     VOXGATE_STEPAUDIO2__VOCODER_DEVICE=cuda
 RUN python -c "from voxgate.model import artifacts as a; a.fetch(a.SILERO_VAD, a.default_home())"
 EXPOSE 8000

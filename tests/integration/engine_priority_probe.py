@@ -24,6 +24,7 @@ PROMPT = list(range(10, 60))  # plain text tokens of the tiny vocabulary
 async def main(model: Path, policy: str) -> None:
     register()
     config = EngineConfig(max_num_seqs=1, kv_cache_gib=0.5, scheduling_policy=policy)
+    config = config.for_backbone("stepaudio2", 4096, "auto")
     finished: list[str] = []
     async with EngineHost.start(model, config) as engine:
 

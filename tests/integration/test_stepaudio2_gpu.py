@@ -66,10 +66,10 @@ def gpu_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServ
     env = {
         "VOXGATE_BACKBONE": "stepaudio2",
         "VOXGATE_MODEL": os.environ["VOXGATE_STEPAUDIO2_MODEL"],
-        "VOXGATE_ENGINE__DTYPE": "bfloat16",
+        # dtype (the checkpoint's bfloat16) and max_model_len (the context budget) are the
+        # backbone's defaults: no hand overrides.
         "VOXGATE_ENGINE__ENFORCE_EAGER": "false",
         "VOXGATE_ENGINE__KV_CACHE_GIB": "16",
-        "VOXGATE_ENGINE__MAX_MODEL_LEN": "8192",
         "VOXGATE_STEPAUDIO2__VOCODER_DEVICE": "cuda",
     }
     with launch(tmp_path_factory, "stepaudio2-gpu", env) as running:
@@ -146,3 +146,49 @@ async def test_a_real_spoken_turn(gpu_server, speak) -> None:
     codes = done["usage"]["output_token_details"]["audio_tokens"]
     assert len(turn.audio) // 2 == codes * SAMPLES_PER_CODE
     assert np.isfinite(turn.first("response.done")["x_voxgate"]["timings_ms"]["turn_latency"])
+
+
+async def test_a_real_answer_may_run_past_the_old_text_budget(gpu_server) -> None:
+    """128 tokens was ~4 s of speech: a story now runs as long as the model wants (60 s)."""
+    async with sdk_client(gpu_server).realtime.connect(model="voxgate") as conn:
+        await conn.conversation.item.create(
+            item={
+                "type": "message",
+                "role": "user",
+                "content": [{"type": "input_text", "text": "Tell me a story of about a minute."}],
+            }
+        )
+        await conn.response.create()
+        turn = await collect(conn)
+    done = turn.first("response.done")["response"]
+    assert done["status"] in ("completed", "incomplete")
+    assert len(turn.audio) // 2 / 24_000 > 8.0
+
+
+async def test_real_weights_call_a_tool_natively(gpu_server) -> None:
+    tool = {
+        "type": "function",
+        "name": "get_weather",
+        "description": "Get the current weather in a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+        },
+    }
+    async with sdk_client(gpu_server).realtime.connect(model="voxgate") as conn:
+        await conn.session.update(session={"type": "realtime", "tools": [tool]})
+        await conn.conversation.item.create(
+            item={
+                "type": "message",
+                "role": "user",
+                "content": [{"type": "input_text", "text": "What's the weather in Paris now?"}],
+            }
+        )
+        await conn.response.create()
+        turn = await collect(conn)
+    calls = [
+        o for o in turn.first("response.done")["response"]["output"] if o["type"] == "function_call"
+    ]
+    assert calls and calls[0]["name"] == "get_weather"
+    assert "paris" in json.loads(calls[0]["arguments"])["city"].lower()
