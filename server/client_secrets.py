@@ -272,6 +272,15 @@ async def _session_config(services: Services, params: SessionParams | None) -> S
         services.voices.resolve(config.voice)
     except BackboneError as e:
         raise RestError(400, "invalid_value", str(e), "session.audio.output.voice") from e
+    hint = config.transcription.prompt if config.transcription is not None else None
+    if hint and not services.backbone.takes_transcription_prompt:
+        raise RestError(
+            400,
+            "unsupported_parameter",
+            f"the {services.backbone.name} backbone takes no transcription prompt: its "
+            "published ASR instruction is fixed, and a hint would change what it does",
+            "session.audio.input.transcription.prompt",
+        )
     if len(config.instructions) > limits.max_instructions_chars:
         raise RestError(
             400,

@@ -128,6 +128,19 @@ class EventQueue(asyncio.Queue[SessionEvent]):
         return taken
 
 
+def older_voices_kept(voices: int, limit: int) -> int:
+    """How many of the `voices` user turns kept as audio stay so when a new one arrives.
+
+    They are dropped in a block, not one per turn: when the new voice would pass `limit`, only
+    the newest `limit // 2` stay. A turn that goes from audio to transcript changes the prompt
+    from that turn on, so dropping one per turn would make every prompt differ from the last
+    one there (vLLM's prefix cache then reuses only what comes before); in a block, the prompt
+    changes there once every `limit // 2` turns. bench/stepaudio2_prompts.py measures it."""
+    if voices + 1 <= limit:
+        return voices
+    return max(0, limit // 2 - 1)
+
+
 def new_id(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex[:22]}"
 
@@ -688,14 +701,12 @@ class RealtimeSession:
         await self._emit(InputCleared())
 
     def _keep_voice(self, item: Item, samples: np.ndarray) -> None:
-        """Keep the audio of the newest `audio_turns_kept` user turns (the backbone hears how
-        they were said): older turns live on as transcripts."""
-        kept = 1
-        for older in reversed(self.items):
-            if older.samples is not None and older is not item:
-                kept += 1
-                if kept > self._limits.audio_turns_kept:
-                    older.samples = None
+        """Keep the audio of the newest user turns (the backbone hears how they were said),
+        at most `audio_turns_kept`: older turns live on as transcripts (see `older_voices_kept`)."""
+        voices = [i for i in self.items if i.samples is not None and i is not item]
+        keep = older_voices_kept(len(voices), self._limits.audio_turns_kept)
+        for older in voices[: len(voices) - keep]:
+            older.samples = None
         item.samples = samples
 
     async def _commit_audio(self, samples: np.ndarray, speech: _Speech, *, answer: bool) -> None:

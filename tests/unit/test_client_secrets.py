@@ -370,3 +370,24 @@ def test_the_page_learns_whether_it_needs_a_secret(fake: FakeBackbone) -> None:
 )
 def test_nothing_else_is_served(http: TestClient, path: str) -> None:
     assert http.get(path).status_code == 404
+
+
+def test_a_transcription_prompt_is_refused_at_minting_where_it_is_unused(
+    fake: FakeBackbone,
+) -> None:
+    fake.takes_transcription_prompt = False
+    hinted = {
+        "session": {
+            "type": "realtime",
+            "audio": {"input": {"transcription": {"model": "whisper-1", "prompt": "Ada"}}},
+        }
+    }
+    with TestClient(app_for(fake)) as http:
+        assert_error(
+            mint(http, hinted),
+            400,
+            "unsupported_parameter",
+            "session.audio.input.transcription.prompt",
+        )
+        del hinted["session"]["audio"]["input"]["transcription"]["prompt"]
+        assert mint(http, hinted).status_code == 200

@@ -47,6 +47,7 @@ from voxgate.streaming.session import (
     RealtimeSession,
     ResponseRequest,
     SessionRejected,
+    older_voices_kept,
 )
 from voxgate.streaming.turns import InputAudioBuffer, TurnDetector, TurnEnded
 from voxgate.streaming.vad import SileroModel, SileroVad, SpeechStarted, SpeechStopped, VadParams
@@ -310,9 +311,19 @@ async def test_only_the_newest_user_voices_are_kept(make, hello, question) -> No
         await feed(session, turn(speech))
         await events.until(ResponseFinished)
     users = [i for i in session.items if i.role is Role.USER]
-    # Older turns live on as transcripts only: memory per session stays bounded.
-    assert [i.samples is None for i in users] == [True, False, False]
-    assert [h is None for h in fake.respond_calls[-1].heard] == [True, True, False, True, False]
+    # Older turns live on as transcripts only: memory per session stays bounded. They go in a
+    # block (the third voice leaves one, the new), so prompts change there less often.
+    assert [i.samples is None for i in users] == [True, True, False]
+    assert [h is None for h in fake.respond_calls[-1].heard] == [True, True, True, True, False]
+
+
+def test_user_voices_are_dropped_in_blocks() -> None:
+    kept, history = 0, []
+    for _ in range(10):
+        kept = older_voices_kept(kept, 4) + 1
+        history.append(kept)
+    assert history == [1, 2, 3, 4, 2, 3, 4, 2, 3, 4]
+    assert older_voices_kept(0, 1) == 0 and older_voices_kept(1, 1) == 0
 
 
 async def test_a_turn_without_words_is_not_answered(make, hello, question) -> None:
@@ -770,6 +781,23 @@ async def test_backbone_failure_fails_the_response(make) -> None:
     assert (error.code, error.type) == ("backbone_error", "server_error")
     await session.create_response(ResponseRequest())  # nothing is left running
     await events.until(ResponseFinished)
+
+
+async def test_a_transcription_prompt_the_backbone_cannot_use_is_refused(make) -> None:
+    fake = FakeBackbone()
+    fake.takes_transcription_prompt = False
+    session, _events = await make(fake)
+    before = session.config
+    hinted = Transcription(model="whisper-1", prompt="Names: Ada, Grace")
+    await rejected(
+        session.configure(before.model_copy(update={"transcription": hinted})),
+        "unsupported_parameter",
+        "session.audio.input.transcription.prompt",
+    )
+    assert session.config is before
+    plain = Transcription(model="whisper-1")
+    await session.configure(before.model_copy(update={"transcription": plain}))
+    assert session.config.transcription == plain
 
 
 async def test_unknown_voice_is_refused(make) -> None:
