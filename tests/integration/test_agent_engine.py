@@ -145,3 +145,42 @@ async def test_a_forced_call_from_the_unified_backbone_is_valid(unified_server) 
     done = turn.first("response.function_call_arguments.done")
     assert done["name"] == "get_weather"
     assert isinstance(json.loads(done["arguments"])["city"], str)  # even from random weights
+
+
+async def test_native_tool_calls_on_the_unified_backbone(unified_server) -> None:
+    """Step-Audio-2 calls tools in its trained format (`<tool_call>` after its speech); a forced
+    call is opened natively and its arguments written under the tool's grammar, so even the
+    random tiny model produces a valid call. Then the result goes back (an `input` turn) and the
+    model speaks, with the tool still on offer: whatever it writes, any call it makes is valid."""
+    async with sdk_client(unified_server).realtime.connect(model="voxgate") as conn:
+        await conn.session.update(
+            session={
+                "type": "realtime",
+                "tools": [WEATHER],
+                "tool_choice": {"type": "function", "name": "get_weather"},
+            }
+        )
+        await conn.conversation.item.create(item=user_text("What is the weather in Paris?"))
+        await conn.response.create()
+        turn = await collect(conn)
+        done = turn.first("response.function_call_arguments.done")
+        arguments = json.loads(done["arguments"])
+        assert set(arguments) == {"city"} and isinstance(arguments["city"], str)
+        assert len(arguments["city"]) <= 40
+
+        await conn.session.update(session={"type": "realtime", "tool_choice": "auto"})
+        await conn.conversation.item.create(
+            item={
+                "type": "function_call_output",
+                "call_id": done["call_id"],
+                "output": json.dumps({"city": "Paris", "sky": "sunny"}),
+            }
+        )
+        await conn.response.create(response={"max_output_tokens": 300})
+        answer = await collect(conn)
+    response = answer.first("response.done")["response"]
+    assert response["status"] in ("completed", "incomplete"), response
+    assert "response.output_audio.delta" in answer.types
+    for item in response["output"]:
+        if item["type"] == "function_call":
+            assert set(json.loads(item["arguments"])) == {"city"}

@@ -1,0 +1,326 @@
+"""The unified backbone's decoding logic over a scripted engine: native tool calls, think
+markers (as text and as tokens), spoken tokens for history, budgets, the ASR hint.
+
+The engine is replaced by a script of what "the model writes" (token ids, in the tiny
+vocabulary's layout); the vocoder by one that turns each code into 960 zero samples. What is
+checked is what the backbone asks of the engine (prompt ids, stop tokens, grammars) and what it
+makes of the answer. The same paths run through the real engine in
+tests/integration/test_stepaudio2_engine.py.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+from transformers import PreTrainedTokenizerFast
+
+from voxgate.model.stepaudio2 import budgets
+from voxgate.model.stepaudio2.backbone import StepAudio2Backbone, StepAudio2Options
+from voxgate.model.stepaudio2.tiny import build_tokenizer
+from voxgate.model.stepaudio2.tokens import TokenMap
+from voxgate.model.types import (
+    AudioChunk,
+    BackboneError,
+    ReasoningDelta,
+    RequestRejected,
+    ResponseEnd,
+    ResponseOptions,
+    Role,
+    TextDelta,
+    ToolCall,
+    ToolSpec,
+    Turn,
+    TurnTrace,
+)
+
+WEATHER = ToolSpec(
+    "get_weather",
+    "Weather in a city",
+    {
+        "type": "object",
+        "properties": {"city": {"type": "string"}},
+        "required": ["city"],
+        "additionalProperties": False,
+    },
+)
+ALARM = ToolSpec("set_alarm", "Set an alarm", {"type": "object", "properties": {}})
+
+
+@dataclass
+class Request:
+    prompt: list[int]
+    params: Any
+    request_id: str
+
+
+@dataclass
+class ScriptedEngine:
+    """Answers each request with `script(request)`: the ids the model writes, in pieces."""
+
+    script: Callable[[Request], list[list[int]]]
+    model_dir: Path = Path("/models/Step-Audio-2-mini")
+    requests: list[Request] = field(default_factory=list)
+    closed_early: list[str] = field(default_factory=list)
+    is_healthy: bool = True
+
+    async def stream(
+        self,
+        prompt: list[int],
+        params: Any,
+        request_id: str,
+        priority: int = 0,
+        multi_modal_data: Any = None,
+    ) -> AsyncIterator[Any]:
+        request = Request(list(prompt), params, request_id)
+        self.requests.append(request)
+        pieces = self.script(request)
+        done = False
+        try:
+            for i, ids in enumerate(pieces):
+                last = i == len(pieces) - 1
+                finish = None
+                if last:
+                    stops = params.stop_token_ids or []
+                    finish = "stop" if ids and ids[-1] in stops else "length"
+                yield SimpleNamespace(
+                    outputs=[SimpleNamespace(token_ids=ids, finish_reason=finish)]
+                )
+            done = True
+        finally:
+            if not done:
+                self.closed_early.append(request_id)
+
+
+class SilentVocoder:
+    sample_rate = 24_000
+
+    def voices(self) -> list[str]:
+        return ["default"]
+
+    def voice(self, name: str) -> str:
+        if name != "default":
+            raise KeyError(name)
+        return name
+
+    def stream(self, speaker: str) -> Any:
+        return SimpleNamespace(
+            push=lambda codes: np.zeros(960 * len(codes), np.float32),
+            finish=lambda: np.zeros(0, np.float32),
+        )
+
+
+@pytest.fixture(scope="module", params=["text", "tokens"])
+def tokenizer(request: pytest.FixtureRequest) -> PreTrainedTokenizerFast:
+    return PreTrainedTokenizerFast(tokenizer_object=build_tokenizer(request.param))
+
+
+@pytest.fixture
+def tok(tokenizer: PreTrainedTokenizerFast) -> TokenMap:
+    return TokenMap.from_tokenizer(tokenizer)
+
+
+def make(tokenizer: Any, script: Callable[[Request], list[list[int]]], **options: Any):
+    engine = ScriptedEngine(script)
+    backbone = StepAudio2Backbone(
+        engine,  # type: ignore[arg-type]
+        tokenizer,
+        SilentVocoder(),
+        StepAudio2Options(**options),
+    )
+    return backbone, engine
+
+
+def encode(tokenizer: Any, text: str) -> list[int]:
+    return tokenizer.encode(text, add_special_tokens=False)
+
+
+def ta4(tokenizer: Any, tok: TokenMap, text: str, codes_per_word: int = 4) -> list[int]:
+    """A spoken answer the TA4 way: one text token, then four speech codes, over and over."""
+    out: list[int] = []
+    for i, token in enumerate(encode(tokenizer, text)):
+        out += [token, *(tok.audio_0 + (i * 7 + k) % 6561 for k in range(codes_per_word))]
+    return [*out, tok.tts_pad, tok.audio_0 + 1, tok.audio_0 + 2, tok.audio_pad, tok.audio_pad]
+
+
+async def run(backbone: StepAudio2Backbone, turns: list[Turn], **options: Any) -> list[Any]:
+    opts = ResponseOptions(request_id="r1", instructions="Be brief.", voice="default", **options)
+    return [item async for item in backbone.respond(turns, opts, TurnTrace())]
+
+
+ASK = [Turn(Role.USER, "What is the weather in Paris?")]
+
+
+async def test_a_spoken_preamble_then_a_native_call(tokenizer, tok) -> None:
+    spoken = ta4(tokenizer, tok, "Let me check.")
+    call = encode(tokenizer, '<tool_call>function\nget_weather\n{"city": "Paris"}</tool_call>')
+    backbone, engine = make(
+        tokenizer, lambda r: [spoken[:7], [*spoken[7:], tok.tts_end], [*call, tok.eot]]
+    )
+    out = await run(backbone, ASK, tools=(WEATHER, ALARM))
+
+    (request,) = engine.requests
+    # The tools are a turn of their own, right after the system turn.
+    schemas = tokenizer.decode(request.prompt, skip_special_tokens=False)
+    assert "<|BOT|>system\nBe brief.<|EOT|><|BOT|>tool_json_schemas\n[" in schemas
+    # With tools on offer the answer goes on past <tts_end> (calls come after the speech).
+    assert request.params.stop_token_ids == [tok.eot]
+    words = "".join(o.text for o in out if isinstance(o, TextDelta))
+    assert words == "Let me check."
+    assert sum(len(o.samples) for o in out if isinstance(o, AudioChunk)) > 0
+    (tool_call,) = [o for o in out if isinstance(o, ToolCall)]
+    assert (tool_call.name, json.loads(tool_call.arguments)) == ("get_weather", {"city": "Paris"})
+    end = out[-1]
+    assert isinstance(end, ResponseEnd) and end.finish_reason == "stop"
+    # History gets the speech as written, up to and with <tts_end> (the call is re-rendered).
+    assert end.spoken_tokens == (*spoken, tok.tts_end)
+    assert out.index(tool_call) > max(i for i, o in enumerate(out) if isinstance(o, AudioChunk))
+
+
+async def test_invalid_arguments_get_one_retry_under_the_schema(tokenizer, tok) -> None:
+    spoken = ta4(tokenizer, tok, "Okay.")
+    bad = encode(tokenizer, '<tool_call>function\nget_weather\n{"town": 3}</tool_call>')
+    good = encode(tokenizer, '{"city": "Paris"}')
+    answers = iter([[[*spoken, tok.tts_end], [*bad, tok.eot]], [good]])
+    backbone, engine = make(tokenizer, lambda r: next(answers))
+    out = await run(backbone, ASK, tools=(WEATHER,))
+
+    first, retry = engine.requests
+    opened = encode(tokenizer, "<tool_call>function\n") + encode(tokenizer, "get_weather\n")
+    # The retry continues from what the model said, with the call re-opened by name...
+    assert retry.prompt == [*first.prompt, *spoken, tok.tts_end, *opened]
+    # ...and its arguments constrained to the tool's schema.
+    assert retry.params.structured_outputs.json == WEATHER.parameters
+    (tool_call,) = [o for o in out if isinstance(o, ToolCall)]
+    assert json.loads(tool_call.arguments) == {"city": "Paris"}
+
+
+async def test_an_unknown_function_is_retried_by_choice_of_the_offered_names(tokenizer, tok):
+    made_up = encode(tokenizer, '<tool_call>function\nsend_email\n{"to": "x"}</tool_call>')
+    answers = iter(
+        [[[*made_up, tok.eot]], [encode(tokenizer, "set_alarm")], [encode(tokenizer, "{}")]]
+    )
+    backbone, engine = make(tokenizer, lambda r: next(answers))
+    out = await run(backbone, ASK, tools=(WEATHER, ALARM), audio=False)
+
+    _first, name, args = engine.requests
+    assert name.params.structured_outputs.choice == ["get_weather", "set_alarm"]
+    assert args.params.structured_outputs.json == ALARM.parameters
+    assert [o.name for o in out if isinstance(o, ToolCall)] == ["set_alarm"]
+
+
+async def test_a_required_function_is_opened_natively(tokenizer, tok) -> None:
+    backbone, engine = make(tokenizer, lambda r: [encode(tokenizer, '{"city": "Rome"}')])
+    out = await run(backbone, ASK, tools=(WEATHER, ALARM), tool_choice="get_weather")
+
+    (request,) = engine.requests
+    opening = encode(tokenizer, "<tool_call>function\n") + encode(tokenizer, "get_weather\n")
+    assert request.prompt[-len(opening) :] == opening
+    assert tokenizer.decode(request.prompt[: -len(opening)]).endswith("assistant\n")
+    assert [type(o) for o in out] == [ToolCall, ResponseEnd]
+
+
+async def test_past_calls_and_results_are_rendered_natively(tokenizer, tok) -> None:
+    spoken = (*ta4(tokenizer, tok, "Checking."), tok.tts_end)
+    turns = [
+        *ASK,
+        Turn(Role.ASSISTANT, "Checking.", tokens=spoken),
+        Turn(Role.ASSISTANT, "get_weather", call=ToolCall("c1", "get_weather", '{"city":"Paris"}')),
+        Turn(Role.TOOL, "Sunny, 21 C"),
+    ]
+    backbone, engine = make(tokenizer, lambda r: [[*ta4(tokenizer, tok, "Sunny."), tok.tts_end]])
+    await run(backbone, turns, tools=(WEATHER,))
+    text = tokenizer.decode(engine.requests[0].prompt, skip_special_tokens=False)
+    call = '<tool_call>function\nget_weather\n{"city": "Paris"}</tool_call>'
+    # One assistant turn: the speech as the model wrote it, then the call; the result is input.
+    assert f"<tts_end>{call}<|EOT|><|BOT|>input\nSunny, 21 C<|EOT|>" in text
+    assert text.count("<|BOT|>assistant\n") == 2
+
+
+async def test_without_tools_speech_stops_at_tts_end(tokenizer, tok) -> None:
+    backbone, engine = make(tokenizer, lambda r: [[*ta4(tokenizer, tok, "Hi."), tok.tts_end]])
+    out = await run(backbone, ASK)
+    assert engine.requests[0].params.stop_token_ids == [tok.eot, tok.tts_end]
+    assert not [o for o in out if isinstance(o, ToolCall)]
+    assert "tool_json_schemas" not in tokenizer.decode(engine.requests[0].prompt)
+
+
+async def test_think_mode_uses_the_vocabulary_markers(tokenizer, tok) -> None:
+    markers = tok.think
+    if markers.are_tokens:
+        thought = [*encode(tokenizer, "They greet me."), markers.end_id]
+    else:
+        thought = encode(tokenizer, "They greet me.</think>and more")
+    answers = iter([[thought[:3], thought[3:]], [[*ta4(tokenizer, tok, "Hello!"), tok.tts_end]]])
+    backbone, engine = make(tokenizer, lambda r: next(answers), think="on")
+    out = await run(backbone, ASK, reasoning_tokens=64)
+
+    reasoning = "".join(o.text for o in out if isinstance(o, ReasoningDelta))
+    assert reasoning == "They greet me."  # the end marker is never shown, nor what follows
+    think, answer = engine.requests
+    base = think.prompt[: -len(backbone._writer.think_start())]
+    assert base[-1] != tok.tts_start and tokenizer.decode(base).endswith("assistant\n")
+    if markers.are_tokens:
+        assert think.prompt[-1] == markers.start_id
+        assert think.params.stop_token_ids == [markers.end_id]
+        closing = [markers.start_id, *encode(tokenizer, "They greet me."), markers.end_id]
+        closing += encode(tokenizer, "\n\n")
+    else:
+        assert think.prompt[len(base) :] == encode(tokenizer, "<think>")
+        # The text marker ends the reasoning: the request is closed (aborted) there.
+        assert engine.closed_early == [think.request_id]
+        closing = encode(tokenizer, "<think>They greet me.</think>\n\n")
+    assert answer.prompt == [*base, *closing, tok.tts_start]
+    words = "".join(o.text for o in out if isinstance(o, TextDelta))
+    assert words == "Hello!"
+
+
+def test_think_is_offered_by_vocabulary_name_or_setting(tokenizer, tok) -> None:
+    backbone, engine = make(tokenizer, lambda r: [])
+    assert backbone.can_reason == tok.think.are_tokens  # "Step-Audio-2-mini": not by name
+    engine.model_dir = Path("/models/Step-Audio-2-mini-Think")
+    assert backbone.can_reason
+    assert make(tokenizer, lambda r: [], think="off")[0].can_reason is False
+
+
+async def test_the_asr_hint_is_refused_not_appended(tokenizer, tok) -> None:
+    backbone, engine = make(tokenizer, lambda r: [[tok.eot]])
+    assert backbone.takes_transcription_prompt is False
+    with pytest.raises(RequestRejected, match="fixed instruction"):
+        await backbone.transcribe(np.zeros(16000, np.float32), prompt="Names: Ada")
+    assert engine.requests == []
+
+
+async def test_translation_uses_the_published_s2tt_prompt(tokenizer, tok) -> None:
+    backbone, engine = make(tokenizer, lambda r: [[*encode(tokenizer, "Hello."), tok.eot]])
+    result = await backbone.translate(np.zeros(32000, np.float32))
+    assert result.text == "Hello."
+    prompt = tokenizer.decode(engine.requests[0].prompt, skip_special_tokens=False)
+    assert prompt.startswith("<|BOT|>system\n请仔细聆听这段语音，然后将其内容翻译成英文。<|EOT|>")
+    assert engine.requests[0].params.temperature == pytest.approx(0.1)
+
+
+async def test_budgets_are_seconds_of_speech(tokenizer, tok) -> None:
+    backbone, engine = make(tokenizer, lambda r: [[tok.tts_end]], answer_s=60, max_tts_s=20)
+    assert backbone.answer_budget.default_tokens == budgets.speech_tokens(60)
+    assert budgets.speech_seconds(backbone.answer_budget.max_tokens) >= 180
+    chinese = "今天天气很好。" * 3
+    async for _ in backbone.synthesize(chinese, voice="default"):
+        pass
+    assert engine.requests[0].params.max_tokens >= 9 * len(chinese)
+    # and the cap holds for a long text
+    async for _ in backbone.synthesize("word " * 400, voice="default"):
+        pass
+    assert engine.requests[1].params.max_tokens == budgets.speech_tokens(20)
+
+
+async def test_think_needs_a_reasoning_checkpoint(tokenizer, tok) -> None:
+    backbone, _engine = make(tokenizer, lambda r: [], think="off")
+    with pytest.raises(BackboneError, match="think mode"):
+        await run(backbone, ASK, reasoning_tokens=64)
