@@ -197,3 +197,38 @@ def test_speculative_asr_equals_plain_decoding(unified_server, plain_server, spe
     rate = unified_server.metric("voxgate_spec_decode_acceptance_rate")
     assert 0.0 <= rate <= 1.0
     assert unified_server.metric("voxgate_spec_decode_tokens_per_step") >= 1.0
+
+
+def test_rest_translation_and_the_refused_hint(unified_server, speak) -> None:
+    """Speech translation is the published S2TT prompt on the same engine; an ASR hint, which
+    the published prompt has no place for, is refused before any work."""
+    headers = {"Authorization": f"Bearer {unified_server.api_key}"}
+    audio = ("q.wav", wav_bytes(speak("Good morning, how are you?")), "audio/wav")
+    translated = httpx.post(
+        f"{unified_server.base_url}/v1/audio/translations",
+        headers=headers,
+        files={"file": audio},
+        data={"model": "voxgate-stepaudio2", "response_format": "verbose_json"},
+        timeout=120,
+    )
+    assert translated.status_code == 200, translated.text
+    body = translated.json()
+    assert body["task"] == "translate" and isinstance(body["text"], str)
+    hinted = httpx.post(
+        f"{unified_server.base_url}/v1/audio/transcriptions",
+        headers=headers,
+        files={"file": audio},
+        data={"model": "voxgate-stepaudio2", "prompt": "Names: Ada"},
+        timeout=120,
+    )
+    assert hinted.status_code == 400
+    assert hinted.json()["error"]["code"] == "unsupported_parameter"
+
+
+async def test_a_session_starts_with_a_minute_of_speech(unified_server) -> None:
+    """Budgets are seconds of speech: the default answer is 60 s of TA4 output (31.25 tokens
+    a second), not a text LM's 128 tokens (4 s)."""
+    async with sdk_client(unified_server).realtime.connect(model="voxgate") as conn:
+        created = await conn.recv()
+    assert created.type == "session.created"
+    assert created.session.max_output_tokens == 60 * 125 // 4 + 8
