@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+from prometheus_client import Counter
 from pydantic import BaseModel, Field
 
 from voxgate.model import tools
@@ -55,6 +56,11 @@ from voxgate.model.types import (
 
 log = logging.getLogger(__name__)
 
+TTS_CUT = Counter(
+    "voxgate_tts_cut_at_budget",
+    "Syntheses that reached their token budget (the text's reading time, within max_tts_s) "
+    "before the model ended them: the speech may stop short of the text.",
+)
 TOOL_DECISION_TOKENS = 512
 """Longest arguments object a call may write."""
 TOOL_NAME_TOKENS = 32
@@ -335,6 +341,15 @@ class StepAudio2Backbone:
             async for item in stream:
                 if isinstance(item, AudioChunk):
                     yield item
+                elif isinstance(item, ResponseEnd) and item.finish_reason == "length":
+                    # The audio is already on its way: say it in the log and the metrics.
+                    TTS_CUT.inc()
+                    log.warning(
+                        "synthesis of %d characters was cut at its budget of %d tokens (%.0f s)",
+                        len(text),
+                        params.max_tokens,
+                        budgets.speech_seconds(params.max_tokens),
+                    )
 
     async def respond(
         self, conversation: Sequence[Turn], options: ResponseOptions, trace: TurnTrace

@@ -324,3 +324,14 @@ async def test_think_needs_a_reasoning_checkpoint(tokenizer, tok) -> None:
     backbone, _engine = make(tokenizer, lambda r: [], think="off")
     with pytest.raises(BackboneError, match="think mode"):
         await run(backbone, ASK, reasoning_tokens=64)
+
+
+async def test_a_synthesis_cut_at_its_budget_is_counted(tokenizer, tok, caplog) -> None:
+    from voxgate.model.stepaudio2.backbone import TTS_CUT
+
+    before = TTS_CUT._value.get()
+    backbone, _engine = make(tokenizer, lambda r: [ta4(tokenizer, tok, "one two three")])
+    async for _ in backbone.synthesize("one two three four", voice="default"):
+        pass
+    assert TTS_CUT._value.get() == before + 1
+    assert "cut at its budget" in caplog.text
