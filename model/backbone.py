@@ -93,6 +93,12 @@ class Backbone(Protocol):
         Backbones that cannot raise `TranslationUnsupported` (before any work)."""
         ...
 
+    async def describe(self, audio: np.ndarray, kind: str = "caption", *, priority: int = 0) -> str:
+        """Describe 16 kHz mono float32 audio in words: "caption" (events) or
+        "paralinguistic" (voices, emotion, background). Backbones that cannot raise
+        `DescriptionUnsupported` before any work."""
+        ...
+
     def synthesize(
         self,
         text: str,

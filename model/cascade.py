@@ -32,6 +32,7 @@ from voxgate.model.types import (
     AnswerBudget,
     AudioChunk,
     BackboneError,
+    DescriptionUnsupported,
     ResponseEnd,
     ResponseOptions,
     ResponseOutput,
@@ -180,6 +181,11 @@ class CascadeBackbone:
         raise TranslationUnsupported(
             "speech translation needs a multilingual backbone (stepaudio2); this server's "
             "Whisper tiny.en hears English only"
+        )
+
+    async def describe(self, audio: np.ndarray, kind: str = "caption", *, priority: int = 0) -> str:
+        raise DescriptionUnsupported(
+            "audio description needs an audio-language backbone (stepaudio2)"
         )
 
     async def synthesize(

@@ -287,6 +287,13 @@ class TranslationUnsupported(BackboneError):
     status = 400
 
 
+class DescriptionUnsupported(BackboneError):
+    """The backbone cannot describe audio in words (it has no audio-language model)."""
+
+    code = "unsupported_feature"
+    status = 400
+
+
 class EngineUnavailable(BackboneError):
     """The engine has died; nothing more can be served by this process."""
 

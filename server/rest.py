@@ -1,5 +1,7 @@
 """OpenAI's REST speech API: `POST /v1/audio/transcriptions`, `POST /v1/audio/translations`,
-`POST /v1/audio/speech` and `GET /v1/audio/voices`, on the same backbone as `/v1/realtime`.
+`POST /v1/audio/speech` and `GET /v1/audio/voices`, and voxgate's own
+`POST /v1/audio/descriptions` (audio in, a description in words out), on the same backbone as
+`/v1/realtime`.
 
 Every request passes one gate first (`_serve`): the API key, the engine's health, its body
 read whole under a deadline and a size cap (holding one of `rest.max_pending_bodies`, never a
@@ -12,14 +14,15 @@ code and status (`engine_unavailable` 503, `context_length_exceeded` 400, ...), 
 else is a 500 `server_error`.
 
 Decoding, VAD and encoding are CPU work and run in worker threads. Long audio is cut at
-silences (`Segmenter`) and transcribed (or translated) piece by piece, in order. Speech is
+silences (`Segmenter`) and transcribed (or translated) piece by piece, in order; a description
+hears the whole clip at once, so its length is capped (`MAX_DESCRIBED_SECONDS`). Speech is
 synthesised sentence by sentence and each piece is encoded and sent as soon as it exists, so the
 first audio leaves before the whole text is spoken.
 
 The `model` field takes this server's own model id (`voxgate-<backbone>`, see /v1/models) or
 one of OpenAI's model names, all served by the one backbone: `whisper-1`, `gpt-4o-transcribe`,
-`gpt-4o-mini-transcribe` (...) for transcriptions and translations, `tts-1`, `tts-1-hd`,
-`gpt-4o-mini-tts` (...) for speech. Anything else is 404 `model_not_found`.
+`gpt-4o-mini-transcribe` (...) for transcriptions, translations and descriptions, `tts-1`,
+`tts-1-hd`, `gpt-4o-mini-tts` (...) for speech. Anything else is 404 `model_not_found`.
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ from voxgate.model.types import (
 from voxgate.server import metrics
 from voxgate.server.audio_files import (
     AudioFileError,
+    AudioTooLong,
     EmptyAudio,
     SpeechEncoder,
     SpeechFormat,
@@ -89,8 +93,8 @@ TRANSCRIPTION_MODELS = (
     "gpt-4o-mini-transcribe-2025-12-15",
     "gpt-transcribe",
 )
-"""OpenAI's transcription model names (translations take them too); each is served by this
-server's backbone."""
+"""OpenAI's transcription model names (translations and descriptions take them too); each is
+served by this server's backbone."""
 SPEECH_MODELS = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts", "gpt-4o-mini-tts-2025-12-15")
 """OpenAI's speech model names; each is served by this server's backbone."""
 
@@ -105,20 +109,32 @@ is one `synthesize` call, and prosody needs whole phrases more than REST needs a
 byte. On a backbone whose TTS runs on the engine each piece is one engine request, so a long
 text holds the engine a sentence at a time: a live turn (higher priority) gets in at the next
 sentence boundary instead of after the whole text, and concurrent REST requests take turns."""
+MAX_DESCRIBED_SECONDS = 200.0
+"""Longest audio a description hears. It is described whole, in one prompt, and Step-Audio-2
+takes at most 8 pieces of 25 s in one (`audio_pieces_per_prompt`): longer audio is refused
+(400 `audio_too_long`) rather than described in part."""
+SILENT_PEAK = 10 ** (-60 / 20)
+"""A clip whose loudest sample is below -60 dBFS holds nothing to describe and is not sent to
+the backbone (a model asked about silence invents events). Sound, not speech, is what counts:
+a caption describes a dog's bark as well as a voice."""
 
 
 # --- request models (parsed once, here) -------------------------------------------------------
 
 
-class _AudioForm(BaseModel):
-    """The form fields that transcriptions and translations share, besides `file`. Fields
-    OpenAI has and voxgate does not use (`include[]`, `chunking_strategy`, ...) are accepted
-    and ignored."""
+class _UploadForm(BaseModel):
+    """The form fields every upload endpoint has, besides `file`. Fields OpenAI has and
+    voxgate does not use (`include[]`, `chunking_strategy`, ...) are accepted and ignored."""
 
     model_config = ConfigDict(extra="ignore", use_attribute_docstrings=True)
 
     model: str = Field(examples=["whisper-1"])
     """This server's model id or an OpenAI transcription model name (an alias)."""
+
+
+class _AudioForm(_UploadForm):
+    """The form fields that transcriptions and translations share, besides `file`."""
+
     prompt: str | None = Field(None, max_length=MAX_PROMPT_CHARS)
     """Text to guide the spelling and style; refused (400 `unsupported_parameter`) by
     backbones whose ASR prompt is fixed."""
@@ -148,7 +164,18 @@ class TranslationForm(_AudioForm):
     """Translations are not streamed (OpenAI's are not either): `true` is refused."""
 
 
-FormT = TypeVar("FormT", bound=_AudioForm)
+class DescriptionForm(_UploadForm):
+    """The form fields of `/v1/audio/descriptions` (voxgate's) besides `file`."""
+
+    kind: Literal["caption", "paralinguistic"] = "caption"
+    """`caption`: what happens in the clip; `paralinguistic`: the speakers' voices (gender,
+    age, emotion), the background and the setting."""
+    response_format: Literal["json", "text"] = "json"
+    """`json`: `{"text": ...}`; `text`: the description alone."""
+
+
+FormT = TypeVar("FormT", bound=_UploadForm)
+T = TypeVar("T")
 
 _LIST_FIELDS = frozenset({"timestamp_granularities[]", "timestamp_granularities"})
 
@@ -195,7 +222,7 @@ def _inline_refs(schema: dict[str, Any]) -> dict[str, Any]:
     return resolve(schema)
 
 
-def _multipart_body(form: type[_AudioForm]) -> dict[str, Any]:
+def _multipart_body(form: type[_UploadForm]) -> dict[str, Any]:
     """The OpenAPI request body of an upload: `file` and the fields of `form`."""
     schema = _inline_refs(form.model_json_schema())
     schema["properties"] = {
@@ -221,41 +248,60 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-@router.post(
-    "/v1/audio/transcriptions",
-    response_model=None,
-    openapi_extra=_multipart_body(TranscriptionForm),
-    responses={
-        200: {
-            "description": "The transcript in `response_format`, or SSE with `stream=true`",
-            "content": {"text/plain": {}, "text/vtt": {}, "text/event-stream": {}},
+RouteHandler = Callable[[Request], Awaitable[Response]]
+
+
+def _upload_route(
+    path: str, form: type[_UploadForm], answer: str, media_types: Sequence[str]
+) -> Callable[[RouteHandler], RouteHandler]:
+    """A multipart upload endpoint, documented: `form`'s fields, `answer` (200) in JSON or
+    `media_types`, and its errors."""
+    return router.post(
+        path,
+        response_model=None,
+        openapi_extra=_multipart_body(form),
+        responses={
+            200: {"description": answer, "content": {t: {} for t in media_types}},
+            415: {"description": "Not multipart/form-data"},
+            **_ERRORS,
         },
-        415: {"description": "Not multipart/form-data"},
-        **_ERRORS,
-    },
+    )
+
+
+@_upload_route(
+    "/v1/audio/transcriptions",
+    TranscriptionForm,
+    "The transcript in `response_format`, or SSE with `stream=true`",
+    ("text/plain", "text/vtt", "text/event-stream"),
 )
 async def create_transcription(request: Request) -> Response:
     """Transcribe an audio file (OpenAI's `audio.transcriptions.create`)."""
     return await _serve(request, _read_transcription, _transcription)
 
 
-@router.post(
+@_upload_route(
     "/v1/audio/translations",
-    response_model=None,
-    openapi_extra=_multipart_body(TranslationForm),
-    responses={
-        200: {
-            "description": "The English text in `response_format`",
-            "content": {"text/plain": {}, "text/vtt": {}},
-        },
-        415: {"description": "Not multipart/form-data"},
-        **_ERRORS,
-    },
+    TranslationForm,
+    "The English text in `response_format`",
+    ("text/plain", "text/vtt"),
 )
 async def create_translation(request: Request) -> Response:
     """Translate speech in an audio file into English text (OpenAI's
     `audio.translations.create`); 400 `unsupported_feature` on a backbone that cannot."""
     return await _serve(request, _read_translation, _translation)
+
+
+@_upload_route(
+    "/v1/audio/descriptions",
+    DescriptionForm,
+    "The description in `response_format`",
+    ("text/plain",),
+)
+async def create_description(request: Request) -> Response:
+    """Describe an audio file in words: what happens in it (`kind=caption`), or the speakers'
+    voices, emotion, background and setting (`kind=paralinguistic`). voxgate's extension, not
+    part of OpenAI's API; 400 `unsupported_feature` on a backbone that cannot (the cascade)."""
+    return await _serve(request, _read_description, _description)
 
 
 @router.post(
@@ -494,7 +540,12 @@ async def _read_translation(request: Request, services: Services) -> _UploadBody
     return await _read_upload(request, services, TranslationForm, _check_translation)
 
 
-def _check_transcription(form: TranscriptionForm) -> None:
+async def _read_description(request: Request, services: Services) -> _UploadBody[DescriptionForm]:
+    # `kind` and `response_format` are checked by the form itself.
+    return await _read_upload(request, services, DescriptionForm, lambda form, backbone: None)
+
+
+def _check_transcription(form: TranscriptionForm, backbone: Backbone) -> None:
     if form.stream and form.response_format not in ("json", "text"):
         raise RestError(
             400,
@@ -502,9 +553,17 @@ def _check_transcription(form: TranscriptionForm) -> None:
             "stream=true sends transcript.text.* events; use response_format json or text",
             "stream",
         )
+    if form.prompt and not backbone.takes_transcription_prompt:
+        raise RestError(
+            400,
+            "unsupported_parameter",
+            "`prompt` is not available here: this backbone's ASR prompt is the published "
+            "fixed instruction; a hint would change it (leave `prompt` out)",
+            "prompt",
+        )
 
 
-def _check_translation(form: TranslationForm) -> None:
+def _check_translation(form: TranslationForm, backbone: Backbone) -> None:
     if form.stream:
         raise RestError(
             400,
@@ -526,22 +585,14 @@ async def _read_upload(
     request: Request,
     services: Services,
     form_type: type[FormT],
-    check: Callable[[FormT], None],
+    check: Callable[[FormT, Backbone], None],
 ) -> _UploadBody[FormT]:
     """The form of an upload endpoint, checked (`check`: what only that endpoint refuses)."""
     settings = services.settings.rest
     form, upload = await _read_form(request, settings.max_upload_bytes, form_type)
     try:
         _check_model(form.model, TRANSCRIPTION_MODELS, services)
-        check(form)
-        if form.prompt and not services.backbone.takes_transcription_prompt:
-            raise RestError(
-                400,
-                "unsupported_parameter",
-                "`prompt` is not available here: this backbone's ASR prompt is the published "
-                "fixed instruction; a hint would change it (leave `prompt` out)",
-                "prompt",
-            )
+        check(form, services.backbone)
         if upload.size is not None and upload.size > settings.max_upload_bytes:
             raise RestError(
                 413,
@@ -604,6 +655,28 @@ async def _translation(
     return await _completed(request, job)
 
 
+async def _description(
+    request: Request, services: Services, body: _UploadBody[DescriptionForm]
+) -> Response:
+    form, settings = body.form, services.settings.rest
+    limit = min(settings.max_audio_seconds, MAX_DESCRIBED_SECONDS)
+    too_long = (
+        f"the audio is longer than {limit:g} s, the most a description hears at once; "
+        "describe it in parts"
+    )
+    audio = await asyncio.to_thread(_decode, body.upload, limit, too_long)
+    text = ""
+    if np.abs(audio).max() >= SILENT_PEAK:
+        described = services.backbone.describe(audio, form.kind, priority=settings.priority)
+        if (done := await _unless_disconnected(request, described)) is None:
+            log.info("a description abandoned by its client")
+            return Response(status_code=499)
+        text = done.result().strip()
+    if form.response_format == "text":
+        return PlainTextResponse(text + "\n", media_type=TranscriptFormat.TEXT.media_type)
+    return JSONResponse({"text": text})
+
+
 def _seconds(audio: np.ndarray) -> float:
     return len(audio) / INPUT_SAMPLE_RATE
 
@@ -621,15 +694,18 @@ async def _speech_pieces(upload: UploadFile, services: Services) -> tuple[np.nda
 
 async def _completed(request: Request, job: _TranscriptionJob) -> Response:
     """The whole file's answer, or 499 once its client has hung up."""
-    if not await _unless_disconnected(request, job.complete()):
+    if await _unless_disconnected(request, job.complete()) is None:
         # Nobody is waiting for the rest of a long file: the backbone stopped working on it.
         log.info("%s abandoned by its client after %d pieces", job.transcript.task, job.done)
         return Response(status_code=499)
     return _transcript_response(job)
 
 
-async def _unless_disconnected(request: Request, work: Coroutine[Any, Any, None]) -> bool:
-    """Run `work` to its end (True), or cancel it as soon as the client hangs up (False)."""
+async def _unless_disconnected(
+    request: Request, work: Coroutine[Any, Any, T]
+) -> asyncio.Task[T] | None:
+    """Run `work` to its end (its task, done), or cancel it as soon as the client hangs up
+    (None)."""
 
     async def disconnected() -> None:
         # The body has been read: what comes next is the end of the connection.
@@ -647,9 +723,9 @@ async def _unless_disconnected(request: Request, work: Coroutine[Any, Any, None]
         task.cancel()
         await asyncio.gather(watcher, task, return_exceptions=True)
     if task.cancelled():
-        return False
+        return None
     task.result()  # the work's own failure, if any
-    return True
+    return task
 
 
 async def _read_form(
@@ -695,11 +771,15 @@ async def _read_form(
         raise rest_validation_error(e) from e
 
 
-def _decode(upload: UploadFile, max_seconds: float) -> np.ndarray:
+def _decode(upload: UploadFile, max_seconds: float, too_long: str | None = None) -> np.ndarray:
+    """The upload as 16 kHz mono; `too_long`, when given, says why audio over `max_seconds`
+    is refused."""
     try:
         if upload.size == 0:
             raise EmptyAudio("the file is empty")
         return decode_upload(upload.file, max_seconds)
+    except AudioTooLong as e:
+        raise RestError(400, e.code, too_long or e.message, "file") from e
     except AudioFileError as e:
         raise RestError(400, e.code, e.message, "file") from e
 

@@ -22,6 +22,7 @@ from voxgate.model.types import (
     AudioChunk,
     BackboneError,
     ContextBudgetExceeded,
+    DescriptionUnsupported,
     ReasoningDelta,
     ResponseEnd,
     ResponseOptions,
@@ -93,6 +94,13 @@ class TranslateCall:
 
 
 @dataclass(frozen=True, slots=True)
+class DescribeCall:
+    audio: np.ndarray
+    kind: str
+    priority: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class SynthesizeCall:
     text: str
     voice: str
@@ -110,6 +118,8 @@ class FakeBackbone:
       `takes_transcription_prompt` is settable (default True).
     - `translate` returns `translation` (no segments); with `can_translate` False it raises
       `TranslationUnsupported` instead, before recording the call.
+    - `describe` returns `description`; with `can_describe` False it raises
+      `DescriptionUnsupported` instead, before recording the call.
     - `synthesize` yields `synth_chunks` tone chunks per call; `synthesize_gate`, when set,
       holds every call after the first until it is set (to show that a caller streams the
       first call's audio before asking for more); `follows_instructions` is settable.
@@ -139,6 +149,8 @@ class FakeBackbone:
         """What `respond` raises after `fail_after` pieces."""
         self.translation = "hello in English"
         self.can_translate = True
+        self.description = "a person says hello"
+        self.can_describe = True
         self.takes_transcription_prompt = True
         self.transcribe_gate: asyncio.Event | None = None
         self.synthesize_gate: asyncio.Event | None = None
@@ -159,6 +171,7 @@ class FakeBackbone:
         self.summarize_calls: list[tuple[str, list[Turn], int]] = []
         self.transcribe_calls: list[TranscribeCall] = []
         self.translate_calls: list[TranslateCall] = []
+        self.describe_calls: list[DescribeCall] = []
         self.synthesize_calls: list[SynthesizeCall] = []
         self.respond_calls: list[RespondCall] = []
 
@@ -207,6 +220,12 @@ class FakeBackbone:
             raise TranslationUnsupported("the fake backbone cannot translate")
         self.translate_calls.append(TranslateCall(audio, temperature, priority))
         return Transcription(self.translation, len(audio) / INPUT_SAMPLE_RATE, "en")
+
+    async def describe(self, audio: np.ndarray, kind: str = "caption", *, priority: int = 0) -> str:
+        if not self.can_describe:
+            raise DescriptionUnsupported("the fake backbone cannot describe audio")
+        self.describe_calls.append(DescribeCall(audio, kind, priority))
+        return self.description
 
     async def synthesize(
         self,

@@ -7,9 +7,11 @@ by vLLM, so its arguments are valid for the tool's schema even from so small a m
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from conftest import RunningServer, launch, unified_env
 from realtime_helpers import collect, sdk_client, words
 
 pytestmark = [pytest.mark.engine, pytest.mark.timeout(300)]
@@ -112,8 +114,28 @@ async def test_think_mode_needs_a_backbone_that_reasons(server) -> None:
     assert (error["code"], error["param"]) == ("unsupported_feature", "session.reasoning")
 
 
-async def test_think_mode_on_the_unified_backbone(unified_server) -> None:
-    async with sdk_client(unified_server).realtime.connect(model="voxgate") as conn:
+@pytest.fixture(scope="module")
+def think_tokens_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """The tiny model with R1.1's vocabulary (<|THINK_START|>/<|THINK_END|> tokens): think mode
+    is found from the vocabulary, with no setting."""
+    from voxgate.model.stepaudio2.tiny import make_tiny_model
+
+    model = make_tiny_model(tmp_path_factory.mktemp("r1") / "tiny", think="tokens")
+    env = unified_env(model)
+    del env["VOXGATE_STEPAUDIO2__THINK"]
+    with launch(tmp_path_factory, "stepaudio2-think-tokens", env) as running:
+        yield running
+
+
+@pytest.mark.parametrize("markers", ["text", "tokens"])
+async def test_think_mode_on_the_unified_backbone(
+    request: pytest.FixtureRequest, markers: str
+) -> None:
+    """Both vocabularies: mini-Think's markers written as text (found in the decoded text, the
+    request aborted there) and R1.1's tokens (a stop token)."""
+    name = "unified_server" if markers == "text" else "think_tokens_server"
+    server: RunningServer = request.getfixturevalue(name)
+    async with sdk_client(server).realtime.connect(model="voxgate") as conn:
         await conn.session.update(
             session={
                 "type": "realtime",

@@ -232,3 +232,16 @@ async def test_a_session_starts_with_a_minute_of_speech(unified_server) -> None:
         created = await conn.recv()
     assert created.type == "session.created"
     assert created.session.max_output_tokens == 60 * 125 // 4 + 8
+
+
+def test_rest_descriptions_use_the_published_caption_prompts(unified_server, speak) -> None:
+    for kind in ("caption", "paralinguistic"):
+        reply = httpx.post(
+            f"{unified_server.base_url}/v1/audio/descriptions",
+            headers={"Authorization": f"Bearer {unified_server.api_key}"},
+            files={"file": ("q.wav", wav_bytes(speak("It is raining again.")), "audio/wav")},
+            data={"model": "voxgate-stepaudio2", "kind": kind},
+            timeout=120,
+        )
+        assert reply.status_code == 200, reply.text
+        assert isinstance(reply.json()["text"], str)

@@ -35,6 +35,7 @@ from voxgate.model.types import (
     AudioChunk,
     BackboneError,
     ContextBudgetExceeded,
+    DescriptionUnsupported,
     EngineUnavailable,
     RequestRejected,
     TranslationUnsupported,
@@ -48,6 +49,7 @@ pytestmark = pytest.mark.timeout(60)
 
 STREAM_EVENT = pydantic.TypeAdapter(TranscriptionStreamEvent)
 TRANSCRIPTIONS, TRANSLATIONS = "/v1/audio/transcriptions", "/v1/audio/translations"
+DESCRIPTIONS = "/v1/audio/descriptions"
 FAKE_PIECE_S = 0.3
 """Audio the fake synthesises per call (3 chunks of 0.1 s)."""
 
@@ -113,6 +115,10 @@ def transcribe(client: TestClient, file: bytes | None, **fields: Any) -> httpx.R
 
 def translate(client: TestClient, file: bytes | None, **fields: Any) -> httpx.Response:
     return upload(client, TRANSLATIONS, file, **fields)
+
+
+def describe(client: TestClient, file: bytes | None, **fields: Any) -> httpx.Response:
+    return upload(client, DESCRIPTIONS, file, **fields)
 
 
 def speech(client: TestClient, **body: Any) -> httpx.Response:
@@ -442,13 +448,22 @@ def test_silence_is_not_sent_to_be_translated(client, fake) -> None:
     assert fake.translate_calls == []
 
 
-def test_a_backbone_that_cannot_translate_is_a_400(fake, hello_wav) -> None:
-    fake.can_translate = False
+@pytest.mark.parametrize(
+    ("path", "message"),
+    [
+        (TRANSLATIONS, "the fake backbone cannot translate"),
+        (DESCRIPTIONS, "the fake backbone cannot describe audio"),
+    ],
+)
+def test_a_backbone_that_cannot_translate_or_describe_is_a_400(
+    fake, hello_wav, path: str, message: str
+) -> None:
+    fake.can_translate = fake.can_describe = False
     with TestClient(app_for(fake)) as client:
-        error = assert_error(translate(client, hello_wav), 400, "unsupported_feature")
+        error = assert_error(upload(client, path, hello_wav), 400, "unsupported_feature")
     assert error["type"] == "invalid_request_error"
-    assert error["message"] == "the fake backbone cannot translate"
-    assert fake.translate_calls == []
+    assert error["message"] == message
+    assert fake.translate_calls == [] and fake.describe_calls == []
 
 
 async def test_the_cascade_refuses_translation_before_any_work() -> None:
@@ -460,41 +475,59 @@ async def test_the_cascade_refuses_translation_before_any_work() -> None:
 
 
 @pytest.mark.parametrize(
-    ("fields", "status", "code", "param"),
+    ("path", "fields", "status", "code", "param"),
     [
-        ({"stream": "true"}, 400, "unsupported_parameter", "stream"),
-        ({"model": None}, 400, "missing_required_parameter", "model"),
-        ({"model": "whisper-2"}, 404, "model_not_found", "model"),
-        ({"model": "tts-1"}, 404, "model_not_found", "model"),
-        ({"response_format": "diarized_json"}, 400, "invalid_value", "response_format"),
-        ({"temperature": "1.5"}, 400, "invalid_value", "temperature"),
-        ({"prompt": "x" * 2001}, 400, "string_above_max_length", "prompt"),
+        (TRANSLATIONS, {"stream": "true"}, 400, "unsupported_parameter", "stream"),
+        (TRANSLATIONS, {"model": None}, 400, "missing_required_parameter", "model"),
+        (TRANSLATIONS, {"model": "whisper-2"}, 404, "model_not_found", "model"),
+        (TRANSLATIONS, {"model": "tts-1"}, 404, "model_not_found", "model"),
+        (
+            TRANSLATIONS,
+            {"response_format": "diarized_json"},
+            400,
+            "invalid_value",
+            "response_format",
+        ),
+        (TRANSLATIONS, {"temperature": "1.5"}, 400, "invalid_value", "temperature"),
+        (TRANSLATIONS, {"prompt": "x" * 2001}, 400, "string_above_max_length", "prompt"),
+        (DESCRIPTIONS, {"kind": "emotion"}, 400, "invalid_value", "kind"),
+        (DESCRIPTIONS, {"response_format": "srt"}, 400, "invalid_value", "response_format"),
+        (DESCRIPTIONS, {"model": None}, 400, "missing_required_parameter", "model"),
+        (DESCRIPTIONS, {"model": "whisper-2"}, 404, "model_not_found", "model"),
+        (DESCRIPTIONS, {"model": "tts-1"}, 404, "model_not_found", "model"),
     ],
 )
-def test_bad_translation_fields(client, fake, hello_wav, fields, status, code, param) -> None:
+def test_bad_translation_and_description_fields(
+    client, fake, hello_wav, path, fields, status, code, param
+) -> None:
     data = {"model": "whisper-1"} | fields
     data = {k: v for k, v in data.items() if v is not None}
     files = {"file": ("speech.wav", hello_wav, "audio/wav")}
-    assert_error(client.post(TRANSLATIONS, data=data, files=files), status, code, param)
-    assert fake.translate_calls == []
+    assert_error(client.post(path, data=data, files=files), status, code, param)
+    assert fake.translate_calls == [] and fake.describe_calls == []
 
 
-def test_translation_models_are_the_transcription_ones(client, hello_wav) -> None:
+@pytest.mark.parametrize("path", [TRANSLATIONS, DESCRIPTIONS])
+def test_translation_and_description_models_are_the_transcription_ones(
+    client, hello_wav, path: str
+) -> None:
     for model in ("voxgate-fake", "whisper-1", "gpt-4o-transcribe"):
-        assert translate(client, hello_wav, model=model).status_code == 200
+        assert upload(client, path, hello_wav, model=model).status_code == 200
 
 
-def test_bad_and_oversized_translation_uploads(fake, hello) -> None:
+@pytest.mark.parametrize("path", [TRANSLATIONS, DESCRIPTIONS])
+def test_bad_and_oversized_translation_and_description_uploads(fake, hello, path: str) -> None:
     over = wav(np.concatenate([hello] * 7))  # over the limit, within the room for the fields
     with TestClient(app_for(fake, rest={"max_upload_bytes": 100_000})) as client:
-        assert_error(translate(client, b""), 400, "empty_file", "file")
-        assert_error(translate(client, None), 400, "missing_required_parameter", "file")
-        assert_error(translate(client, over), 413, "file_too_large", "file")
+        assert_error(upload(client, path, b""), 400, "empty_file", "file")
+        assert_error(upload(client, path, b"not audio" * 100), 400, "invalid_file", "file")
+        assert_error(upload(client, path, None), 400, "missing_required_parameter", "file")
+        assert_error(upload(client, path, over), 413, "file_too_large", "file")
         huge = wav(np.concatenate([hello] * 20))
-        assert_error(translate(client, huge), 413, "file_too_large")
-        not_multipart = client.post(TRANSLATIONS, json={"model": "whisper-1"})
+        assert_error(upload(client, path, huge), 413, "file_too_large")
+        not_multipart = client.post(path, json={"model": "whisper-1"})
         assert_error(not_multipart, 415, "unsupported_media_type")
-    assert fake.translate_calls == []
+    assert fake.translate_calls == [] and fake.describe_calls == []
 
 
 @pytest.mark.parametrize("path", [TRANSCRIPTIONS, TRANSLATIONS])
@@ -541,6 +574,79 @@ def test_translations_are_documented_like_transcriptions(client) -> None:
         "language",
         "timestamp_granularities[]",
     }
+
+
+# --- descriptions (voxgate's extension) ------------------------------------------------------
+
+
+def test_a_json_description(client, fake, hello, hello_wav) -> None:
+    response = describe(client, hello_wav)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/json"
+    assert response.json() == {"text": "a person says hello"}
+    (call,) = fake.describe_calls
+    assert (call.kind, call.priority) == ("caption", 10)
+    assert abs(len(call.audio) - len(hello)) <= 1
+    assert fake.transcribe_calls == [] and fake.translate_calls == []
+
+
+def test_a_text_description_of_the_speakers(client, fake, hello_wav) -> None:
+    response = describe(client, hello_wav, kind="paralinguistic", response_format="text")
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "text/plain; charset=utf-8"
+    assert response.text == "a person says hello\n"
+    assert [c.kind for c in fake.describe_calls] == ["paralinguistic"]
+
+
+def test_a_long_clip_is_described_whole_up_to_the_cap(fake, hello) -> None:
+    """Longer than a transcription's piece: one call with all of it; over 200 s: refused."""
+    within = np.concatenate([hello, silence(60), hello])
+    with TestClient(app_for(fake)) as client:
+        assert describe(client, wav(within)).status_code == 200
+        error = assert_error(describe(client, wav(silence(201))), 400, "audio_too_long", "file")
+    assert "200 s" in error["message"] and "description" in error["message"]
+    (call,) = fake.describe_calls
+    assert abs(len(call.audio) - len(within)) <= 1
+
+
+def test_the_servers_duration_limit_applies_to_descriptions(fake, hello) -> None:
+    with TestClient(app_for(fake, rest={"max_audio_seconds": 2.0})) as client:
+        long = wav(np.concatenate([hello, silence(2.0)]))
+        error = assert_error(describe(client, long), 400, "audio_too_long", "file")
+    assert "2 s" in error["message"]
+    assert fake.describe_calls == []
+
+
+@pytest.mark.parametrize("response_format", ["json", "text"])
+def test_silence_is_not_sent_to_be_described(client, fake, response_format: str) -> None:
+    response = describe(client, wav(silence(3)), response_format=response_format)
+    assert response.status_code == 200
+    assert response.text == ('{"text":""}' if response_format == "json" else "\n")
+    assert fake.describe_calls == []
+
+
+def test_sound_that_is_not_speech_is_described(client, fake) -> None:
+    """A caption is of events, not only of speech: the VAD's verdict does not gate it."""
+    t = np.arange(2 * INPUT_SAMPLE_RATE) / INPUT_SAMPLE_RATE
+    hum = (0.01 * np.sin(2 * np.pi * 50 * t)).astype(np.float32)
+    assert describe(client, wav(hum)).json()["text"] == "a person says hello"
+    assert len(fake.describe_calls) == 1
+
+
+async def test_the_cascade_refuses_descriptions_before_any_work() -> None:
+    cascade = CascadeBackbone(None, None, None, None, CascadeConfig())  # type: ignore[arg-type]
+    with pytest.raises(DescriptionUnsupported, match="audio-language backbone"):
+        await cascade.describe(silence(1), "paralinguistic")
+
+
+def test_descriptions_are_documented_as_voxgates(client) -> None:
+    operation = client.get("/openapi.json").json()["paths"][DESCRIPTIONS]["post"]
+    assert "voxgate's extension" in operation["description"]
+    schema = operation["requestBody"]["content"]["multipart/form-data"]["schema"]
+    assert schema["required"] == ["file", "model"]
+    assert set(schema["properties"]) == {"file", "model", "kind", "response_format"}
+    assert schema["properties"]["kind"]["enum"] == ["caption", "paralinguistic"]
+    assert schema["properties"]["kind"]["default"] == "caption"
 
 
 # --- speech -----------------------------------------------------------------------------------
@@ -786,21 +892,29 @@ def test_voice_aliases_are_the_operators(fake) -> None:
 def test_the_api_key_is_required_when_configured(fake, hello_wav) -> None:
     with TestClient(app_for(fake, api_key=SecretStr(TEST_KEY))) as client:
         assert_error(transcribe(client, hello_wav), 401, "invalid_api_key")
+        assert_error(describe(client, hello_wav), 401, "invalid_api_key")
         assert_error(speech(client), 401, "invalid_api_key")
         assert_error(client.get("/v1/audio/voices"), 401, "invalid_api_key")
+        assert fake.describe_calls == []
         client.headers["authorization"] = f"Bearer {TEST_KEY}"
         assert transcribe(client, hello_wav).status_code == 200
+        assert describe(client, hello_wav).status_code == 200
         assert speech(client).status_code == 200
         assert client.get("/v1/audio/voices").status_code == 200
 
 
 def test_an_unhealthy_backbone_is_503_with_retry_after(client, fake, hello_wav) -> None:
     fake.is_healthy = False
-    for response in (transcribe(client, hello_wav), translate(client, hello_wav), speech(client)):
+    for response in (
+        transcribe(client, hello_wav),
+        translate(client, hello_wav),
+        describe(client, hello_wav),
+        speech(client),
+    ):
         assert_error(response, 503, "engine_unavailable")
         assert response.headers["retry-after"] == "2"
     assert fake.transcribe_calls == [] and fake.synthesize_calls == []
-    assert fake.translate_calls == []
+    assert fake.translate_calls == [] and fake.describe_calls == []
 
 
 async def test_over_capacity_is_429_with_retry_after(fake, hello_wav) -> None:

@@ -58,6 +58,7 @@ ROUTES: dict[tuple[str, str], str] = {
     ("POST", "/v1/audio/speech"): KEY,
     ("POST", "/v1/audio/transcriptions"): KEY,
     ("POST", "/v1/audio/translations"): KEY,
+    ("POST", "/v1/audio/descriptions"): KEY,
     ("POST", "/v1/realtime/client_secrets"): KEY_ONLY,
     ("WS", "/v1/realtime"): KEY,
 }
@@ -74,7 +75,10 @@ def request(client: TestClient, method: str, path: str, headers: dict[str, str])
         case ("POST", "/v1/audio/speech"):
             body = {"model": "tts-1", "voice": "joe", "input": "Hi."}
             return client.post(path, json=body, headers=headers)
-        case ("POST", "/v1/audio/transcriptions" | "/v1/audio/translations"):
+        case (
+            "POST",
+            "/v1/audio/transcriptions" | "/v1/audio/translations" | "/v1/audio/descriptions",
+        ):
             files = {"file": ("a.wav", silent_wav(), "audio/wav")}
             return client.post(path, data={"model": "whisper-1"}, files=files, headers=headers)
         case ("POST", "/v1/realtime/client_secrets"):
