@@ -1,13 +1,16 @@
-"""Whisper speech recognition (faster-whisper, CTranslate2) on a worker thread."""
+"""Whisper speech recognition (faster-whisper, CTranslate2) on a worker thread.
+
+One request at a time (CTranslate2 spreads one over the cores), waiting requests in priority
+order: a live turn (0) goes before queued REST transcriptions (10), as in the engine.
+"""
 
 from __future__ import annotations
 
-import asyncio
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
+from voxgate.model.priority import PriorityExecutor
 from voxgate.model.types import INPUT_SAMPLE_RATE, Segment, Transcription, Word
 
 MIN_AUDIO_S = 0.1
@@ -22,7 +25,7 @@ class WhisperASR:
             str(model_dir), device="cpu", compute_type="int8", cpu_threads=threads
         )
         # One request at a time: CTranslate2 already spreads one request over `threads` cores.
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="asr")
+        self._executor = PriorityExecutor("asr")
         self._beam_size = beam_size
 
     def _transcribe(
@@ -63,17 +66,17 @@ class WhisperASR:
         prompt: str | None = None,
         temperature: float = 0.0,
         timestamps: str = "none",
+        priority: int = 0,
     ) -> Transcription:
         duration = len(audio) / INPUT_SAMPLE_RATE
         if duration < MIN_AUDIO_S:
             return Transcription(text="", duration_s=duration, language=language)
-        loop = asyncio.get_running_loop()
-        text, segments = await loop.run_in_executor(
-            self._executor, self._transcribe, audio, language, prompt, temperature, timestamps
+        text, segments = await self._executor.run(
+            priority, self._transcribe, audio, language, prompt, temperature, timestamps
         )
         return Transcription(
             text=text, duration_s=duration, language=language or "en", segments=segments
         )
 
     def close(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._executor.shutdown()

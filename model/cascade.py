@@ -69,6 +69,9 @@ class CascadeConfig(BaseModel):
     temperature: float = Field(0.3, ge=0)
     top_p: float = Field(0.9, gt=0, le=1)
     repetition_penalty: float = Field(1.1, gt=0)
+    worker_priority: bool = True
+    """Whisper and Piper serve waiting work in priority order (a live turn before queued REST
+    work, as the engine does); False: in arrival order (to measure the difference)."""
     min_clause_words: int = Field(4, ge=1)
     """A clause mark (,;:) ends a spoken piece once it holds this many words."""
 
@@ -168,8 +171,10 @@ class CascadeBackbone:
         timestamps: Literal["none", "segment", "word"] = "none",
         priority: int = 0,
     ) -> Transcription:
-        # Whisper runs beside the engine, not in it: `priority` has nothing to order here.
-        return await self._asr.transcribe(audio, language, prompt, temperature, timestamps)
+        # Whisper runs beside the engine on its own thread, in the same priority order.
+        return await self._asr.transcribe(
+            audio, language, prompt, temperature, timestamps, priority=self._worker_rank(priority)
+        )
 
     @property
     def takes_transcription_prompt(self) -> bool:
@@ -198,7 +203,8 @@ class CascadeBackbone:
         priority: int = 0,
     ) -> AsyncIterator[AudioChunk]:
         self._check_voice(voice)
-        async for chunk in self._tts.synthesize(clean_for_speech(text), speed):
+        rank = self._worker_rank(priority)
+        async for chunk in self._tts.synthesize(clean_for_speech(text), speed, rank):
             yield chunk
 
     async def respond(
@@ -250,7 +256,8 @@ class CascadeBackbone:
                     raise item
                 yield TextDelta(item if first else " " + item)
                 first = False
-                async for chunk in self._tts.synthesize(item, options.speed):
+                rank = self._worker_rank(options.priority)
+                async for chunk in self._tts.synthesize(item, options.speed, rank):
                     trace.mark("tts_first_chunk")
                     yield chunk
             yield replace(item, context_start=start)
@@ -294,6 +301,9 @@ class CascadeBackbone:
     @property
     def can_reason(self) -> bool:
         return False
+
+    def _worker_rank(self, priority: int) -> int:
+        return priority if self._config.worker_priority else 0
 
     @property
     def answer_budget(self) -> AnswerBudget:

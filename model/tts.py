@@ -1,15 +1,19 @@
-"""Piper text-to-speech on a worker thread, one audio chunk per sentence."""
+"""Piper text-to-speech on a worker thread, one audio chunk per sentence.
+
+Sentences are computed one at a time, waiting ones in priority order: the next sentence of a
+live answer (0) goes before queued REST synthesis (10), as in the engine.
+"""
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
+from voxgate.model.priority import PriorityExecutor
 from voxgate.model.types import AudioChunk, Voice
 
 
@@ -28,7 +32,7 @@ class PiperTTS:
         self._voice = PiperVoice(session=session, config=PiperConfig.from_dict(config))
         # One thread: synthesis calls run one at a time, and a sentence generator is only
         # ever touched by this thread (closing it while it runs elsewhere would fail).
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tts")
+        self._executor = PriorityExecutor("tts")
         self.voice = Voice(
             name=name,
             language=config.get("language", {}).get("code", "en_US"),
@@ -42,20 +46,23 @@ class PiperTTS:
         for chunk in self._voice.synthesize(text, syn_config=syn):
             yield chunk.audio_float_array.astype(np.float32, copy=False)
 
-    async def synthesize(self, text: str, speed: float = 1.0) -> AsyncIterator[AudioChunk]:
+    async def synthesize(
+        self, text: str, speed: float = 1.0, priority: int = 0
+    ) -> AsyncIterator[AudioChunk]:
         """Yield one chunk per sentence; each is computed on the TTS thread, never on the loop."""
-        loop = asyncio.get_running_loop()
         sentences = self._sentences(text, speed)
         try:
             while True:
-                samples = await loop.run_in_executor(self._executor, next, sentences, None)
+                samples = await self._executor.run(priority, next, sentences, None)
                 if samples is None:
                     return
                 yield AudioChunk(samples, self.voice.sample_rate)
         finally:
             # Stopped early (barge-in): the rest is never computed. Closing runs on the TTS
-            # thread after the sentence in progress; nobody needs to wait for it.
-            self._executor.submit(sentences.close)
+            # thread after the sentence in progress (first among waiting jobs: it frees the
+            # generator); nobody needs to wait for it.
+            with contextlib.suppress(RuntimeError):  # the executor is shut down
+                self._executor.submit(-1, sentences.close)
 
     def close(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._executor.shutdown()

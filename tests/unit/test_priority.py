@@ -69,3 +69,66 @@ def test_shutdown_cancels_waiting_jobs_and_refuses_new_ones() -> None:
     assert waiting.cancelled()
     with pytest.raises(RuntimeError):
         executor.submit(0, print)
+
+
+async def test_whisper_and_piper_serve_live_work_before_queued_rest_work() -> None:
+    """The cascade's ASR and TTS workers are priority executors: a live turn (0) waits only for
+    the job in progress, not behind REST jobs (10) that queued before it."""
+    import asyncio
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from voxgate.model.asr import WhisperASR
+    from voxgate.model.tts import PiperTTS
+
+    ran: list[str] = []
+    gate = threading.Event()
+
+    def transcribe(audio, **_: object):
+        if not gate.is_set():
+            gate.wait(5)
+        ran.append(f"asr-{int(audio[0])}")
+        return iter(()), None
+
+    asr = WhisperASR.__new__(WhisperASR)
+    asr._model = SimpleNamespace(transcribe=transcribe)
+    asr._executor = PriorityExecutor("asr-test")
+    asr._beam_size = 1
+    first = asyncio.create_task(asr.transcribe(np.full(16000, 9.0), priority=10))
+    await asyncio.sleep(0.05)  # the first REST job is running
+    rest = [asyncio.create_task(asr.transcribe(np.full(16000, i), priority=10)) for i in (1, 2)]
+    await asyncio.sleep(0.05)
+    live = asyncio.create_task(asr.transcribe(np.full(16000, 0.0), priority=0))
+    await asyncio.sleep(0.05)
+    gate.set()
+    await asyncio.gather(first, *rest, live)
+    assert ran == ["asr-9", "asr-0", "asr-1", "asr-2"]
+    asr.close()
+
+    spoken: list[str] = []
+    tts = PiperTTS.__new__(PiperTTS)
+    tts._executor = PriorityExecutor("tts-test")
+    tts.voice = SimpleNamespace(sample_rate=22050)
+
+    def sentences(text: str, speed: float):
+        for word in text.split():
+            spoken.append(word)
+            yield np.zeros(10, np.float32)
+
+    tts._sentences = sentences
+    tts._executor.submit(10, gate.clear)
+    blocker = tts._executor.submit(10, gate.wait, 5)
+
+    async def say(text: str, priority: int) -> None:
+        async for _ in tts.synthesize(text, priority=priority):
+            pass
+
+    rest_speech = asyncio.create_task(say("r1 r2", 10))
+    await asyncio.sleep(0.05)
+    live_speech = asyncio.create_task(say("l1", 0))
+    await asyncio.sleep(0.05)
+    gate.set()
+    await asyncio.gather(rest_speech, live_speech, asyncio.wrap_future(blocker))
+    assert spoken[0] == "l1"
+    tts.close()
