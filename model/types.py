@@ -8,6 +8,7 @@ them to whatever the client asked for).
 from __future__ import annotations
 
 import time
+from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -66,10 +67,10 @@ class ResponseEnd:
     context_start: int = 0
     """Index of the first conversation turn the prompt held: the turns before it did not fit
     the context budget (the session may fold them into its summary)."""
-    spoken_tokens: tuple[int, ...] | None = None
+    spoken_tokens: array[int] | None = None
     """The spoken answer as the model wrote it, its own token ids (Step-Audio-2: the TA4
-    stream up to `<tts_end>`). The session hands them back with the answer's turn
-    (`Turn.tokens`) so the model sees its past speech verbatim; None for text LMs."""
+    stream up to `<tts_end>`), 4 bytes each. The session hands them back with the answer's
+    turn (`Turn.tokens`) so the model sees its past speech verbatim; None for text LMs."""
 
 
 ResponseOutput = TextDelta | AudioChunk | ReasoningDelta | ToolCall | ResponseEnd
@@ -142,7 +143,7 @@ class Turn:
     use it instead of the transcript in `text`."""
     key: str | None = None
     """A stable id of the message (the conversation item id), when it has one."""
-    tokens: tuple[int, ...] | None = None
+    tokens: array[int] | None = None
     """An assistant answer as the backbone wrote it (`ResponseEnd.spoken_tokens`), while it
     is unchanged (a truncated answer loses them and is rendered from `text`)."""
     call: ToolCall | None = None

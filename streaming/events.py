@@ -7,6 +7,7 @@ event sequencing (output_item.added, content_part.added, ...) is the server's bu
 from __future__ import annotations
 
 import itertools
+from array import array
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Literal
@@ -42,7 +43,7 @@ class Item:
     samples: np.ndarray | None = field(default=None, repr=False)
     """The user's voice (16 kHz), kept for the newest `audio_turns_kept` user audio items
     (bounded memory); backbones that hear audio answer from it."""
-    tokens: tuple[int, ...] | None = field(default=None, repr=False)
+    tokens: array[int] | None = field(default=None, repr=False)
     """An assistant answer as the backbone wrote it (`ResponseEnd.spoken_tokens`), handed
     back with the turn; dropped when the answer is truncated."""
     audio_ms: int = 0

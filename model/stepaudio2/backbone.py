@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from array import array
 from collections.abc import AsyncIterator, Sequence
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import replace
@@ -427,12 +428,13 @@ class StepAudio2Backbone:
                         yield call
                 yield end
 
-    def _spoken(self, splitter: OutputSplitter) -> tuple[int, ...]:
-        """The answer's ids up to `<tts_end>` (calls after it are written back by name)."""
+    def _spoken(self, splitter: OutputSplitter) -> array[int]:
+        """The answer's ids up to `<tts_end>` (calls after it are written back by name), 4
+        bytes each: a session may hold 200 answers of minutes of speech."""
         ids = splitter.ids
         if self._tokens.tts_end in ids:
             ids = ids[: ids.index(self._tokens.tts_end) + 1]
-        return tuple(t for t in ids if t != self._tokens.eot)
+        return array("i", (t for t in ids if t != self._tokens.eot))
 
     @property
     def answer_budget(self) -> AnswerBudget:

@@ -179,7 +179,7 @@ async def test_a_spoken_preamble_then_a_native_call(tokenizer, tok) -> None:
     end = out[-1]
     assert isinstance(end, ResponseEnd) and end.finish_reason == "stop"
     # History gets the speech as written, up to and with <tts_end> (the call is re-rendered).
-    assert end.spoken_tokens == (*spoken, tok.tts_end)
+    assert list(end.spoken_tokens) == [*spoken, tok.tts_end]
     assert out.index(tool_call) > max(i for i, o in enumerate(out) if isinstance(o, AudioChunk))
 
 
