@@ -8,9 +8,10 @@ server VAD) run in blocks: each block is one load level and one fresh realtime s
 until the last answer is done. Each REST client loops without pause, alternating
 `/v1/audio/transcriptions` of a recorded clip and a streamed `/v1/audio/speech` of two
 sentences (client i starts with the one i % 2 names), so half the REST work is each kind at
-every level. A round runs every level once, in the order of a balanced Latin square (every
-level at every position once in `len(levels)` rounds), so drift on the machine hits all
-levels alike.
+every level. A request refused with 429 (the server's `max_concurrent_requests`) is sent again
+after `--retry-s`, so a level keeps about N requests in flight. A round runs every level once,
+in the order of a balanced Latin square (every level at every position once in `len(levels)`
+rounds), so drift on the machine hits all levels alike.
 
 Per level it prints n, p50 / p95 of the client turn latency (last voiced sample sent to first
 answer audio received) and of the server's `x_voxgate.timings_ms.turn_latency`, each as a
@@ -47,8 +48,12 @@ from turn_latency import (
 
 from voxgate.clients.realtime_client import RealtimeClient
 
-STAGES = {"asr": "asr", "lm_first_token": "lm token", "lm_first_sentence": "lm clause",
-          "tts_first_chunk": "tts chunk"}  # fmt: skip
+STAGES = {
+    "asr": "asr",
+    "lm_first_token": "lm token",
+    "lm_first_sentence": "lm clause",
+    "tts_first_chunk": "tts chunk",
+}
 """Server stages whose p50 is printed per level (definitions in `streaming/timings.py`), with
 their column titles."""
 SPEECH_TEXT = "The weather is lovely today. Let us go for a walk in the park, and then have lunch."
@@ -65,6 +70,8 @@ class RestRecord:
     seconds: float
     audio_s: float
     failure: str | None = None
+    refused: bool = False
+    """429 `rate_limited`: the server was serving its `max_concurrent_requests`."""
 
 
 @dataclass
@@ -113,6 +120,7 @@ class Load:
     http: httpx.AsyncClient
     material: RestMaterial
     clients: int
+    retry_s: float
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     records: list[RestRecord] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
@@ -125,6 +133,7 @@ class Load:
         while not self.stop.is_set():
             kind = KINDS[(i + count) % 2]
             started = time.monotonic()
+            refused = False
             try:
                 if kind == "transcription":
                     name, wav, audio_s = self.material.wavs[
@@ -136,11 +145,17 @@ class Load:
                 failure = None
             except httpx.HTTPError as e:
                 audio_s, failure = 0.0, f"{type(e).__name__}: {e}"
+                refused = isinstance(e, httpx.HTTPStatusError) and e.response.status_code == 429
             done = time.monotonic()
             self.records.append(
-                RestRecord(kind, i, done - self.started, done - started, audio_s, failure)
+                RestRecord(kind, i, done - self.started, done - started, audio_s, failure, refused)
             )
-            count += 1
+            if refused:
+                # The same request again soon: the level is about N requests kept in flight.
+                # (Honouring Retry-After, 2 s, would leave this client idle instead.)
+                await asyncio.sleep(self.retry_s)
+            else:
+                count += 1
 
 
 # --- running -------------------------------------------------------------------------------
@@ -194,7 +209,7 @@ async def run_block(
         failure = f"session did not start: {type(e).__name__}: {e}"
         turns.append(TurnRecord(first_turn, round_, clip.name, clip.reference, False, failure))
         return Block(round_, level, turns, [], 0.0)
-    load = Load(http, material, level)
+    load = Load(http, material, level, args.retry_s)
     load_task = asyncio.create_task(load.run())
     try:
         # Let the REST requests reach the server's queues before the question starts.
@@ -340,9 +355,10 @@ def latency_rows(blocks: list[Block], levels: list[int]) -> list[str]:
 
 def rest_rows(blocks: list[Block], levels: list[int]) -> list[str]:
     lines = [
-        "REST work done while the turns ran (requests in flight at a block's end not counted)",
-        f"{'REST clients':<13}{'seconds':>8} | {'kind':<14}{'done':>5}{'fail':>5}{'per min':>9}"
-        f"{'audio s/s':>10}{'request p50 s':>14}{'p95 s':>7}",
+        "REST work done while the turns ran (requests in flight at a block's end not counted; "
+        "429: refused, sent again after --retry-s)",
+        f"{'REST clients':<13}{'seconds':>8} | {'kind':<14}{'done':>5}{'429':>5}{'fail':>5}"
+        f"{'per min':>9}{'audio s/s':>10}{'request p50 s':>14}{'p95 s':>7}",
     ]
     for n in levels:
         if n == 0:
@@ -352,9 +368,11 @@ def rest_rows(blocks: list[Block], levels: list[int]) -> list[str]:
         for kind in KINDS:
             records = [r for b in level_blocks for r in b.rest if r.kind == kind]
             ok = [r for r in records if r.failure is None]
+            refused = sum(r.refused for r in records)
             times = [r.seconds for r in ok]
             lines.append(
-                f"{n:<13}{seconds:>8.0f} | {kind:<14}{len(ok):>5}{len(records) - len(ok):>5}"
+                f"{n:<13}{seconds:>8.0f} | {kind:<14}{len(ok):>5}{refused:>5}"
+                f"{len(records) - len(ok) - refused:>5}"
                 f"{60 * len(ok) / max(seconds, 1e-9):>9.1f}"
                 f"{sum(r.audio_s for r in ok) / max(seconds, 1e-9):>10.2f}"
                 + cell(p(times, 50), ".2f", 14)
@@ -409,6 +427,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=float,
         default=1.0,
         help="REST load runs this long before a block's first turn",
+    )
+    parser.add_argument(
+        "--retry-s",
+        type=float,
+        default=0.1,
+        help="a REST request refused with 429 is sent again after this long (default 0.1)",
     )
     parser.add_argument(
         "--max-clip-s",
