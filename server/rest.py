@@ -398,19 +398,37 @@ def backbone_rest_error(e: BackboneError, app: FastAPI) -> RestError:
 
 class _ReleasingStream(StreamingResponse):
     """A streamed response that, however it ends (done, client gone, error), closes its body
-    and then calls `on_close`: the request's concurrency slot is held to the last byte."""
+    and calls `on_close` once: the request's concurrency slot is held to the last byte.
+
+    On a normal end the slot is freed as soon as the last chunk has been sent, before the
+    closing (empty) message: a client that reads the end and sends its next request at once
+    must find the slot free, not still held by its own previous request (it got 429s)."""
 
     on_close: Callable[[], None] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        body = self.body_iterator
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released and self.on_close is not None:
+                released = True
+                self.on_close()
+
+        async def releasing() -> AsyncIterator[Any]:
+            async for chunk in body:
+                yield chunk
+            release()  # every byte is sent; only the closing message is left
+
+        self.body_iterator = releasing()
         try:
             await super().__call__(scope, receive, send)
         finally:
             try:
-                await self.body_iterator.aclose()  # type: ignore[union-attr]
+                await body.aclose()  # type: ignore[union-attr]
             finally:
-                if self.on_close is not None:
-                    self.on_close()
+                release()
 
 
 def _authorised(request: Request) -> Services:

@@ -1099,3 +1099,32 @@ async def test_the_official_sdk_translates(fake, hello_wav) -> None:
                 "prompt",
             )
     assert len(fake.translate_calls) == 3
+
+
+async def test_a_streamed_answer_frees_its_slot_before_the_client_sees_its_end() -> None:
+    """A client that reads the end of a streamed answer and sends its next request at once
+    must not find its own previous request still holding a slot (that gave 429s)."""
+    from voxgate.server.rest import _ReleasingStream
+
+    async def body():
+        yield b"one"
+        yield b"two"
+
+    freed: list[str] = []
+    seen_when_freed: list[int] = []
+    messages: list[dict] = []
+    response = _ReleasingStream(body())
+    response.on_close = lambda: (freed.append("slot"), seen_when_freed.append(len(messages)))
+
+    async def receive() -> dict:
+        await asyncio.sleep(3600)
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        messages.append(message)
+
+    await response({"type": "http", "asgi": {"spec_version": "2.4"}}, receive, send)
+    assert freed == ["slot"]  # once
+    closing = next(i for i, m in enumerate(messages) if m.get("more_body") is False)
+    assert seen_when_freed[0] <= closing  # freed before the closing message went out
+    assert [m.get("body") for m in messages[1:closing]] == [b"one", b"two"]
