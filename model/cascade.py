@@ -61,6 +61,10 @@ class CascadeConfig(BaseModel):
 
     asr_threads: int = Field(2, ge=1)
     """CTranslate2 threads for one Whisper request."""
+    asr_window_s: float | None = Field(15.0, ge=10, le=30)
+    """Whisper's window for a turn shorter than it, in seconds (None: every turn padded to
+    30 s). The encoder's work shrinks with it; below ~8 s Whisper tiny falls apart (see
+    bench/README.md, `asr_window.py`)."""
     asr_beam_size: int = Field(1, ge=1)
     """1 (greedy) is ~2x faster than 5 on short turns, at a small accuracy cost."""
     tts_threads: int = Field(1, ge=1)
@@ -116,6 +120,7 @@ class CascadeBackbone:
                     WHISPER_TINY_EN.directory(home),
                     config.asr_threads,
                     config.asr_beam_size,
+                    config.asr_window_s,
                 ),
                 asyncio.to_thread(
                     PiperTTS,

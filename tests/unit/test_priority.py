@@ -95,6 +95,7 @@ async def test_whisper_and_piper_serve_live_work_before_queued_rest_work() -> No
     asr._model = SimpleNamespace(transcribe=transcribe)
     asr._executor = PriorityExecutor("asr-test")
     asr._beam_size = 1
+    asr._window_s = None
     first = asyncio.create_task(asr.transcribe(np.full(16000, 9.0), priority=10))
     await asyncio.sleep(0.05)  # the first REST job is running
     rest = [asyncio.create_task(asr.transcribe(np.full(16000, i), priority=10)) for i in (1, 2)]
