@@ -311,6 +311,12 @@ class StepAudio2Backbone:
         duration = len(audio_16k) / INPUT_SAMPLE_RATE
         if audio.num_audio_tokens(len(audio_16k)) < 2:
             return Transcription("", duration)
+        longest = self._options.audio_pieces_per_prompt * audio.MAX_PIECE_SECONDS
+        if duration > longest:
+            # One prompt holds the whole clip: refuse rather than let the engine reject it.
+            raise RequestRejected(
+                f"{duration:.0f} s of audio is more than one prompt holds ({longest:.0f} s)"
+            )
         request = await asyncio.to_thread(write, audio_16k, what)
         params = self._params(
             regimes.UNDERSTAND,

@@ -335,3 +335,11 @@ async def test_a_synthesis_cut_at_its_budget_is_counted(tokenizer, tok, caplog) 
         pass
     assert TTS_CUT._value.get() == before + 1
     assert "cut at its budget" in caplog.text
+
+
+async def test_a_clip_longer_than_one_prompt_is_refused_before_the_engine(tokenizer, tok):
+    backbone, engine = make(tokenizer, lambda r: [[tok.eot]], audio_pieces_per_prompt=2)
+    with pytest.raises(RequestRejected, match="more than one prompt holds"):
+        await backbone.describe(np.zeros(51 * 16000, np.float32))
+    assert engine.requests == []
+    assert (await backbone.describe(np.zeros(49 * 16000, np.float32))) == ""
