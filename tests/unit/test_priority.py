@@ -83,11 +83,11 @@ async def test_whisper_and_piper_serve_live_work_before_queued_rest_work() -> No
     from voxgate.model.tts import PiperTTS
 
     ran: list[str] = []
-    gate = threading.Event()
+    running, gate = threading.Event(), threading.Event()
 
     def transcribe(audio, **_: object):
-        if not gate.is_set():
-            gate.wait(5)
+        running.set()
+        gate.wait(5)
         ran.append(f"asr-{int(audio[0])}")
         return iter(()), None
 
@@ -97,11 +97,10 @@ async def test_whisper_and_piper_serve_live_work_before_queued_rest_work() -> No
     asr._beam_size = 1
     asr._window_s = None
     first = asyncio.create_task(asr.transcribe(np.full(16000, 9.0), priority=10))
-    await asyncio.sleep(0.05)  # the first REST job is running
+    assert await asyncio.to_thread(running.wait, 5)  # the first REST job holds the thread
     rest = [asyncio.create_task(asr.transcribe(np.full(16000, i), priority=10)) for i in (1, 2)]
-    await asyncio.sleep(0.05)
     live = asyncio.create_task(asr.transcribe(np.full(16000, 0.0), priority=0))
-    await asyncio.sleep(0.05)
+    await asyncio.sleep(0)  # one loop pass: each task submits its job, in this order
     gate.set()
     await asyncio.gather(first, *rest, live)
     assert ran == ["asr-9", "asr-0", "asr-1", "asr-2"]
@@ -117,18 +116,23 @@ async def test_whisper_and_piper_serve_live_work_before_queued_rest_work() -> No
             spoken.append(word)
             yield np.zeros(10, np.float32)
 
+    def hold() -> None:
+        running.set()
+        gate.wait(5)
+
     tts._sentences = sentences
-    tts._executor.submit(10, gate.clear)
-    blocker = tts._executor.submit(10, gate.wait, 5)
+    running.clear()
+    gate.clear()
+    blocker = tts._executor.submit(10, hold)
+    assert await asyncio.to_thread(running.wait, 5)
 
     async def say(text: str, priority: int) -> None:
         async for _ in tts.synthesize(text, priority=priority):
             pass
 
     rest_speech = asyncio.create_task(say("r1 r2", 10))
-    await asyncio.sleep(0.05)
     live_speech = asyncio.create_task(say("l1", 0))
-    await asyncio.sleep(0.05)
+    await asyncio.sleep(0)  # both have asked for their first sentence
     gate.set()
     await asyncio.gather(rest_speech, live_speech, asyncio.wrap_future(blocker))
     assert spoken[0] == "l1"
