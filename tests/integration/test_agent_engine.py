@@ -38,21 +38,29 @@ def user_text(text: str) -> dict[str, Any]:
     return {"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}
 
 
+async def forced_weather_call(conn: Any) -> tuple[Any, dict[str, Any]]:
+    """Offer WEATHER with tool_choice naming it, ask about Paris: the turn and its call's
+    `function_call_arguments.done`, whose arguments are checked against the tool's schema."""
+    await conn.session.update(
+        session={
+            "type": "realtime",
+            "tools": [WEATHER],
+            "tool_choice": {"type": "function", "name": "get_weather"},
+        }
+    )
+    await conn.conversation.item.create(item=user_text("What is the weather in Paris?"))
+    await conn.response.create()
+    turn = await collect(conn)
+    done = turn.first("response.function_call_arguments.done")
+    arguments = json.loads(done["arguments"])  # valid JSON for the tool's schema
+    assert set(arguments) == {"city"} and isinstance(arguments["city"], str)
+    assert len(arguments["city"]) <= 40  # the schema's maxLength
+    return turn, done
+
+
 async def test_a_weather_tool_round_trip_through_the_sdk(server) -> None:
     async with sdk_client(server).realtime.connect(model="voxgate") as conn:
-        await conn.session.update(
-            session={
-                "type": "realtime",
-                "tools": [WEATHER],
-                "tool_choice": {"type": "function", "name": "get_weather"},
-            }
-        )
-        await conn.conversation.item.create(item=user_text("What is the weather in Paris?"))
-        await conn.response.create()
-        turn = await collect(conn)
-        done = turn.first("response.function_call_arguments.done")
-        arguments = json.loads(done["arguments"])  # valid JSON for the tool's schema
-        assert set(arguments) == {"city"} and isinstance(arguments["city"], str)
+        turn, done = await forced_weather_call(conn)
         assert turn.first("response.done")["response"]["output"][0]["type"] == "function_call"
         assert "response.output_audio.delta" not in turn.types  # a call, not speech
 
@@ -175,20 +183,7 @@ async def test_native_tool_calls_on_the_unified_backbone(unified_server) -> None
     random tiny model produces a valid call. Then the result goes back (an `input` turn) and the
     model speaks, with the tool still on offer: whatever it writes, any call it makes is valid."""
     async with sdk_client(unified_server).realtime.connect(model="voxgate") as conn:
-        await conn.session.update(
-            session={
-                "type": "realtime",
-                "tools": [WEATHER],
-                "tool_choice": {"type": "function", "name": "get_weather"},
-            }
-        )
-        await conn.conversation.item.create(item=user_text("What is the weather in Paris?"))
-        await conn.response.create()
-        turn = await collect(conn)
-        done = turn.first("response.function_call_arguments.done")
-        arguments = json.loads(done["arguments"])
-        assert set(arguments) == {"city"} and isinstance(arguments["city"], str)
-        assert len(arguments["city"]) <= 40
+        _turn, done = await forced_weather_call(conn)
 
         await conn.session.update(session={"type": "realtime", "tool_choice": "auto"})
         await conn.conversation.item.create(

@@ -47,14 +47,19 @@ def wav_bytes(audio16k: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def transcribe(server: RunningServer, audio16k: np.ndarray) -> str:
-    reply = httpx.post(
-        f"{server.base_url}/v1/audio/transcriptions",
+def upload(server: RunningServer, path: str, audio16k: np.ndarray, **data: str) -> httpx.Response:
+    """POST a WAV of `audio16k` to one of the audio upload endpoints, with form `data`."""
+    return httpx.post(
+        f"{server.base_url}{path}",
         headers={"Authorization": f"Bearer {server.api_key}"},
         files={"file": ("q.wav", wav_bytes(audio16k), "audio/wav")},
-        data={"model": "voxgate-stepaudio2", "response_format": "json"},
+        data={"model": "voxgate-stepaudio2", **data},
         timeout=120,
     )
+
+
+def transcribe(server: RunningServer, audio16k: np.ndarray) -> str:
+    reply = upload(server, "/v1/audio/transcriptions", audio16k, response_format="json")
     assert reply.status_code == 200, reply.text
     return reply.json()["text"]
 
@@ -202,25 +207,14 @@ def test_speculative_asr_equals_plain_decoding(unified_server, plain_server, spe
 def test_rest_translation_and_the_refused_hint(unified_server, speak) -> None:
     """Speech translation is the published S2TT prompt on the same engine; an ASR hint, which
     the published prompt has no place for, is refused before any work."""
-    headers = {"Authorization": f"Bearer {unified_server.api_key}"}
-    audio = ("q.wav", wav_bytes(speak("Good morning, how are you?")), "audio/wav")
-    translated = httpx.post(
-        f"{unified_server.base_url}/v1/audio/translations",
-        headers=headers,
-        files={"file": audio},
-        data={"model": "voxgate-stepaudio2", "response_format": "verbose_json"},
-        timeout=120,
+    audio = speak("Good morning, how are you?")
+    translated = upload(
+        unified_server, "/v1/audio/translations", audio, response_format="verbose_json"
     )
     assert translated.status_code == 200, translated.text
     body = translated.json()
     assert body["task"] == "translate" and isinstance(body["text"], str)
-    hinted = httpx.post(
-        f"{unified_server.base_url}/v1/audio/transcriptions",
-        headers=headers,
-        files={"file": audio},
-        data={"model": "voxgate-stepaudio2", "prompt": "Names: Ada"},
-        timeout=120,
-    )
+    hinted = upload(unified_server, "/v1/audio/transcriptions", audio, prompt="Names: Ada")
     assert hinted.status_code == 400
     assert hinted.json()["error"]["code"] == "unsupported_parameter"
 
@@ -235,13 +229,8 @@ async def test_a_session_starts_with_a_minute_of_speech(unified_server) -> None:
 
 
 def test_rest_descriptions_use_the_published_caption_prompts(unified_server, speak) -> None:
+    audio = speak("It is raining again.")
     for kind in ("caption", "paralinguistic"):
-        reply = httpx.post(
-            f"{unified_server.base_url}/v1/audio/descriptions",
-            headers={"Authorization": f"Bearer {unified_server.api_key}"},
-            files={"file": ("q.wav", wav_bytes(speak("It is raining again.")), "audio/wav")},
-            data={"model": "voxgate-stepaudio2", "kind": kind},
-            timeout=120,
-        )
+        reply = upload(unified_server, "/v1/audio/descriptions", audio, kind=kind)
         assert reply.status_code == 200, reply.text
         assert isinstance(reply.json()["text"], str)

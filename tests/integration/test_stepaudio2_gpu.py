@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from conftest import RunningServer, launch
 from realtime_helpers import collect, pcm24, rms, sdk_client, silence, stream_speech
+from realtime_wire import text_item
 from test_stepaudio2_engine import SAMPLES_PER_CODE, wav_bytes
 
 
@@ -152,11 +153,7 @@ async def test_a_real_answer_may_run_past_the_old_text_budget(gpu_server) -> Non
     """128 tokens was ~4 s of speech: a story now runs as long as the model wants (60 s)."""
     async with sdk_client(gpu_server).realtime.connect(model="voxgate") as conn:
         await conn.conversation.item.create(
-            item={
-                "type": "message",
-                "role": "user",
-                "content": [{"type": "input_text", "text": "Tell me a story of about a minute."}],
-            }
+            item=text_item("Tell me a story of about a minute.")["item"]
         )
         await conn.response.create()
         turn = await collect(conn)
@@ -179,11 +176,7 @@ async def test_real_weights_call_a_tool_natively(gpu_server) -> None:
     async with sdk_client(gpu_server).realtime.connect(model="voxgate") as conn:
         await conn.session.update(session={"type": "realtime", "tools": [tool]})
         await conn.conversation.item.create(
-            item={
-                "type": "message",
-                "role": "user",
-                "content": [{"type": "input_text", "text": "What's the weather in Paris now?"}],
-            }
+            item=text_item("What's the weather in Paris now?")["item"]
         )
         await conn.response.create()
         turn = await collect(conn)
