@@ -39,7 +39,9 @@ class OutputSplitter:
         self._tokens = tokens
         self._text_ids: list[int] = []
         self._after_ids: list[int] = []
-        self._emitted = 0  # characters of the decoded text already handed out
+        self._said = ""
+        """The text handed out so far: `_text_ids[:_decoded]`, decoded."""
+        self._decoded = 0
         self.speech_ended = False
         """`<tts_end>` was written: what follows is not spoken."""
         self.ids: list[int] = []
@@ -48,7 +50,7 @@ class OutputSplitter:
     @property
     def text(self) -> str:
         """What the model said (the spoken part when it spoke)."""
-        return self._decode(self._text_ids)
+        return self._said + self._decode(self._text_ids[self._decoded :])
 
     @property
     def after_speech(self) -> str:
@@ -92,10 +94,13 @@ class OutputSplitter:
         return self._text_delta(final=True)
 
     def _text_delta(self, final: bool) -> str:
-        text = self.text
-        if not final and text.endswith("\ufffd"):
+        # Only the ids not yet handed out are decoded (a byte-level vocabulary decodes piece
+        # by piece exactly): one answer costs O(n) on the event loop, not O(n^2).
+        delta = self._decode(self._text_ids[self._decoded :])
+        if not final and delta.endswith("\ufffd"):
             return ""  # half a multi-byte character: wait for the rest
-        delta, self._emitted = text[self._emitted :], len(text)
+        self._said += delta
+        self._decoded = len(self._text_ids)
         return delta
 
     @staticmethod

@@ -343,3 +343,17 @@ async def test_a_clip_longer_than_one_prompt_is_refused_before_the_engine(tokeni
         await backbone.describe(np.zeros(51 * 16000, np.float32))
     assert engine.requests == []
     assert (await backbone.describe(np.zeros(49 * 16000, np.float32))) == ""
+
+
+def test_the_splitter_decodes_incrementally_and_exactly(tokenizer, tok) -> None:
+    from voxgate.model.stepaudio2.parsing import OutputSplitter, TextPiece
+
+    text = "Hello, 世界! Ça va? " * 20
+    ids = encode(tokenizer, text)
+    splitter = OutputSplitter(tokenizer, tok)
+    pieces = []
+    for token in ids:  # one token at a time, as the engine streams them
+        pieces += [p.text for p in splitter.push([token]) if isinstance(p, TextPiece)]
+    pieces.append(splitter.finish())
+    assert "".join(pieces) == text == splitter.text
+    assert not any("\ufffd" in p for p in pieces)  # no half characters handed out
