@@ -84,9 +84,6 @@ class AnswerBudget:
 
     default_tokens: int
     max_tokens: int
-    seconds_per_token: float | None = None
-    """Seconds of speech per output token, for backbones whose tokens are speech (the figure
-    operators and clients are told); None for a text LM."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -447,7 +447,6 @@ class StepAudio2Backbone:
         return AnswerBudget(
             default_tokens=budgets.speech_tokens(self._options.answer_s),
             max_tokens=budgets.speech_tokens(self._options.max_answer_s),
-            seconds_per_token=1 / budgets.TOKENS_PER_SECOND,
         )
 
     def tts_tokens(self, text: str, speed: float = 1.0) -> int:
