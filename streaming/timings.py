@@ -21,7 +21,11 @@ _SPANS = {
     "lm_total": ("lm_submit", "lm_done"),
     "lm_to_first_audio": ("lm_submit", "first_audio_sent"),
 }
-_PARTS = ("end_of_turn_wait", "asr", "lm_first_sentence", "tts_first_chunk")
+TURN_PARTS = ("end_of_turn_wait", "asr", "lm_first_sentence", "tts_first_chunk", "server_overhead")
+"""What a turn's latency splits into, in the order they happen: they add up to turn_latency (the
+browser's waterfall and the dashboard's stacked bar draw these)."""
+_MEASURED = TURN_PARTS[:-1]
+"""The parts with spans of their own; server_overhead is what they leave of turn_latency."""
 
 
 def turn_timings(trace: TurnTrace) -> dict[str, float]:
@@ -31,6 +35,6 @@ def turn_timings(trace: TurnTrace) -> dict[str, float]:
         for name, (start, end) in _SPANS.items()
         if (span := trace.span(start, end)) is not None
     }
-    if "turn_latency" in timings and all(part in timings for part in _PARTS):
-        timings["server_overhead"] = timings["turn_latency"] - sum(timings[p] for p in _PARTS)
+    if "turn_latency" in timings and all(part in timings for part in _MEASURED):
+        timings["server_overhead"] = timings["turn_latency"] - sum(timings[p] for p in _MEASURED)
     return timings

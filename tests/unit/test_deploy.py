@@ -23,6 +23,7 @@ from pydantic import BaseModel
 from voxgate.model.engine import SpecDecodeCollector
 from voxgate.server import metrics
 from voxgate.server.settings import Settings
+from voxgate.streaming.timings import TURN_PARTS
 
 ROOT = Path(__file__).parents[2]
 DEPLOY = ROOT / "deploy"
@@ -322,3 +323,22 @@ def test_dashboard_shows_what_an_operator_needs() -> None:
         "vllm:kv_cache_usage_perc",
         "vllm:generation_tokens_total",
     } <= names
+
+
+def test_dashboard_waterfall_stacks_the_parts_of_a_turn_in_order() -> None:
+    """The stacked bar draws what `turn_timings` splits a turn into, in the order they happen,
+    and nothing else: a stage renamed on the server would leave a gap in the bar."""
+    dashboard = json.loads(DASHBOARD.read_text())
+    (panel,) = [p for p in dashboard["panels"] if p["type"] == "barchart"]
+    assert panel["options"]["stacking"] == "normal"
+    assert panel["options"]["orientation"] == "horizontal"
+    (target,) = panel["targets"]
+    for selector in re.findall(r'stage=~"([^"]+)"', target["expr"]):
+        assert tuple(selector.split("|")) == TURN_PARTS
+    assert "[$__range]" in target["expr"] and target["instant"]
+    (organize,) = [t for t in panel["transformations"] if t["id"] == "organize"]
+    order = sorted(organize["options"]["indexByName"].items(), key=lambda kv: kv[1])
+    assert tuple(name for name, _ in order[1:]) == TURN_PARTS
+    coloured = {o["matcher"]["options"] for o in panel["fieldConfig"]["overrides"]}
+    assert coloured == set(TURN_PARTS)
+    assert set(TURN_PARTS) <= set(metrics.TURN_STAGES)
