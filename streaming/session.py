@@ -784,10 +784,20 @@ class RealtimeSession:
             index = self.items.index(item)
         return self.items[index - 1].id if index > 0 else None
 
-    def _index_of(self, item_id: str, param: str = "previous_item_id") -> int:
+    def _index_of(self, item_id: str, param: str = "previous_item_id", action: str = "") -> int:
+        """The item's index; an unknown id is refused with OpenAI's code for the action
+        (`item_retrieve_invalid_item_id`, ...: frameworks key on them, pipecat waits for
+        its retrieval's), `item_not_found` for a `previous_item_id`."""
         for i, existing in enumerate(self.items):
             if existing.id == item_id:
                 return i
+        if action:
+            raise SessionRejected(
+                f"item_{action}_invalid_item_id",
+                f"Error {action.removesuffix('e')}ing item: the item with id {item_id!r} "
+                "does not exist.",
+                param,
+            )
         raise SessionRejected("item_not_found", f"no conversation item with id {item_id!r}", param)
 
     async def add_item(
@@ -796,7 +806,9 @@ class RealtimeSession:
         """`conversation.item.create`: a message, with user audio (session input format) to
         transcribe when it has no transcript."""
         if any(existing.id == item.id for existing in self.items):
-            raise SessionRejected("invalid_value", f"item id {item.id!r} already exists", "item.id")
+            raise SessionRejected(
+                "item_create_duplicate_item_id", f"item id {item.id!r} already exists", "item.id"
+            )
         self._check_item(item, "item")
         held = sum(len(i.content_text) for i in self.items)
         if held + len(item.content_text) > self._limits.max_conversation_chars:
@@ -838,7 +850,7 @@ class RealtimeSession:
     async def truncate_item(self, item_id: str, content_index: int, audio_end_ms: int) -> None:
         """conversation.item.truncate: the user heard only `audio_end_ms` of this answer, so
         its transcript (and the context of later turns) keeps only what was heard."""
-        item = self.items[self._index_of(item_id, "item_id")]
+        item = self.items[self._index_of(item_id, "item_id", "truncate")]
         if item.role is not Role.ASSISTANT or not item.audio:
             raise SessionRejected(
                 "invalid_value", "only assistant audio messages can be truncated", "item_id"
@@ -862,11 +874,11 @@ class RealtimeSession:
         await self._emit(ItemTruncated(item_id, audio_end_ms))
 
     async def delete_item(self, item_id: str) -> None:
-        del self.items[self._index_of(item_id, "item_id")]
+        del self.items[self._index_of(item_id, "item_id", "delete")]
         await self._emit(ItemDeleted(item_id))
 
     async def retrieve_item(self, item_id: str) -> None:
-        await self._emit(ItemRetrieved(self.items[self._index_of(item_id, "item_id")]))
+        await self._emit(ItemRetrieved(self.items[self._index_of(item_id, "item_id", "retrieve")]))
 
     def _check_item(self, item: Item, param: str) -> None:
         """Every text of an item within `max_item_chars`."""
@@ -973,7 +985,11 @@ class RealtimeSession:
             return
         running = self._running
         if running is None:
-            raise SessionRejected("response_cancel_not_active", "there is no response to cancel")
+            # OpenAI's words: LiveKit recognises a late cancel (its barge-in races the
+            # response's end) by them and does not report it as a failure.
+            raise SessionRejected(
+                "response_cancel_not_active", "Cancellation failed: no active response found"
+            )
         if response_id is not None and response_id != running.response.id:
             raise SessionRejected(
                 "invalid_value",

@@ -4,8 +4,8 @@ every message is followed by a probe, and the session must answer it.
 
 What must hold, for every message of every session:
 - the server answers the probe (`conversation.item.retrieve` of an id that does not exist ->
-  `item_not_found` with the probe's event_id): the session is still usable after whatever
-  came before, refused or not;
+  `item_retrieve_invalid_item_id` with the probe's event_id): the session is still usable
+  after whatever came before, refused or not;
 - no `error` has the code `server_error`, and the connection is never closed by the server;
 - afterwards the server's log, over the whole run, has no traceback.
 
@@ -70,7 +70,7 @@ async def run_session(server: Any, script: list[str], tally: Tally) -> None:
                     error = event["error"]
                     assert error["code"] != "server_error", (message[:300], error)
                     if error.get("event_id") == probe:
-                        assert error["code"] == "item_not_found", error
+                        assert error["code"] == "item_retrieve_invalid_item_id", error
                         break
                     tally.codes[error["code"]] += 1
             tally.events += 1

@@ -374,7 +374,7 @@ BAD_INPUT: dict[str, tuple[Callable[[WebSocketTestSession], None], str, str | No
     ),
     "delete of an unknown item": (
         send_json({"type": "conversation.item.delete", "item_id": "item_nope"}),
-        "item_not_found",
+        "item_delete_invalid_item_id",
         "item_id",
         None,
     ),
@@ -414,7 +414,7 @@ BAD_INPUT: dict[str, tuple[Callable[[WebSocketTestSession], None], str, str | No
                 "audio_end_ms": 10,
             }
         ),
-        "item_not_found",
+        "item_truncate_invalid_item_id",
         "item_id",
         None,
     ),

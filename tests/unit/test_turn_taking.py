@@ -295,7 +295,7 @@ async def test_truncation_keeps_what_the_user_heard(make) -> None:  # noqa: F811
         (session.items[0].id, 0, 10, "invalid_value"),  # a user item
         (answer.id, 1, 10, "invalid_value"),
         (answer.id, 0, 151, "invalid_value"),  # past what is left of it
-        ("item_missing", 0, 10, "item_not_found"),
+        ("item_missing", 0, 10, "item_truncate_invalid_item_id"),
     ]:
         with pytest.raises(SessionRejected) as refused:
             await session.truncate_item(item_id, index, end_ms)
