@@ -28,16 +28,19 @@ import asyncio
 import base64
 import contextlib
 import ipaddress
+import json
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 import httpx
 import numpy as np
 import psutil
+from plots import capacity_figure, plot_path_problem
 from turn_latency import (
     FAILURES,
     POCKETSPHINX_DATA,
@@ -258,6 +261,14 @@ def rss_slope_mb_per_min(rss: list[int]) -> float:
     return float(slope_bytes_per_s * 60 / 1e6)
 
 
+def turn_latencies(level: Level) -> tuple[list[float], list[float]]:
+    """The client's and the server's turn latency (ms) of a level's answered turns."""
+    ok = [t for s in level.sessions for t in s.turns if t.ok]
+    client = [t.client_ms for t in ok if t.client_ms is not None]
+    server = [t.server_ms["turn_latency"] for t in ok if "turn_latency" in t.server_ms]
+    return client, server
+
+
 def p50_p95(values: list[float]) -> tuple[str, str]:
     if not values:
         return "-", "-"
@@ -275,8 +286,7 @@ def report(levels: list[Level], args: argparse.Namespace) -> str:
     for level in levels:
         turns = [t for s in level.sessions for t in s.turns]
         ok = [t for t in turns if t.ok]
-        client = [t.client_ms for t in ok if t.client_ms is not None]
-        server = [t.server_ms["turn_latency"] for t in ok if "turn_latency" in t.server_ms]
+        client, server = turn_latencies(level)
         if client:
             p95s[level.n] = summary(client)["p95"]
         real_time = sum(s.kept_real_time(args.jitter_ms, args.turns) for s in level.sessions)
@@ -330,6 +340,41 @@ def report(levels: list[Level], args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
+def results(levels: list[Level], source: str, args: argparse.Namespace) -> dict[str, Any]:
+    """What `--json` writes and `--plot` draws: per N, the figures of the report and the raw
+    samples and turns they come from."""
+    return {
+        "url": args.url,
+        "speech": source,
+        "cpus": psutil.cpu_count(),
+        "turns_per_session": args.turns,
+        "max_output_tokens": args.max_output_tokens,
+        "jitter_ms": args.jitter_ms,
+        "levels": [level_results(level, args) for level in levels],
+    }
+
+
+def level_results(level: Level, args: argparse.Namespace) -> dict[str, Any]:
+    client, server = turn_latencies(level)
+    kept = [s.kept_real_time(args.jitter_ms, args.turns) for s in level.sessions]
+    return {
+        "n": level.n,
+        "client_turn_latency_ms": summary(client) if client else None,
+        "server_turn_latency_ms": summary(server) if server else None,
+        "kept_real_time": sum(kept),
+        "wall_s": level.wall_s,
+        "lag_ms": level.lag_ms,
+        "max_waiting": level.max_waiting,
+        "max_running": level.max_running,
+        "cpu_percent": level.cpu,
+        "rss_bytes": level.rss,
+        "sessions": [
+            {"kept_real_time": k, "failure": s.failure, "turns": [asdict(t) for t in s.turns]}
+            for s, k in zip(level.sessions, kept, strict=True)
+        ],
+    }
+
+
 def server_pid(args: argparse.Namespace) -> int:
     if args.server_pid:
         return args.server_pid
@@ -362,10 +407,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--source", choices=("auto", "recorded", "piper"), default="auto")
     parser.add_argument("--piper-voice", default=str(default_piper_voice()))
     parser.add_argument("--api-key", default=os.environ.get("VOXGATE_API_KEY"))
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    parser.add_argument(
+        "--plot",
+        metavar="PATH",
+        help="also draw turn latency and CPU against N (.png or .svg; the `bench` extra)",
+    )
     args = parser.parse_args(argv)
     args.levels = [int(n) for n in args.clients.split(",")]
     if min(args.levels) < 1 or args.turns < 1:
         parser.error("--clients and --turns must be positive")
+    if args.plot and (problem := plot_path_problem(args.plot)):
+        parser.error(problem)
     return args
 
 
@@ -396,6 +449,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     levels = asyncio.run(main_async(args, clips, pid))
     print(report(levels, args))
+    measured = results(levels, source, args)
+    if args.json:
+        Path(args.json).write_text(json.dumps(measured, indent=2) + "\n")
+    if args.plot:
+        capacity_figure(measured, args.plot)
+        print(f"plot: {args.plot}", file=sys.stderr)
     return 0
 
 

@@ -24,11 +24,13 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
 import soundfile as sf
 import soxr
+from plots import plot_path_problem, rtf_figure
 
 # Run as a script, this folder is on sys.path: the clip loader is the turn benchmark's.
 from turn_latency import POCKETSPHINX_DATA, Clip, recorded_clips, summary
@@ -252,6 +254,23 @@ def tts_report(records: list[TtsRecord]) -> list[str]:
     return lines
 
 
+def results(
+    url: str,
+    model: str,
+    asr: list[AsrRecord],
+    long_file: AsrRecord | None,
+    tts: list[TtsRecord],
+) -> dict[str, Any]:
+    """What `--json` writes and `--plot` draws."""
+    return {
+        "url": url,
+        "model": model,
+        "asr": [asdict(r) | {"rtf": r.rtf} for r in asr],
+        "asr_long_file": None if long_file is None else asdict(long_file) | {"rtf": long_file.rtf},
+        "tts": [asdict(r) | {"rtf": r.rtf} for r in tts],
+    }
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", default="http://127.0.0.1:8000", help="the server's base URL")
@@ -268,7 +287,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--skip-tts", action="store_true")
     parser.add_argument("--timeout", type=float, default=600.0)
     parser.add_argument("--json", metavar="PATH", help="also write the raw records as JSON")
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--plot",
+        metavar="PATH",
+        help="also draw the real-time factor per request (.png or .svg; the `bench` extra)",
+    )
+    args = parser.parse_args(argv)
+    if args.plot and (problem := plot_path_problem(args.plot)):
+        parser.error(problem)
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -317,20 +344,12 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(tts_report(tts)))
 
     print(f"wall time: {time.monotonic() - started:.0f} s")
+    measured = results(args.url, model, asr, long_file, tts)
     if args.json:
-        Path(args.json).write_text(
-            json.dumps(
-                {
-                    "url": args.url,
-                    "model": model,
-                    "asr": [asdict(r) | {"rtf": r.rtf} for r in asr],
-                    "asr_long_file": None if long_file is None else asdict(long_file),
-                    "tts": [asdict(r) | {"rtf": r.rtf} for r in tts],
-                },
-                indent=2,
-            )
-            + "\n"
-        )
+        Path(args.json).write_text(json.dumps(measured, indent=2) + "\n")
+    if args.plot:
+        rtf_figure(measured, args.plot)
+        print(f"plot: {args.plot}", file=sys.stderr)
     return 0
 
 

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 import soundfile as sf
+from plots import plot_path_problem, turn_latency_figure
 from websockets.exceptions import WebSocketException
 
 from voxgate.clients.realtime_client import RealtimeClient, RealtimeError
@@ -318,6 +319,11 @@ def table(records: list[TurnRecord], source: str, args: argparse.Namespace) -> s
     return "\n".join(lines)
 
 
+def results(records: list[TurnRecord], source: str, args: argparse.Namespace) -> dict[str, Any]:
+    """What `--json` writes and `--plot` draws."""
+    return {"url": args.url, "speech": source, "turns": [vars(r) for r in records]}
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", default="ws://127.0.0.1:8000/v1/realtime")
@@ -353,9 +359,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="PATH",
         help="also dump the raw per-turn numbers as JSON (to PATH, or stdout)",
     )
+    parser.add_argument(
+        "--plot",
+        metavar="PATH",
+        help="also draw each stage's latencies, per turn (.png or .svg; the `bench` extra)",
+    )
     args = parser.parse_args(argv)
     if args.turns < 1 or args.warmup < 0 or args.session_turns < 1:
         parser.error("--turns and --session-turns must be positive, --warmup not negative")
+    if args.plot and (problem := plot_path_problem(args.plot)):
+        parser.error(problem)
     return args
 
 
@@ -366,14 +379,16 @@ def main(argv: list[str] | None = None) -> int:
     records = asyncio.run(run(args, clips))
     print(table(records, source, args))
     print(f"wall time: {time.monotonic() - started:.0f} s")
+    measured = results(records, source, args)
     if args.json:
-        dump = json.dumps(
-            {"url": args.url, "speech": source, "turns": [vars(r) for r in records]}, indent=2
-        )
+        dump = json.dumps(measured, indent=2)
         if args.json == "-":
             print(dump)
         else:
             Path(args.json).write_text(dump + "\n")
+    if args.plot:
+        turn_latency_figure(measured, args.plot)
+        print(f"plot: {args.plot}", file=sys.stderr)
     return 0
 
 
