@@ -28,6 +28,13 @@
 // audio to the send of the first answer audio) is shown beside it; the page's is larger by
 // the transport both ways and the append batching. "plays at" adds the jitter buffer's
 // prebuffering: when the first answer audio started to play.
+//
+// Each answer carries a waterfall of that turn: the server's stages (`timings_ms`, which sum to
+// its turn_latency), then what the page measured beyond it: `network` (the page's turn latency
+// minus the server's) and `jitter_buffer` (first audio received -> first audio played). The
+// p50 of the page's turn latency over the conversation is shown with the legend. The level
+// meter shows the microphone's RMS as the page captures it; the VAD indicator beside it shows
+// what the server's VAD hears (`speech_started` / `speech_stopped`).
 
 const WIRE_RATE = 24000;
 const FRAME_MS = 20;
@@ -37,6 +44,40 @@ const VOICED_ABOVE_FLOOR_DB = 12;
 const VOICED_MIN_DB = -55;
 const FLOOR_RISE_DB_PER_S = 1.5;
 const MAX_KEPT = 200; // transcripts, turns and errors kept in window.voxgateStats
+const METER_FLOOR_DB = -70; // the level meter's left end; its right end is 0 dBFS
+
+// A turn's stages, in the order they happen. The first five are the server's
+// (streaming/timings.py); lm_first_token falls inside lm_first_sentence, so it is a mark in that
+// stage, not a stage of its own.
+const STAGES = [
+  {
+    name: "end_of_turn_wait",
+    label: "end-of-turn wait",
+    about: "the silence the server's VAD waits for",
+  },
+  { name: "asr", label: "speech recognition", about: "transcribing the turn" },
+  {
+    name: "lm_first_sentence",
+    label: "LM first sentence",
+    about: "the language model's first speakable clause",
+  },
+  { name: "tts_first_chunk", label: "TTS first chunk", about: "synthesising the first audio" },
+  {
+    name: "server_overhead",
+    label: "server overhead",
+    about: "queues, scheduling, encoding, the socket",
+  },
+  {
+    name: "network",
+    label: "network",
+    about: "the page's turn latency minus the server's: transport both ways, append batching",
+  },
+  {
+    name: "jitter_buffer",
+    label: "jitter buffer",
+    about: "first audio received to first audio played",
+  },
+];
 
 const $ = (id) => document.getElementById(id);
 
@@ -57,7 +98,12 @@ const stats = {
   truncations: [], // conversation.item.truncated: {itemId, audioEndMs}
   userTranscripts: [],
   assistantTranscripts: [],
-  turns: [], // {responseId, status, latencyMs, latencySource, serverLatencyMs, playbackStartMs}
+  // {responseId, status, latencyMs, latencySource, serverLatencyMs, playbackStartMs, timingsMs}
+  turns: [],
+  latencyP50Ms: null, // of the page's turn latency, over the turns above
+  serverLatencyP50Ms: null,
+  inputLevelDb: null, // the microphone's last 20 ms frame, dBFS
+  serverVad: { state: "off", speechStarted: 0, speechStopped: 0 },
   errors: [],
 };
 window.voxgateStats = stats;
@@ -112,6 +158,17 @@ function setStatus(state, text) {
   const status = $("status");
   status.dataset.state = state;
   status.textContent = text || state;
+}
+
+function median(values) {
+  if (values.length === 0) return null;
+  const sorted = [...values].sort((a, b) => a - b);
+  const mid = sorted.length >> 1;
+  return sorted.length % 2 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
+}
+
+function formatMs(ms) {
+  return Math.abs(ms) < 10 && ms !== 0 ? ms.toFixed(1) : String(Math.round(ms));
 }
 
 function showError(message) {
@@ -283,6 +340,8 @@ class Connection {
     if (this.audio) this.audio.close();
     this.stream = null;
     this.audio = null;
+    showLevel(null, false);
+    showServerVad("off");
   }
 
   closed(event) {
@@ -302,8 +361,7 @@ class Connection {
     stats.micFrames += 1;
     const { voiced, db } = this.energy.update(rmsDb, at);
     if (voiced) stats.voicedFrames += 1;
-    $("meter-level").style.width = `${Math.max(0, Math.min(100, (db + 70) * (100 / 70)))}%`;
-    $("meter").classList.toggle("voiced", voiced);
+    showLevel(db, voiced);
     this.pending.push(new Uint8Array(pcm));
     this.pendingSamples += pcm.byteLength / 2;
     if (this.ws?.readyState !== WebSocket.OPEN) {
@@ -417,6 +475,8 @@ class Connection {
         this.session = event.session;
         stats.sessionId = event.session.id;
         showSession(event.session);
+        if (!event.session.audio?.input?.turn_detection) showServerVad("off");
+        else if (stats.serverVad.state === "off") showServerVad("silence");
         if (event.type === "session.created") {
           setStatus("connected", "connected: speak");
           $("interrupt").disabled = false;
@@ -424,11 +484,15 @@ class Connection {
         }
         break;
       case "input_audio_buffer.speech_started": {
+        stats.serverVad.speechStarted += 1;
+        showServerVad("speech");
         setText(bubble(event.item_id, "user"), "…", true);
         this.onSpeechStarted();
         break;
       }
       case "input_audio_buffer.speech_stopped": {
+        stats.serverVad.speechStopped += 1;
+        showServerVad("silence");
         const heard = this.energy.lastVoicedAt;
         const silenceMs = this.session?.audio?.input?.turn_detection?.silence_duration_ms ?? 0;
         // Only a voiced frame of this turn counts (not one from a turn before it).
@@ -457,6 +521,7 @@ class Connection {
           playbackStartMs: null,
           turnEndAt: this.turnEnd?.at ?? null,
           receivedSeconds: 0,
+          timingsMs: null, // response.done's x_voxgate.timings_ms
         };
         this.turnEnd = null;
         this.response = { id: event.response.id, done: false, record, itemId: null };
@@ -512,7 +577,8 @@ class Connection {
         const record = this.records.get(event.response.id);
         if (record) {
           record.status = event.response.status;
-          record.serverLatencyMs = event.x_voxgate?.timings_ms?.turn_latency ?? null;
+          record.timingsMs = event.x_voxgate?.timings_ms ?? null;
+          record.serverLatencyMs = record.timingsMs?.turn_latency ?? null;
           const itemId = event.response.output?.[0]?.id ?? this.response?.itemId;
           showLatency(record, itemId);
           if (itemId && event.response.status === "cancelled") {
@@ -536,6 +602,7 @@ class Connection {
 
 function showLatency(record, itemId) {
   if (itemId) record.itemId = itemId;
+  showP50();
   const el = record.itemId && bubbles.get(record.itemId);
   if (!el) return;
   const parts = [];
@@ -546,6 +613,142 @@ function showLatency(record, itemId) {
   meta.textContent = parts.join(" · ");
   if (record.latencyMs != null) meta.dataset.latencyMs = String(record.latencyMs);
   if (record.serverLatencyMs != null) meta.dataset.serverLatencyMs = String(record.serverLatencyMs);
+  showWaterfall(record, el);
+}
+
+// The stages measured for a turn, in order: the server's that response.done reported, then the
+// page's own beyond the server's turn latency (each clamped at 0: the page's end of speech is
+// its own detector's, not the server's VAD's).
+function turnStages(record) {
+  const measured = { ...record.timingsMs };
+  const serverMs = measured.turn_latency;
+  if (serverMs != null && record.latencyMs != null) {
+    measured.network = Math.max(0, record.latencyMs - serverMs);
+  }
+  if (serverMs != null && record.latencyMs != null && record.playbackStartMs != null) {
+    measured.jitter_buffer = Math.max(0, record.playbackStartMs - record.latencyMs);
+  }
+  return STAGES.filter((stage) => measured[stage.name] != null).map((stage) => ({
+    ...stage,
+    ms: measured[stage.name],
+  }));
+}
+
+// One bar per answer, each stage a segment as wide as its share of the bar's total. A negative
+// stage (server_overhead when stages overlapped) is drawn with no width.
+function showWaterfall(record, el) {
+  if (!record.timingsMs) return;
+  const stages = turnStages(record);
+  if (stages.length === 0) return;
+  const totalMs = stages.reduce((sum, s) => sum + Math.max(0, s.ms), 0);
+  let bar = el.querySelector(".waterfall");
+  if (!bar) {
+    bar = document.createElement("div");
+    bar.className = "waterfall";
+    bar.setAttribute("role", "img");
+    const segments = document.createElement("div");
+    segments.className = "stages";
+    const total = document.createElement("span");
+    total.className = "total";
+    bar.append(segments, total);
+    el.append(bar);
+  }
+  bar.dataset.responseId = record.responseId;
+  bar.dataset.totalMs = String(totalMs);
+  const parts = [];
+  const segments = stages.map((stage) => {
+    const share = totalMs > 0 ? (100 * Math.max(0, stage.ms)) / totalMs : 0;
+    const segment = document.createElement("span");
+    segment.className = "stage";
+    segment.dataset.stage = stage.name;
+    segment.dataset.ms = String(stage.ms);
+    segment.style.width = `${share}%`;
+    let title =
+      `${stage.label}: ${formatMs(stage.ms)} ms, ${share.toFixed(0)}% of ` +
+      `${formatMs(totalMs)} ms (${stage.about})`;
+    if (stage.ms < 0) title += " (negative: stages overlapped)";
+    const firstToken = record.timingsMs.lm_first_token;
+    if (stage.name === "lm_first_sentence" && firstToken != null && stage.ms > 0) {
+      title += `; first token at ${formatMs(firstToken)} ms`;
+      const mark = document.createElement("span");
+      mark.className = "first-token";
+      mark.style.left = `${Math.min(100, (100 * firstToken) / stage.ms)}%`;
+      segment.append(mark);
+    }
+    segment.title = title;
+    parts.push(`${stage.label} ${formatMs(stage.ms)} ms`);
+    return segment;
+  });
+  bar.querySelector(".stages").replaceChildren(...segments);
+  const total = bar.querySelector(".total");
+  total.textContent = `${Math.round(totalMs)} ms`;
+  total.title = record.playbackStartMs != null ? "to first audio played" : "to first audio";
+  bar.setAttribute("aria-label", `turn latency ${Math.round(totalMs)} ms: ${parts.join(", ")}`);
+}
+
+function showP50() {
+  const answered = stats.turns.filter((t) => t.latencyMs != null);
+  stats.latencyP50Ms = median(answered.map((t) => t.latencyMs));
+  stats.serverLatencyP50Ms = median(
+    stats.turns.filter((t) => t.serverLatencyMs != null).map((t) => t.serverLatencyMs),
+  );
+  const p50 = $("p50");
+  if (stats.latencyP50Ms == null) return;
+  p50.dataset.p50Ms = String(stats.latencyP50Ms);
+  p50.dataset.turns = String(answered.length);
+  const server =
+    stats.serverLatencyP50Ms != null ? ` (server ${Math.round(stats.serverLatencyP50Ms)} ms)` : "";
+  p50.textContent =
+    `p50 ${Math.round(stats.latencyP50Ms)} ms${server} over ` +
+    `${answered.length} turn${answered.length === 1 ? "" : "s"}`;
+}
+
+function showLegend() {
+  const entry = (about, label, swatch) => {
+    const item = document.createElement("li");
+    item.title = about;
+    item.append(swatch, label);
+    return item;
+  };
+  const items = STAGES.map((stage) => {
+    const swatch = document.createElement("span");
+    swatch.className = "swatch";
+    swatch.dataset.stage = stage.name;
+    return entry(stage.about, stage.label, swatch);
+  });
+  const mark = document.createElement("span");
+  mark.className = "swatch first-token";
+  const afterLm = STAGES.findIndex((stage) => stage.name === "lm_first_sentence") + 1;
+  items.splice(afterLm, 0, entry("inside the LM's first sentence", "LM first token", mark));
+  $("legend").replaceChildren(...items);
+}
+
+// The microphone's level (null: no microphone), green while the page's detector hears speech.
+function showLevel(db, voiced) {
+  stats.inputLevelDb = db;
+  const percent =
+    db == null ? 0 : Math.max(0, Math.min(100, (100 * (db - METER_FLOOR_DB)) / -METER_FLOOR_DB));
+  const meter = $("meter");
+  $("meter-level").style.width = `${percent}%`;
+  meter.classList.toggle("voiced", voiced);
+  meter.setAttribute("aria-valuenow", String(Math.round(percent)));
+  meter.setAttribute("aria-valuetext", db == null ? "no microphone" : `${Math.round(db)} dBFS`);
+  if (db == null) delete meter.dataset.levelDb;
+  else meter.dataset.levelDb = db.toFixed(1);
+}
+
+const VAD_TEXT = {
+  off: "server VAD off",
+  silence: "server hears silence",
+  speech: "server hears speech",
+};
+
+// What the server's VAD hears: "speech" from speech_started to speech_stopped.
+function showServerVad(state) {
+  stats.serverVad.state = state;
+  const vad = $("vad");
+  vad.dataset.vad = state;
+  vad.textContent = VAD_TEXT[state];
 }
 
 function showSession(session) {
@@ -605,4 +808,5 @@ $("settings").addEventListener("submit", (event) => {
   conn.send({ type: "session.update", session });
 });
 
+showLegend();
 probeServer();

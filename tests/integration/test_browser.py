@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import os
 import shutil
+import statistics
 import wave
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -55,6 +56,52 @@ CHROMIUM_FLAGS = [
     "--use-fake-device-for-media-stream",
 ]
 INSTALL = "deploy/install.sh --test (as root), or: apt-get install -y chromium"
+SERVER_STAGES = (
+    "end_of_turn_wait",
+    "asr",
+    "lm_first_sentence",
+    "tts_first_chunk",
+    "server_overhead",
+)
+"""The parts of the server's turn latency in `x_voxgate.timings_ms`, in order
+(`streaming/timings.py`); lm_first_token lies inside lm_first_sentence."""
+PAGE_STAGES = ("network", "jitter_buffer")
+"""What the page measured beyond the server's turn latency, drawn after the server's stages."""
+WIDTH_TOLERANCE = 0.01
+"""How far a segment's share of the bar's width may be from its share of the milliseconds."""
+
+WATCH_INDICATORS = """
+// What a user would have seen, recorded from before the page's scripts run: each state the
+// server-VAD indicator showed, and the level meter's widest bar.
+window.watched = { vad: [], meterPercent: 0 };
+new MutationObserver((changes) => {
+  for (const { target } of changes) {
+    if (target.id === "vad" && target.dataset.vad !== watched.vad.at(-1)) {
+      watched.vad.push(target.dataset.vad);
+    }
+    if (target.id === "meter-level") {
+      watched.meterPercent = Math.max(watched.meterPercent, parseFloat(target.style.width) || 0);
+    }
+  }
+}).observe(document, { subtree: true, attributes: true, attributeFilter: ["data-vad", "style"] });
+"""
+
+WATERFALL = """(responseId) => {
+  const bar = document.querySelector(`.waterfall[data-response-id="${responseId}"]`);
+  if (!bar) return null;
+  return {
+    itemId: bar.closest(".turn").dataset.itemId,
+    totalMs: Number(bar.dataset.totalMs),
+    width: bar.querySelector(".stages").getBoundingClientRect().width,
+    label: bar.getAttribute("aria-label"),
+    segments: [...bar.querySelectorAll("[data-stage]")].map((s) => ({
+      stage: s.dataset.stage,
+      ms: Number(s.dataset.ms),
+      width: s.getBoundingClientRect().width,
+      title: s.title,
+    })),
+  };
+}"""
 
 
 def _chromium() -> str:
@@ -132,6 +179,7 @@ def test_the_page_talks_and_listens(server, fake_mic: Path) -> None:
 
 def converse(page: Any, server: Any) -> None:
     problems: list[str] = []
+    page.add_init_script(WATCH_INDICATORS)
     page.on("pageerror", lambda error: problems.append(f"uncaught: {error}"))
     page.on(
         "console",
@@ -196,6 +244,20 @@ def converse(page: Any, server: Any) -> None:
     assistant_text = page.inner_text(".turn.assistant .text")
     assert words(assistant_text), assistant_text
     assert "turn latency" in page.inner_text(".turn.assistant .meta")
+
+    # Where the turn's time went: one segment per stage the server reported, then the page's.
+    check_waterfall(page, turn)
+    answered = [t["latencyMs"] for t in stats["turns"] if t["latencyMs"] is not None]
+    assert stats["latencyP50Ms"] == statistics.median(answered)
+    assert page.get_attribute("#p50", "data-p50-ms") == str(stats["latencyP50Ms"])
+    assert page.locator("#legend [data-stage]").count() == len(SERVER_STAGES + PAGE_STAGES)
+
+    # The user saw the server hear them (speech, then silence again) and the meter move.
+    watched = page.evaluate("watched")
+    assert "silence" in watched["vad"][watched["vad"].index("speech") :], watched
+    assert page.get_attribute("#vad", "data-vad") == "silence"
+    assert stats["serverVad"]["speechStarted"] >= 1 and stats["serverVad"]["speechStopped"] >= 1
+    assert watched["meterPercent"] > 20, watched  # the question at -15 dBFS or so
     save_screenshot(page, "browser-client.png")
 
     # The Interrupt button drops what the jitter buffer still holds (the answer arrives
@@ -220,6 +282,31 @@ def converse(page: Any, server: Any) -> None:
     assert not problems, problems
     save_screenshot(page, "browser-client-interrupted.png")
     sdk.close()
+
+
+def check_waterfall(page: Any, turn: dict[str, Any]) -> None:
+    """The answer's waterfall draws what `response.done` reported for it, each segment as wide
+    as its share of the turn (read back from the layout)."""
+    timings = turn["timingsMs"]
+    assert {"asr", "lm_first_sentence", "turn_latency"} <= timings.keys(), timings
+    expected = {name: timings[name] for name in SERVER_STAGES if name in timings}
+    expected["network"] = max(0, turn["latencyMs"] - timings["turn_latency"])
+    expected["jitter_buffer"] = max(0, turn["playbackStartMs"] - turn["latencyMs"])
+
+    bar = page.evaluate(WATERFALL, turn["responseId"])
+    assert bar is not None, "no waterfall for the answer"
+    assert bar["itemId"] == page.get_attribute(".turn.assistant", "data-item-id")
+    drawn = {s["stage"]: s["ms"] for s in bar["segments"]}
+    assert list(drawn) == list(expected), (bar, timings)  # one per stage, in order
+    assert drawn == pytest.approx(expected), (bar, timings)
+    total_ms = sum(max(0, ms) for ms in expected.values())
+    assert bar["totalMs"] == pytest.approx(total_ms)
+    assert sum(s["width"] for s in bar["segments"]) == pytest.approx(bar["width"], abs=1)
+    for segment in bar["segments"]:
+        share = max(0, segment["ms"]) / total_ms
+        assert abs(segment["width"] / bar["width"] - share) < WIDTH_TOLERANCE, (segment, bar)
+        assert " ms, " in segment["title"], segment  # the numbers, on hover
+    assert bar["label"].startswith("turn latency ") and bar["label"].count(" ms") == len(drawn) + 1
 
 
 # --- the audio thread's code, run in Chromium on synthetic signals -------------------------------

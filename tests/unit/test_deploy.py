@@ -326,8 +326,9 @@ def test_dashboard_shows_what_an_operator_needs() -> None:
 
 
 def test_dashboard_waterfall_stacks_the_parts_of_a_turn_in_order() -> None:
-    """The stacked bar draws what `turn_timings` splits a turn into, in the order they happen,
-    and nothing else: a stage renamed on the server would leave a gap in the bar."""
+    """The stacked bar draws what `turn_timings` splits a turn into, in the order they happen
+    and in the browser waterfall's colours, and nothing else: a stage renamed on the server
+    would leave a gap in the bar."""
     dashboard = json.loads(DASHBOARD.read_text())
     (panel,) = [p for p in dashboard["panels"] if p["type"] == "barchart"]
     assert panel["options"]["stacking"] == "normal"
@@ -339,6 +340,15 @@ def test_dashboard_waterfall_stacks_the_parts_of_a_turn_in_order() -> None:
     (organize,) = [t for t in panel["transformations"] if t["id"] == "organize"]
     order = sorted(organize["options"]["indexByName"].items(), key=lambda kv: kv[1])
     assert tuple(name for name, _ in order[1:]) == TURN_PARTS
-    coloured = {o["matcher"]["options"] for o in panel["fieldConfig"]["overrides"]}
-    assert coloured == set(TURN_PARTS)
+    coloured = {
+        o["matcher"]["options"]: o["properties"][0]["value"]["fixedColor"]
+        for o in panel["fieldConfig"]["overrides"]
+    }
+    page = dict(
+        re.findall(
+            r'\[data-stage="(\w+)"\] \{ background: (#[0-9a-f]{6}); \}',
+            (ROOT / "clients" / "web" / "style.css").read_text(),
+        )
+    )
+    assert coloured == {part: page[part] for part in TURN_PARTS}  # the browser's colours
     assert set(TURN_PARTS) <= set(metrics.TURN_STAGES)
