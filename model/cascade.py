@@ -26,6 +26,7 @@ from voxgate.model.clauses import ClauseSplitter, clean_for_speech
 from voxgate.model.engine import EngineConfig, EngineHost
 from voxgate.model.lm import ChatLM, SamplingConfig
 from voxgate.model.memory import SUMMARY_INSTRUCTIONS, SUMMARY_TOKENS, summary_request, with_summary
+from voxgate.model.startup import UNREPORTED, StartupStage, StartupStages
 from voxgate.model.tts import PiperTTS
 from voxgate.model.types import (
     INPUT_SAMPLE_RATE,
@@ -107,12 +108,20 @@ class CascadeBackbone:
     @classmethod
     @asynccontextmanager
     async def start(
-        cls, home: Path, config: CascadeConfig, engine_config: EngineConfig, fetch_missing: bool
+        cls,
+        home: Path,
+        config: CascadeConfig,
+        engine_config: EngineConfig,
+        fetch_missing: bool,
+        stages: StartupStages = UNREPORTED,
     ) -> AsyncIterator[CascadeBackbone]:
         engine_config = engine_config.for_backbone("cascade", config.context_tokens, "float32")
+        stages.begin(StartupStage.VERIFYING_MODELS)
         await asyncio.to_thread(ensure_artifacts, home, fetch_missing)
         lm_dir = smollm2.hf_directory(home)
+        stages.begin(StartupStage.STARTING_ENGINE)
         async with EngineHost.start(lm_dir, engine_config, f"voxgate-{cls.name}") as engine:
+            stages.begin(StartupStage.LOADING_MODELS)
             lm, asr, tts = await asyncio.gather(
                 asyncio.to_thread(ChatLM, engine, lm_dir, config.context_tokens),
                 asyncio.to_thread(
@@ -132,6 +141,7 @@ class CascadeBackbone:
             )
             try:
                 backbone = cls(engine, lm, asr, tts, config)
+                stages.begin(StartupStage.WARMING_UP)
                 await backbone.warm_up()
                 yield backbone
             finally:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -16,6 +17,7 @@ from fastapi.responses import HTMLResponse
 from voxgate.model import artifacts
 from voxgate.model.artifacts import RNNOISE, SILERO_VAD
 from voxgate.model.backbone import Backbone
+from voxgate.model.startup import StartupStage, StartupStages
 from voxgate.model.voices import VoiceBook
 from voxgate.server import browsers, client_secrets, metrics, rest, routes, web
 from voxgate.server.client_secrets import ClientSecretStore
@@ -24,6 +26,7 @@ from voxgate.server.engine_watch import EngineWatch
 from voxgate.server.metrics import HttpMetrics, MeteredBackbone
 from voxgate.server.realtime import realtime_endpoint
 from voxgate.server.settings import Settings
+from voxgate.server.startup import StartupTracker
 from voxgate.streaming.config import SessionConfig, Transcription
 from voxgate.streaming.denoise import RNNoiseLibrary
 from voxgate.streaming.slots import Slots
@@ -32,6 +35,11 @@ from voxgate.streaming.vad import SileroModel, SileroVad
 log = logging.getLogger(__name__)
 
 BackboneFactory = Callable[[Settings], AbstractAsyncContextManager[Backbone]]
+"""Starts a backbone for the lifespan: how a test serves a fake (which reports no stages)."""
+ReportingBackboneFactory = Callable[
+    [Settings, StartupStages], AbstractAsyncContextManager[Backbone]
+]
+"""Starts a real backbone, which reports its stages to the server's `StartupTracker`."""
 
 
 LOOP_LAG_PROBE_S = 0.1
@@ -94,28 +102,28 @@ class Services:
 
 
 @asynccontextmanager
-async def cascade_backbone(settings: Settings) -> AsyncIterator[Backbone]:
+async def cascade_backbone(settings: Settings, stages: StartupStages) -> AsyncIterator[Backbone]:
     from voxgate.model.cascade import CascadeBackbone
 
     async with CascadeBackbone.start(
-        settings.home, settings.cascade, settings.engine, settings.fetch_missing_models
+        settings.home, settings.cascade, settings.engine, settings.fetch_missing_models, stages
     ) as backbone:
         yield backbone
 
 
 @asynccontextmanager
-async def stepaudio2_backbone(settings: Settings) -> AsyncIterator[Backbone]:
+async def stepaudio2_backbone(settings: Settings, stages: StartupStages) -> AsyncIterator[Backbone]:
     from voxgate.model.stepaudio2.backbone import StepAudio2Backbone
 
     if settings.model is None:
         raise ValueError("the stepaudio2 backbone needs a model folder: --model DIR")
     async with StepAudio2Backbone.start(
-        settings.model, settings.engine, settings.stepaudio2
+        settings.model, settings.engine, settings.stepaudio2, stages
     ) as backbone:
         yield backbone
 
 
-BACKBONES: dict[str, BackboneFactory] = {
+BACKBONES: dict[str, ReportingBackboneFactory] = {
     "cascade": cascade_backbone,
     "stepaudio2": stepaudio2_backbone,
 }
@@ -123,10 +131,11 @@ BACKBONES: dict[str, BackboneFactory] = {
 
 def create_app(settings: Settings, backbone_factory: BackboneFactory | None = None) -> FastAPI:
     """Build the app; `backbone_factory` lets tests serve a fake backbone."""
-    factory = backbone_factory or BACKBONES[settings.backbone]
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        startup = StartupTracker()
+        app.state.startup = startup
         if settings.api_key is None:
             log.warning(
                 "no API key configured (VOXGATE_API_KEY): anyone who can reach %s:%d can use "
@@ -134,25 +143,22 @@ def create_app(settings: Settings, backbone_factory: BackboneFactory | None = No
                 settings.host,
                 settings.port,
             )
-        if settings.fetch_missing_models:
-            await asyncio.to_thread(artifacts.fetch, SILERO_VAD, settings.home)
-        vad_dir = await asyncio.to_thread(artifacts.verify, SILERO_VAD, settings.home)
-        vad_model = await asyncio.to_thread(SileroModel, vad_dir / SILERO_VAD.files[0].name)
-        rnnoise = await _noise_suppressor(settings)
-        async with factory(settings) as backbone:
-            voices = VoiceBook(backbone.voices, settings.voice_aliases)  # a bad alias: no start
-            services = Services(
-                settings,
-                MeteredBackbone(backbone),
-                vad_model,
-                app.state.client_secrets,
-                voices,
-                rnnoise,
-            )
+        factory = backbone_factory or functools.partial(
+            BACKBONES[settings.backbone], stages=startup
+        )
+        async with contextlib.AsyncExitStack() as backbone_running:
+            try:
+                services = await _start_services(
+                    settings, factory, app.state.client_secrets, startup, backbone_running
+                )
+            except Exception:
+                startup.failed()  # says in which stage; uvicorn logs the error and exits
+                raise
+            took = startup.ready()
             app.state.services = services
             watch = asyncio.create_task(services.engine_watch.watch(), name="engine-watch")
             lag = asyncio.create_task(_probe_loop_lag(), name="loop-lag-probe")
-            log.info("voxgate ready: backbone %s", backbone.name)
+            log.info("voxgate ready: backbone %s, started in %.1f s", services.backbone.name, took)
             try:
                 yield
             finally:
@@ -177,6 +183,25 @@ def create_app(settings: Settings, backbone_factory: BackboneFactory | None = No
     client_secrets.install(app, settings.client_secrets)
     app.include_router(web.router)
     return app
+
+
+async def _start_services(
+    settings: Settings,
+    factory: BackboneFactory,
+    client_secrets: ClientSecretStore,
+    startup: StartupTracker,
+    backbone_running: contextlib.AsyncExitStack,
+) -> Services:
+    """Check and load the models, start the backbone (kept running by `backbone_running`)."""
+    startup.begin(StartupStage.VERIFYING_MODELS)
+    if settings.fetch_missing_models:
+        await asyncio.to_thread(artifacts.fetch, SILERO_VAD, settings.home)
+    vad_dir = await asyncio.to_thread(artifacts.verify, SILERO_VAD, settings.home)
+    vad_model = await asyncio.to_thread(SileroModel, vad_dir / SILERO_VAD.files[0].name)
+    rnnoise = await _noise_suppressor(settings)
+    backbone = await backbone_running.enter_async_context(factory(settings))
+    voices = VoiceBook(backbone.voices, settings.voice_aliases)  # a bad alias: no start
+    return Services(settings, MeteredBackbone(backbone), vad_model, client_secrets, voices, rnnoise)
 
 
 async def _probe_loop_lag() -> None:

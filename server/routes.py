@@ -1,7 +1,8 @@
 """Plain HTTP routes: liveness, readiness, the model list, Prometheus metrics, the API schema.
 
 Which routes a key guards (with `VOXGATE_API_KEY` set):
-- open: `/health` and `/ready` (probes must not need a secret; they say only "up" or not),
+- open: `/health` and `/ready` (probes must not need a secret; they say only "up" or not,
+  and while the server starts, which startup stage it is in),
   the browser client's files (`/`, `/web/*`: the page is public, what it may do is decided
   where it connects);
 - the API key or a client secret: `/v1/models`, `/openapi.json` and everything under `/v1`;
@@ -21,6 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from voxgate.server import auth
 from voxgate.server.errors import RestError
+from voxgate.server.startup import StartupSnapshot, StartupState
 
 router = APIRouter()
 _STARTED = int(time.time())
@@ -56,8 +58,12 @@ async def health(request: Request) -> JSONResponse:
 
 @router.get("/ready")
 async def ready(request: Request) -> JSONResponse:
-    """The backbone and its engine can serve (readiness)."""
+    """The backbone and its engine can serve (readiness); while the server starts, 503 with
+    the stage under way and how long the finished ones took."""
     services = getattr(request.app.state, "services", None)
+    startup = getattr(request.app.state, "startup", None)
+    if services is None and startup is not None and startup.state is StartupState.STARTING:
+        return JSONResponse(_starting(startup.snapshot()), status_code=503)
     if services is None or services.engine_watch.dead or not services.backbone.is_healthy:
         return JSONResponse({"status": "unavailable"}, status_code=503)
     if services.drain.draining:
@@ -70,6 +76,15 @@ async def ready(request: Request) -> JSONResponse:
             "realtime_sessions": services.sessions.active,
         }
     )
+
+
+def _starting(start: StartupSnapshot) -> dict[str, object]:
+    return {
+        "status": "starting",
+        "stage": start.stage,
+        "stage_elapsed_s": round(start.stage_elapsed_s, 1),
+        "stages_done": {stage: round(took, 1) for stage, took in start.stages_done.items()},
+    }
 
 
 @router.get("/v1/models")

@@ -28,6 +28,7 @@ from voxgate.model.engine import EngineConfig, EngineHost
 from voxgate.model.lm import PromptBuilder
 from voxgate.model.memory import SUMMARY_INSTRUCTIONS, SUMMARY_TOKENS, summary_request, with_summary
 from voxgate.model.priority import PriorityExecutor
+from voxgate.model.startup import UNREPORTED, StartupStage, StartupStages
 from voxgate.model.stepaudio2 import audio, budgets, parsing, regimes
 from voxgate.model.stepaudio2.budgets import ReadingPace
 from voxgate.model.stepaudio2.parsing import OutputSplitter, SpeechCodes, TextPiece
@@ -186,7 +187,11 @@ class StepAudio2Backbone:
     @classmethod
     @asynccontextmanager
     async def start(
-        cls, model_dir: Path, engine_config: EngineConfig, options: StepAudio2Options
+        cls,
+        model_dir: Path,
+        engine_config: EngineConfig,
+        options: StepAudio2Options,
+        stages: StartupStages = UNREPORTED,
     ) -> AsyncIterator[StepAudio2Backbone]:
         from transformers import AutoTokenizer
 
@@ -200,6 +205,7 @@ class StepAudio2Backbone:
             import torch
 
             torch.set_num_threads(options.vocoder_threads)
+        stages.begin(StartupStage.LOADING_MODELS)
         tokenizer, vocoder = await asyncio.gather(
             asyncio.to_thread(AutoTokenizer.from_pretrained, model_dir),
             asyncio.to_thread(Token2Wav.load, model_dir, options.vocoder_device),
@@ -207,11 +213,13 @@ class StepAudio2Backbone:
         # The checkpoint's own dtype (bfloat16 for the published weights) and a context that
         # holds the realtime budget, unless the operator chose otherwise.
         engine_config = engine_config.for_backbone("stepaudio2", options.context_tokens, "auto")
+        stages.begin(StartupStage.STARTING_ENGINE)
         async with EngineHost.start(
             model_dir, engine_config, f"voxgate-{cls.name}", **options.engine_args()
         ) as engine:
             backbone = cls(engine, tokenizer, vocoder, options)
             try:
+                stages.begin(StartupStage.WARMING_UP)
                 await backbone.warm_up()
                 yield backbone
             finally:
