@@ -77,8 +77,18 @@ class CascadeConfig(BaseModel):
     worker_priority: bool = True
     """Whisper and Piper serve waiting work in priority order (a live turn before queued REST
     work, as the engine does); False: in arrival order (to measure the difference)."""
+    batch_nice: int | None = Field(10, ge=1, le=19)
+    """REST work (priority above 0) runs on Whisper and Piper threads of their own at this OS
+    nice value, so a live turn neither waits for it nor shares the cores with it evenly (a
+    second Whisper, ~75 MB). None: one thread each, REST jobs only queue behind live ones.
+    Ignored when `worker_priority` is off."""
     min_clause_words: int = Field(4, ge=1)
     """A clause mark (,;:) ends a spoken piece once it holds this many words."""
+
+    @property
+    def lane_nice(self) -> int | None:
+        """The batch lanes' nice value, None for no batch lanes."""
+        return self.batch_nice if self.worker_priority else None
 
 
 def ensure_artifacts(home: Path, fetch_missing: bool) -> None:
@@ -130,6 +140,7 @@ class CascadeBackbone:
                     config.asr_threads,
                     config.asr_beam_size,
                     config.asr_window_s,
+                    config.lane_nice,
                 ),
                 asyncio.to_thread(
                     PiperTTS,
@@ -137,6 +148,7 @@ class CascadeBackbone:
                     PIPER_JOE.path(home, "en_US-joe-medium.onnx"),
                     PIPER_JOE.path(home, "en_US-joe-medium.onnx.json"),
                     config.tts_threads,
+                    config.lane_nice,
                 ),
             )
             try:

@@ -1,24 +1,35 @@
-"""Piper text-to-speech on a worker thread, one audio chunk per sentence.
+"""Piper text-to-speech on worker threads, one audio chunk per sentence.
 
-Sentences are computed one at a time, waiting ones in priority order: the next sentence of a
-live answer (0) goes before queued REST synthesis (10), as in the engine.
+Sentences are computed one at a time per lane, waiting ones in priority order: the next
+sentence of a live answer (0) goes before queued REST synthesis (10), as in the engine. With a
+batch lane (`batch_nice`), REST synthesis runs on its own thread of lower CPU priority, on the
+same ONNX session (its `run` is thread-safe; eSpeak's phonemizer is not, so it is locked).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
+import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import numpy as np
 
-from voxgate.model.priority import PriorityExecutor
+from voxgate.model.priority import Lanes
 from voxgate.model.types import AudioChunk, Voice
 
 
 class PiperTTS:
-    def __init__(self, name: str, model_path: Path, config_path: Path, threads: int = 1) -> None:
+    def __init__(
+        self,
+        name: str,
+        model_path: Path,
+        config_path: Path,
+        threads: int = 1,
+        batch_nice: int | None = None,
+    ) -> None:
         import onnxruntime
         from piper import PiperConfig, PiperVoice
 
@@ -30,9 +41,12 @@ class PiperTTS:
             str(model_path), sess_options=options, providers=["CPUExecutionProvider"]
         )
         self._voice = PiperVoice(session=session, config=PiperConfig.from_dict(config))
-        # One thread: synthesis calls run one at a time, and a sentence generator is only
-        # ever touched by this thread (closing it while it runs elsewhere would fail).
-        self._executor = PriorityExecutor("tts")
+        # One thread per lane: synthesis calls run one at a time there, and a sentence
+        # generator is only ever touched by its lane's thread (closing it while it runs
+        # elsewhere would fail).
+        self._lanes = Lanes("tts", batch_nice)
+        if self._lanes.separate:
+            self._voice.phonemize = _serialised(self._voice.phonemize)
         self.voice = Voice(
             name=name,
             language=config.get("language", {}).get("code", "en_US"),
@@ -51,9 +65,10 @@ class PiperTTS:
     ) -> AsyncIterator[AudioChunk]:
         """Yield one chunk per sentence; each is computed on the TTS thread, never on the loop."""
         sentences = self._sentences(text, speed)
+        lane = self._lanes.lane(priority)
         try:
             while True:
-                samples = await self._executor.run(priority, next, sentences, None)
+                samples = await lane.run(priority, next, sentences, None)
                 if samples is None:
                     return
                 yield AudioChunk(samples, self.voice.sample_rate)
@@ -62,7 +77,19 @@ class PiperTTS:
             # thread after the sentence in progress (first among waiting jobs: it frees the
             # generator); nobody needs to wait for it.
             with contextlib.suppress(RuntimeError):  # the executor is shut down
-                self._executor.submit(-1, sentences.close)
+                lane.submit(-1, sentences.close)
 
     def close(self) -> None:
-        self._executor.shutdown()
+        self._lanes.shutdown()
+
+
+def _serialised(phonemize):
+    """`phonemize` one call at a time: eSpeak keeps its state in globals."""
+    lock = threading.Lock()
+
+    @functools.wraps(phonemize)
+    def locked(text: str) -> list[list[str]]:
+        with lock:
+            return phonemize(text)
+
+    return locked

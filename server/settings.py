@@ -103,7 +103,10 @@ class ClientSecretSettings(BaseModel):
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_prefix="VOXGATE_", env_nested_delimiter="__", use_attribute_docstrings=True
+        env_prefix="VOXGATE_",
+        env_nested_delimiter="__",
+        env_parse_none_str="null",
+        use_attribute_docstrings=True,
     )
 
     host: str = "127.0.0.1"
