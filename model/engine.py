@@ -12,9 +12,11 @@ map those to the protocol's error shapes and never see a vLLM type.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import aclosing, asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -83,6 +85,21 @@ class EngineConfig(BaseModel):
         )
 
 
+async def _built_off_the_loop(build: Callable[[Any], AsyncLLM], args: Any) -> AsyncLLM:
+    """`build(args)` in a thread: building an `AsyncLLM` takes the engine's whole start (tens
+    of seconds), during which the server's loop must keep answering (`/health`, `/ready`).
+    vLLM starts its output handler lazily when it is built with no running loop. Cancelled
+    meanwhile (a shutdown while starting), it waits for the build and shuts the engine down,
+    so no EngineCore process outlives the start."""
+    building = asyncio.ensure_future(asyncio.to_thread(build, args))
+    try:
+        return await asyncio.shield(building)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            (await building).shutdown()
+        raise
+
+
 class EngineHost:
     """Owns one `AsyncLLM`; build it with `EngineHost.start()`."""
 
@@ -137,7 +154,7 @@ class EngineHost:
         if "speculative_config" in engine_args:
             expose_spec_decode_metrics()
         log.info("starting vLLM engine for %s", model_dir)
-        engine = AsyncLLM.from_engine_args(args)
+        engine = await _built_off_the_loop(AsyncLLM.from_engine_args, args)
         try:
             yield cls(engine, model_dir)
         finally:

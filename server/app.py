@@ -26,7 +26,7 @@ from voxgate.server.engine_watch import EngineWatch
 from voxgate.server.metrics import HttpMetrics, MeteredBackbone
 from voxgate.server.realtime import realtime_endpoint
 from voxgate.server.settings import Settings
-from voxgate.server.startup import StartupTracker
+from voxgate.server.startup import StartingGate, StartupTracker
 from voxgate.streaming.config import SessionConfig, Transcription
 from voxgate.streaming.denoise import RNNoiseLibrary
 from voxgate.streaming.slots import Slots
@@ -129,13 +129,26 @@ BACKBONES: dict[str, ReportingBackboneFactory] = {
 }
 
 
-def create_app(settings: Settings, backbone_factory: BackboneFactory | None = None) -> FastAPI:
-    """Build the app; `backbone_factory` lets tests serve a fake backbone."""
+def create_app(
+    settings: Settings,
+    backbone_factory: BackboneFactory | None = None,
+    *,
+    start_in_background: bool = False,
+) -> FastAPI:
+    """Build the app; `backbone_factory` lets tests serve a fake backbone.
+
+    `start_in_background` (what `voxgate serve` asks for): the lifespan starts the models and
+    the engine in a task and returns at once, so uvicorn listens from the first second:
+    `/health` answers, `/ready` says which stage the start is in, every other route answers 503
+    `server_starting` (`StartingGate`). A start that fails sets `app.state.start_failed`, and
+    the server ends the process with a non-zero status (`server/draining.py`). Without it (an
+    app under test) the lifespan returns once the start is over, as before."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         startup = StartupTracker()
         app.state.startup = startup
+        app.state.start_failed = False
         if settings.api_key is None:
             log.warning(
                 "no API key configured (VOXGATE_API_KEY): anyone who can reach %s:%d can use "
@@ -146,26 +159,40 @@ def create_app(settings: Settings, backbone_factory: BackboneFactory | None = No
         factory = backbone_factory or functools.partial(
             BACKBONES[settings.backbone], stages=startup
         )
-        async with contextlib.AsyncExitStack() as backbone_running:
-            try:
-                services = await _start_services(
-                    settings, factory, app.state.client_secrets, startup, backbone_running
+        async with contextlib.AsyncExitStack() as running:
+
+            async def start() -> None:
+                try:
+                    services = await _start_services(
+                        settings, factory, app.state.client_secrets, startup, running
+                    )
+                except Exception:
+                    startup.failed()  # says in which stage
+                    app.state.start_failed = True
+                    raise
+                took = startup.ready()
+                app.state.services = services
+                for task in (
+                    asyncio.create_task(services.engine_watch.watch(), name="engine-watch"),
+                    asyncio.create_task(_probe_loop_lag(), name="loop-lag-probe"),
+                ):
+                    running.push_async_callback(_cancelled, task)
+                log.info(
+                    "voxgate ready: backbone %s, started in %.1f s", services.backbone.name, took
                 )
-            except Exception:
-                startup.failed()  # says in which stage; uvicorn logs the error and exits
-                raise
-            took = startup.ready()
-            app.state.services = services
-            watch = asyncio.create_task(services.engine_watch.watch(), name="engine-watch")
-            lag = asyncio.create_task(_probe_loop_lag(), name="loop-lag-probe")
-            log.info("voxgate ready: backbone %s, started in %.1f s", services.backbone.name, took)
+
+            if not start_in_background:
+                await start()  # a failure propagates: uvicorn logs it and exits
+                yield
+                return
+            starting = asyncio.create_task(start(), name="start")
+            starting.add_done_callback(_log_start_failure)
             try:
                 yield
             finally:
-                for task in (watch, lag):
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
+                # A shutdown while starting: the start stops where it is (an engine being
+                # built is shut down once built, in `EngineHost.start`).
+                await _cancelled(starting)
 
     # The schema is served by `routes.openapi` (behind the key when there is one); the docs
     # pages fetch it without credentials, so they exist only on a server without a key.
@@ -175,6 +202,7 @@ def create_app(settings: Settings, backbone_factory: BackboneFactory | None = No
     if settings.api_key is None:
         _add_docs(app)
     app.add_middleware(HttpMetrics)
+    app.add_middleware(StartingGate)
     browsers.install(app, settings)  # outermost: a foreign page's request goes no further
     app.add_api_websocket_route("/v1/realtime", realtime_endpoint)
     app.include_router(routes.router)
@@ -202,6 +230,18 @@ async def _start_services(
     backbone = await backbone_running.enter_async_context(factory(settings))
     voices = VoiceBook(backbone.voices, settings.voice_aliases)  # a bad alias: no start
     return Services(settings, MeteredBackbone(backbone), vad_model, client_secrets, voices, rnnoise)
+
+
+async def _cancelled(task: asyncio.Task[None]) -> None:
+    """Cancel `task` and wait for it to end (its own failure was reported when it ended)."""
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task
+
+
+def _log_start_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and (error := task.exception()) is not None:
+        log.error("the server could not start", exc_info=error)
 
 
 async def _probe_loop_lag() -> None:

@@ -40,7 +40,7 @@ def _serve(args: argparse.Namespace) -> int:
     logs.configure(settings.log_level, settings.log_format, secrets=keys)
     # SIGTERM / Ctrl+C drain first: live turns finish, then sessions close with 1001. A dead
     # engine ends the process with a non-zero status, for its supervisor to replace it.
-    return serve(create_app(settings), settings)
+    return serve(create_app(settings, start_in_background=True), settings)
 
 
 def _fetch_models(args: argparse.Namespace) -> int:

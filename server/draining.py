@@ -54,10 +54,20 @@ log = logging.getLogger(__name__)
 CLOSE_GOING_AWAY = 1001
 CLOSE_GRACE_S = 5.0
 """After the deadline, time for the last sessions' close handshakes before shutdown goes on."""
+EXIT_START_FAILED = 3
+"""The exit status when the start fails (uvicorn's own when a lifespan's start fails)."""
 ENGINE_DEAD_GRACE_S = 2.0
 """After the engine died, the longest the server waits for live sessions to be told."""
-WS_MAX_QUEUE = 4
-"""Client messages uvicorn's (legacy) websockets protocol queues per connection."""
+WS_PROTOCOL = "websockets-sansio"
+"""uvicorn's WebSocket implementation, named rather than "auto" (which falls back to wsproto
+when `websockets` is missing): the receive bound below is this one's.
+
+It has no queue-size setting (`ws_max_queue` is read only by the legacy "websockets" one): it
+stops reading the socket as soon as one read of bytes (at most about 256 KB) has completed a
+message, and reads again once the app has taken every message queued. So a client that
+outpaces its session parks at most the messages of one read plus one partial message (under
+`ws_max_size`) in the server; the rest waits in TCP buffers and, once those are full, in the
+client (tests/unit/test_limits.py measures it)."""
 
 
 class DrainState(StrEnum):
@@ -166,7 +176,9 @@ class DrainingServer(uvicorn.Server):
     """uvicorn, with a drain before its shutdown: the first SIGTERM/SIGINT runs `drain()` while
     the server keeps serving (and refusing new work), then uvicorn shuts down as usual.
 
-    It also ends when the engine dies (`engine_watch()` returns the app's `EngineWatch`):
+    It also ends, with `EXIT_START_FAILED`, when a start in the background fails
+    (`start_failed()`), and when the engine dies (`engine_watch()` returns the app's
+    `EngineWatch`):
     once the live sessions have been told and closed (or after `ENGINE_DEAD_GRACE_S`), it
     shuts down and `exit_status` becomes `EXIT_ENGINE_DEAD`; a watchdog ends the process if
     the shutdown itself hangs.
@@ -179,6 +191,7 @@ class DrainingServer(uvicorn.Server):
         engine_watch: Callable[[], EngineWatch | None] = lambda: None,
         sessions: Callable[[], int] = lambda: 0,
         exit_deadline_s: float = 15.0,
+        start_failed: Callable[[], bool] = lambda: False,
     ) -> None:
         super().__init__(config)
         self._drain = drain
@@ -188,6 +201,7 @@ class DrainingServer(uvicorn.Server):
         self._sessions = sessions
         self._exit_deadline_s = exit_deadline_s
         self._engine_dead_at: float | None = None
+        self._start_failed = start_failed
         self.exit_status = 0
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
@@ -200,6 +214,10 @@ class DrainingServer(uvicorn.Server):
 
     async def on_tick(self, counter: int) -> bool:
         self._end_if_engine_died()
+        if self._start_failed() and not self.should_exit:
+            log.error("exiting with status %d: the server could not start", EXIT_START_FAILED)
+            self.exit_status = EXIT_START_FAILED
+            self.should_exit = True
         if self._drain_requested and self._draining is None:
             self._draining = asyncio.create_task(self._drain())
         if self._draining is not None and self._draining.done() and not self.should_exit:
@@ -238,11 +256,10 @@ def serve(app: FastAPI, settings: Settings) -> int:
         port=settings.port,
         log_level=settings.log_level,
         log_config=None,  # the root logger's handler (`logs.configure`) formats uvicorn's too
-        # The transport refuses a message over the event cap before holding it whole (1009);
-        # uvicorn stops reading a socket while the app has not taken its last message, so a
-        # client that outpaces its session parks at most about one message.
+        # The transport refuses a message over the event cap before holding it whole (1009),
+        # and stops reading a socket while the app has not taken its messages (WS_PROTOCOL).
+        ws=WS_PROTOCOL,
         ws_max_size=settings.realtime.max_event_bytes,
-        ws_max_queue=WS_MAX_QUEUE,
         ws_ping_interval=settings.realtime.ping_interval_s,
         ws_ping_timeout=settings.realtime.ping_interval_s,
         # After the drain, only what outlived its deadline is left: cut it short.
@@ -265,7 +282,12 @@ def serve(app: FastAPI, settings: Settings) -> int:
             await running.drain.run()
 
     server = DrainingServer(
-        config, drain, engine_watch, sessions, exit_deadline_s=settings.engine_exit_deadline_s
+        config,
+        drain,
+        engine_watch,
+        sessions,
+        exit_deadline_s=settings.engine_exit_deadline_s,
+        start_failed=lambda: getattr(app.state, "start_failed", False),
     )
     server.run()
     return server.exit_status

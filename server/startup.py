@@ -11,12 +11,17 @@ time to what it took before.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from types import MappingProxyType
+
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.websockets import WebSocket
 
 from voxgate.model.startup import StartupStage
 
@@ -99,3 +104,44 @@ class StartupTracker:
     def _expect_starting(self, what: str) -> None:
         if self.state is not StartupState.STARTING:
             raise RuntimeError(f"the start cannot {what}: it is {self.state}")
+
+
+OPEN_WHILE_STARTING = frozenset({"/health", "/ready"})
+"""The probes answer while the server starts; every other route waits for the start."""
+STARTING_RETRY_AFTER_S = 5
+
+
+class StartingGate:
+    """While the start is under way (`app.state.services` not there yet), every route but the
+    probes answers 503 `server_starting` with `Retry-After`, in OpenAI's error shape; a
+    WebSocket handshake gets the same as an HTTP response, before it is accepted."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] not in ("http", "websocket")
+            or scope["path"] in OPEN_WHILE_STARTING
+            or hasattr(scope["app"].state, "services")
+        ):
+            await self.app(scope, receive, send)
+            return
+        failed = getattr(scope["app"].state, "start_failed", False)
+        message = (
+            "the server could not start and is shutting down"
+            if failed
+            else "the server is starting; GET /ready says which stage it is in"
+        )
+        body = {"error": {"message": message, "type": "server_error", "param": None}}
+        body["error"]["code"] = "server_starting"
+        response = JSONResponse(body, 503, headers={"Retry-After": str(STARTING_RETRY_AFTER_S)})
+        if scope["type"] == "http":
+            await response(scope, receive, send)
+            return
+        websocket = WebSocket(scope, receive, send)
+        try:
+            await websocket.send_denial_response(response)
+        except RuntimeError:  # a server without the denial extension: refuse the handshake
+            with contextlib.suppress(RuntimeError, OSError):
+                await websocket.close(1013)

@@ -5,27 +5,31 @@ exit status, its log).
 
 Answers are 40 words, one every 50 ms (`FAKE_REPLY_WORDS`, `FAKE_CHUNK_DELAY_S` override), so a
 test has time to do something while one is being spoken. SIGUSR1 makes the fake's engine die
-(`is_healthy` turns False), as a killed EngineCore does to the real one.
+(`is_healthy` turns False), as a killed EngineCore does to the real one. It starts as
+`voxgate serve` does, in the background; `FAKE_START_GATE` (a FIFO) holds the fake's "engine
+start" until a line is written to it, and `FAKE_START_FAILS` makes that start fail with its text.
 
 `launch(tmp_path, env)` runs it for a test, on a free port, until the block ends.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-from fakes import FakeBackbone, backbone_factory
+from fakes import FakeBackbone
 
+from voxgate.model.startup import StartupStage
 from voxgate.server import logs
 from voxgate.server.app import create_app
 from voxgate.server.draining import serve
@@ -47,7 +51,18 @@ def main() -> int:
         fake.is_healthy = False
 
     signal.signal(signal.SIGUSR1, engine_dies)
-    return serve(create_app(settings, backbone_factory=backbone_factory(fake)), settings)
+
+    @asynccontextmanager
+    async def start(settings: Settings) -> AsyncIterator[FakeBackbone]:
+        app.state.startup.begin(StartupStage.STARTING_ENGINE)  # as the real backbones do
+        if gate := os.environ.get("FAKE_START_GATE"):
+            await asyncio.to_thread(Path(gate).read_text)  # returns once a line is written
+        if failure := os.environ.get("FAKE_START_FAILS"):
+            raise RuntimeError(failure)
+        yield fake
+
+    app = create_app(settings, backbone_factory=start, start_in_background=True)
+    return serve(app, settings)
 
 
 @dataclass(frozen=True)
@@ -72,9 +87,12 @@ def _free_port() -> int:
 
 
 @contextmanager
-def launch(tmp_path: Path, env: dict[str, str]) -> Iterator[FakeServer]:
+def launch(
+    tmp_path: Path, env: dict[str, str], until: str | None = "ready"
+) -> Iterator[FakeServer]:
     """This script as a server process with `env` added (and no VOXGATE_API_KEY unless `env`
-    sets one), ready to serve; killed at the end of the block if still running."""
+    sets one), ready to serve (`until="listening"`: answering HTTP, started or not; None: not
+    waited for); killed at the end of the block if still running."""
     port = _free_port()
     log_path = tmp_path / "server.log"
     full = {**os.environ, "VOXGATE_PORT": str(port)}
@@ -90,10 +108,11 @@ def launch(tmp_path: Path, env: dict[str, str]) -> Iterator[FakeServer]:
         )
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
+        while until is not None:
             assert proc.poll() is None, log_path.read_text()
             try:
-                if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=2).status_code == 200:
+                status = httpx.get(f"http://127.0.0.1:{port}/ready", timeout=2).status_code
+                if status == 200 or until == "listening":
                     break
             except httpx.TransportError:
                 pass

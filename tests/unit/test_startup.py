@@ -4,12 +4,19 @@ the backbone is still starting (driven through the app's own lifespan, held on a
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
+import fake_server
 import httpx
 import pytest
+import websockets
+import websockets.sync.client
 from fakes import FakeBackbone
 from fastapi import FastAPI
 from in_process import TEST_HOSTS
@@ -17,6 +24,7 @@ from in_process import TEST_HOSTS
 from voxgate.model.artifacts import default_home
 from voxgate.model.startup import StartupStage
 from voxgate.server.app import BackboneFactory, create_app
+from voxgate.server.draining import EXIT_START_FAILED
 from voxgate.server.settings import Settings
 from voxgate.server.startup import StartupState, StartupTracker
 
@@ -162,3 +170,52 @@ async def test_a_start_that_fails_logs_its_stage_and_is_unavailable(
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
         unready = await http.get("/ready")
     assert (unready.status_code, unready.json()) == (503, {"status": "unavailable"})
+
+
+# --- a real server process: it listens while it starts ----------------------------------------
+
+
+def test_a_real_server_answers_while_it_starts(tmp_path: Path) -> None:
+    """`voxgate serve` listens from the first second: the probes answer, /ready names the
+    stage, every other route (REST and the WebSocket handshake) is 503 `server_starting` with
+    Retry-After; once the start is over the same server serves."""
+    gate = tmp_path / "engine-start"
+    os.mkfifo(gate)
+    with fake_server.launch(tmp_path, {"FAKE_START_GATE": str(gate)}, until="listening") as srv:
+        ready = httpx.get(f"{srv.base_url}/ready", timeout=10)
+        assert ready.status_code == 503
+        assert (ready.json()["status"], ready.json()["stage"]) == ("starting", "starting_engine")
+        assert httpx.get(f"{srv.base_url}/health", timeout=10).json() == {"status": "ok"}
+        speech = httpx.post(
+            f"{srv.base_url}/v1/audio/speech",
+            json={"model": "tts", "input": "hi", "voice": "alloy"},
+            timeout=10,
+        )
+        assert speech.status_code == 503 and speech.headers["retry-after"] == "5"
+        assert speech.json()["error"]["code"] == "server_starting"
+        with pytest.raises(websockets.InvalidStatus) as refused:
+            with websockets.sync.client.connect(srv.ws_url, open_timeout=10):
+                pass
+        assert refused.value.response.status_code == 503
+        assert json.loads(refused.value.response.body)["error"]["code"] == "server_starting"
+
+        gate.write_text("go\n")  # the fake engine's start ends
+        deadline = time.monotonic() + fake_server.START_TIMEOUT_S
+        while httpx.get(f"{srv.base_url}/ready", timeout=10).status_code != 200:
+            assert time.monotonic() < deadline, srv.log_path.read_text()
+            time.sleep(0.1)  # another process: nothing to wait on but its answers
+        voices = httpx.get(f"{srv.base_url}/v1/audio/voices", timeout=10)
+        assert voices.status_code == 200
+        with websockets.sync.client.connect(srv.ws_url, open_timeout=10) as ws:
+            assert json.loads(ws.recv(timeout=10))["type"] == "session.created"
+    log = srv.log_path.read_text()
+    assert "engine ready in" in log and "voxgate ready: backbone fake" in log
+
+
+def test_a_start_that_fails_in_the_background_ends_the_process_with_3(tmp_path: Path) -> None:
+    failure = "no memory for the KV cache"
+    with fake_server.launch(tmp_path, {"FAKE_START_FAILS": failure}, until=None) as srv:
+        assert srv.proc.wait(timeout=fake_server.START_TIMEOUT_S) == EXIT_START_FAILED
+    log = srv.log_path.read_text()
+    assert "startup failed during starting_engine" in log and failure in log
+    assert "exiting with status 3: the server could not start" in log
