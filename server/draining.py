@@ -67,7 +67,9 @@ stops reading the socket as soon as one read of bytes (at most about 256 KB) has
 message, and reads again once the app has taken every message queued. So a client that
 outpaces its session parks at most the messages of one read plus one partial message (under
 `ws_max_size`) in the server; the rest waits in TCP buffers and, once those are full, in the
-client (tests/unit/test_limits.py measures it)."""
+client (tests/unit/test_limits.py measures it). That holds for bytes as sent: with
+permessage-deflate, one read of a few KB could hold dozens of messages that each inflate to
+`ws_max_size` (and inflating runs on the event loop), so the server declines compression."""
 
 
 class DrainState(StrEnum):
@@ -260,6 +262,7 @@ def serve(app: FastAPI, settings: Settings) -> int:
         # and stops reading a socket while the app has not taken its messages (WS_PROTOCOL).
         ws=WS_PROTOCOL,
         ws_max_size=settings.realtime.max_event_bytes,
+        ws_per_message_deflate=False,  # see WS_PROTOCOL
         ws_ping_interval=settings.realtime.ping_interval_s,
         ws_ping_timeout=settings.realtime.ping_interval_s,
         # After the drain, only what outlived its deadline is left: cut it short.

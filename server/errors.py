@@ -44,9 +44,16 @@ def _is_union_member(part: int | str) -> bool:
     )
 
 
+MAX_PARAM_PART_CHARS = 64
+"""A field name in an error's `param` is the client's (a metadata key): one over this length is
+cut, so a refused key of megabytes does not come back in the error twice over."""
+
+
 def _dotted(loc: tuple[int | str, ...]) -> str:
     out = ""
     for part in loc:
+        if isinstance(part, str) and len(part) > MAX_PARAM_PART_CHARS:
+            part = part[:MAX_PARAM_PART_CHARS] + "..."
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out
 

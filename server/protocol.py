@@ -19,16 +19,25 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    JsonValue,
     StringConstraints,
     Tag,
     TypeAdapter,
     ValidationError,
+    field_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from voxgate.model import tools as tools_schema
 from voxgate.model.types import Role, ToolSpec
 from voxgate.streaming.audio import AudioFormat
-from voxgate.streaming.config import SessionConfig, SessionLimits, Transcription, TurnDetection
+from voxgate.streaming.config import (
+    MAX_TRANSCRIPTION_PROMPT_CHARS,
+    SessionConfig,
+    SessionLimits,
+    Transcription,
+    TurnDetection,
+)
 from voxgate.streaming.events import Item, ItemStatus, Response, ResponseStatus
 from voxgate.streaming.session import SessionRejected
 from voxgate.streaming.vad import VadParams
@@ -40,6 +49,25 @@ class Strict(BaseModel):
 
 OutputTokens = Annotated[int, Field(ge=1, le=1_000_000)]
 """An answer's length in tokens: at least 1 (the server caps it further)."""
+
+# Strings a session keeps and says back (or names in an error) are bounded here, below the
+# event cap; longer is `string_above_max_length`, more is `array_above_max_length`.
+Name = Annotated[str, StringConstraints(max_length=128)]
+"""A name a client gives: a model, a voice, a function call's name or call_id."""
+Language = Annotated[str, StringConstraints(max_length=16)]
+"""A language tag: ISO-639-1 (`en`), or BCP-47 (`zh-Hant-TW`)."""
+Keyword = Annotated[str, StringConstraints(max_length=64)]
+"""A transcription keyword: a word or a short phrase."""
+MAX_KEYWORDS = 100
+"""Transcription keywords (and languages) per session: Whisper's 224-token prompt holds about
+100 words. Both are refused as unsupported, but bounded before they are parsed whole."""
+MAX_METADATA_PAIRS = 16
+MetadataKey = Annotated[str, StringConstraints(max_length=64)]
+MetadataValue = Annotated[str, StringConstraints(max_length=512)]
+"""OpenAI's metadata limits: 16 pairs, keys of 64 characters, values of 512."""
+MAX_TRACING_METADATA_CHARS = MAX_METADATA_PAIRS * (64 + 512)
+"""Tracing metadata may nest (OpenAI's type is any object): bounded by its JSON length, as
+much as 16 pairs of response metadata can hold."""
 
 
 # --- session ------------------------------------------------------------------------------
@@ -104,12 +132,12 @@ class SemanticVad(Strict):
 
 
 class TranscriptionParams(Strict):
-    model: str | None = None
-    language: str | None = None
-    prompt: str | None = None
-    delay: str | None = None
-    keywords: list[str] | None = None
-    languages: list[str] | None = None
+    model: Name | None = None
+    language: Language | None = None
+    prompt: str | None = Field(None, max_length=MAX_TRANSCRIPTION_PROMPT_CHARS)
+    delay: str | None = Field(None, max_length=16)
+    keywords: list[Keyword] | None = Field(None, max_length=MAX_KEYWORDS)
+    languages: list[Language] | None = Field(None, max_length=MAX_KEYWORDS)
 
 
 class NoiseReduction(Strict):
@@ -124,12 +152,12 @@ class AudioInputParams(Strict):
 
 
 class VoiceId(Strict):
-    id: str
+    id: Name
 
 
 class AudioOutputParams(Strict):
     format: WireAudioFormat | None = None
-    voice: str | VoiceId | None = None
+    voice: Name | VoiceId | None = None
     speed: float | None = Field(None, ge=0.25, le=1.5)
 
 
@@ -146,7 +174,21 @@ class Tracing(Strict):
     """OpenAI's tracing configuration (traces go to OpenAI's dashboard): accepted, not used."""
 
     group_id: str | None = Field(None, max_length=512)
-    metadata: dict[str, Any] | None = None
+    metadata: dict[MetadataKey, JsonValue] | None = Field(None, max_length=MAX_METADATA_PAIRS)
+    """Kept for the session and said back in every `session.updated`: any JSON (OpenAI's type
+    is an object), in 16 pairs of at most `MAX_TRACING_METADATA_CHARS` as JSON altogether."""
+
+    @field_validator("metadata")
+    @classmethod
+    def _bounded(cls, metadata: dict[str, JsonValue] | None) -> dict[str, JsonValue] | None:
+        if metadata is not None and len(json.dumps(metadata)) > MAX_TRACING_METADATA_CHARS:
+            raise PydanticCustomError(
+                "string_too_long",
+                "tracing metadata is longer than {max_length} characters as JSON",
+                {"max_length": MAX_TRACING_METADATA_CHARS},
+            )
+        return metadata
+
     workflow_name: str | None = Field(None, max_length=512)
 
 
@@ -162,7 +204,7 @@ class SessionParams(Strict):
     max_output_tokens: OutputTokens | Literal["inf"] | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: Literal["auto", "none", "required"] | FunctionChoice | dict[str, Any] | None = None
-    tracing: Literal["auto"] | Tracing | None = None
+    tracing: Tracing | Literal["auto"] | None = None
     truncation: Any = None
     include: list[Include] | None = None
     prompt: Any = None
@@ -193,8 +235,8 @@ class MessageItem(Strict):
 
 class FunctionCallItem(Strict):
     type: Literal["function_call"]
-    call_id: str = Field(max_length=128)
-    name: str = Field(max_length=128)
+    call_id: Name
+    name: Name
     arguments: str
     id: str | None = Field(None, max_length=64)
     object: Literal["realtime.item"] | None = None
@@ -203,7 +245,7 @@ class FunctionCallItem(Strict):
 
 class FunctionCallOutputItem(Strict):
     type: Literal["function_call_output"]
-    call_id: str = Field(max_length=128)
+    call_id: Name
     output: str
     id: str | None = Field(None, max_length=64)
     object: Literal["realtime.item"] | None = None
@@ -219,7 +261,7 @@ class FunctionTool(Strict):
 
 class FunctionChoice(Strict):
     type: Literal["function"]
-    name: str
+    name: Name
 
 
 class OtherItem(BaseModel):
@@ -287,10 +329,6 @@ class ConversationItemTruncate(ClientEvent):
     audio_end_ms: int
 
 
-MetadataKey = Annotated[str, StringConstraints(max_length=64)]
-MetadataValue = Annotated[str, StringConstraints(max_length=512)]
-
-
 class ResponseParams(Strict):
     instructions: str | None = None
     output_modalities: list[Literal["text", "audio"]] | None = None
@@ -298,7 +336,7 @@ class ResponseParams(Strict):
     max_output_tokens: OutputTokens | Literal["inf"] | None = None
     conversation: str | None = None
     input: list[WireItem] | None = None
-    metadata: dict[MetadataKey, MetadataValue] | None = Field(None, max_length=16)
+    metadata: dict[MetadataKey, MetadataValue] | None = Field(None, max_length=MAX_METADATA_PAIRS)
     """OpenAI's limits: 16 pairs, keys of 64 characters, values of 512."""
     tools: list[dict[str, Any]] | None = None
     tool_choice: Literal["auto", "none", "required"] | FunctionChoice | dict[str, Any] | None = None
@@ -410,7 +448,7 @@ def session_config(
             else params.tracing
         )
     if _set(params, "include"):
-        update["include"] = tuple(params.include or ())
+        update["include"] = tuple(dict.fromkeys(params.include or ()))  # kept once each
     if _set(params, "parallel_tool_calls"):
         update["parallel_tool_calls"] = params.parallel_tool_calls
     if params.tools is not None:
@@ -455,8 +493,9 @@ def function_tools(
     tools: list[dict[str, Any]], param: str, limits: SessionLimits
 ) -> tuple[ToolSpec, ...]:
     """The session's or response's function tools, checked: at most `limits.max_tools`, names
-    unique, schemas valid, small (`max_tool_schema_bytes`) and self-contained (a `$ref` only
-    within the schema: a remote one would make the server fetch a URL)."""
+    unique, descriptions short (`max_tool_description_chars`), schemas valid, small
+    (`max_tool_schema_bytes`) and self-contained (a `$ref` only within the schema: a remote
+    one would make the server fetch a URL)."""
     if len(tools) > limits.max_tools:
         raise SessionRejected(
             "array_above_max_length",
@@ -474,6 +513,13 @@ def function_tools(
             where = ".".join(str(part) for part in first["loc"])
             code = "missing_required_parameter" if first["type"] == "missing" else "invalid_value"
             raise SessionRejected(code, first["msg"], f"{param}[{i}].{where}") from e
+        if len(tool.description) > limits.max_tool_description_chars:
+            raise SessionRejected(
+                "string_above_max_length",
+                f"the description has {len(tool.description)} characters; this server takes "
+                f"at most {limits.max_tool_description_chars}",
+                f"{param}[{i}].description",
+            )
         where = f"{param}[{i}].parameters"
         size = len(json.dumps(tool.parameters, separators=(",", ":")))
         if size > limits.max_tool_schema_bytes:

@@ -4,14 +4,15 @@
 `/v1/realtime`.
 
 Every request passes one gate first (`_serve`): the API key, the engine's health, its body
-read whole under a deadline and a size cap (holding one of `rest.max_pending_bodies`, never a
-worker's slot) and validated, then a slot of `rest.max_concurrent_requests` (429 with
-`Retry-After` when none is free; a streamed answer holds its slot to its last byte). Nothing
-malformed reaches the engine; work reaches the backbone at the REST priority (`rest.priority`),
-behind live realtime turns. Every failure is OpenAI's error body (`RestError`), also inside an
-SSE stream (an `error` event), whatever raised it: a backbone's `BackboneError` keeps its own
-code and status (`engine_unavailable` 503, `context_length_exceeded` 400, ...), anything
-else is a 500 `server_error`.
+read whole under a deadline and a size cap (holding one of `rest.max_pending_bodies`, and one
+of its client's `rest.max_pending_bodies_per_client`, never a worker's slot) and validated,
+then a slot of `rest.max_concurrent_requests` (429 with `Retry-After` when none is free; a
+streamed answer holds its slot to its last byte). Nothing malformed reaches the engine; work
+reaches the backbone at the REST priority (`rest.priority`), behind live realtime turns.
+Every failure is OpenAI's error body (`RestError`), also inside an SSE stream (an `error`
+event), whatever raised it: a backbone's `BackboneError` keeps its own code and status
+(`engine_unavailable` 503, `context_length_exceeded` 400, ...), anything else is a 500
+`server_error`.
 
 Decoding, VAD and encoding are CPU work and run in worker threads. Long audio is cut at
 silences (`Segmenter`) and transcribed (or translated) piece by piece, in order; a description
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import ipaddress
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Coroutine, Sequence
@@ -78,6 +80,7 @@ from voxgate.server.transcripts import (
     verbose_json_body,
     vtt_body,
 )
+from voxgate.streaming.config import MAX_TRANSCRIPTION_PROMPT_CHARS
 from voxgate.streaming.segmenter import Piece, Segmenter, SegmenterParams, to_file_time
 
 if TYPE_CHECKING:
@@ -101,8 +104,6 @@ SPEECH_MODELS = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts", "gpt-4o-mini-tts-2025-1
 FORM_FIELDS_BYTES = 64 << 10
 """Room for the multipart fields and boundaries beside the file, within the body cap."""
 MAX_FORM_FIELDS = 32
-MAX_PROMPT_CHARS = 2000
-"""Whisper reads at most 224 prompt tokens; a longer prompt is a mistake, not a request."""
 SPEECH_MIN_CLAUSE_WORDS = 12
 """Speech input is cut at sentence ends, and at clause marks only in long sentences: a piece
 is one `synthesize` call, and prosody needs whole phrases more than REST needs a fast first
@@ -135,7 +136,7 @@ class _UploadForm(BaseModel):
 class _AudioForm(_UploadForm):
     """The form fields that transcriptions and translations share, besides `file`."""
 
-    prompt: str | None = Field(None, max_length=MAX_PROMPT_CHARS)
+    prompt: str | None = Field(None, max_length=MAX_TRANSCRIPTION_PROMPT_CHARS)
     """Text to guide the spelling and style; refused (400 `unsupported_parameter`) by
     backbones whose ASR prompt is fixed."""
     temperature: float = Field(0.0, ge=0.0, le=1.0)
@@ -445,7 +446,8 @@ async def _serve(
 
     The body is read before a slot of `max_concurrent_requests` is taken, so a client that
     uploads slowly holds only a slot of `max_pending_bodies`, and never for longer than
-    `body_timeout_s`: it cannot lock the endpoints for the others.
+    `body_timeout_s`; and one client address holds at most `max_pending_bodies_per_client`
+    of those: a few slow uploaders cannot lock the endpoints for the others.
     """
     services = _authorised(request)
     settings = services.settings.rest
@@ -468,19 +470,34 @@ async def _serve(
         type="rate_limit_error",
         headers=retry,
     )
-    if not services.rest_bodies.try_acquire():
-        raise busy
-    try:
-        async with asyncio.timeout(settings.body_timeout_s):
-            body = await read(request, services)
-    except TimeoutError as e:
+    client = _client_address(request)
+    senders = _bodies_by_client(request)
+    per_client = settings.max_pending_bodies_per_client
+    if not senders.try_acquire(client, per_client):
         raise RestError(
-            408,
-            "request_timeout",
-            f"the request body did not arrive within {settings.body_timeout_s:g} s",
-        ) from e
+            429,
+            "rate_limited",
+            f"this client is already sending {per_client} request bodies to this server; "
+            "try again when one has arrived",
+            type="rate_limit_error",
+            headers=retry,
+        )
+    try:
+        if not services.rest_bodies.try_acquire():
+            raise busy
+        try:
+            async with asyncio.timeout(settings.body_timeout_s):
+                body = await read(request, services)
+        except TimeoutError as e:
+            raise RestError(
+                408,
+                "request_timeout",
+                f"the request body did not arrive within {settings.body_timeout_s:g} s",
+            ) from e
+        finally:
+            services.rest_bodies.release()
     finally:
-        services.rest_bodies.release()
+        senders.release(client)
     try:
         if not services.rest_requests.try_acquire():
             raise busy
@@ -496,6 +513,52 @@ async def _serve(
     else:
         services.rest_requests.release()
     return response
+
+
+class _BodiesByClient:
+    """How many request bodies each client is sending now (used on the event loop only). A
+    client with none is forgotten, so this holds at most as many clients as there are bodies
+    being received."""
+
+    def __init__(self) -> None:
+        self._sending: dict[str, int] = {}
+
+    def try_acquire(self, client: str, limit: int | None) -> bool:
+        """Count one more body of `client`, unless it already sends `limit` (None: no limit)."""
+        held = self._sending.get(client, 0)
+        if limit is not None and held >= limit:
+            return False
+        self._sending[client] = held + 1
+        return True
+
+    def release(self, client: str) -> None:
+        held = self._sending.pop(client) - 1
+        if held:
+            self._sending[client] = held
+
+
+def _bodies_by_client(request: Request) -> _BodiesByClient:
+    """The app's `_BodiesByClient`, made on first use (it depends on no setting)."""
+    state = request.app.state
+    try:
+        return state.rest_bodies_by_client
+    except AttributeError:
+        state.rest_bodies_by_client = _BodiesByClient()
+        return state.rest_bodies_by_client
+
+
+def _client_address(request: Request) -> str:
+    """Who sends a request, for per-client bounds: its address (what uvicorn says, after a
+    trusted proxy's `X-Forwarded-For`); an IPv6 client's /64, which one host usually holds
+    whole and could spread over."""
+    host = request.client.host if request.client is not None else ""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is None:
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
 
 
 class _Body(Protocol):

@@ -77,6 +77,12 @@ class RestSettings(BaseModel):
     slot, only one of `max_pending_bodies`."""
     max_pending_bodies: int = Field(16, ge=1)
     """Request bodies being received at once; one more gets 429 `rate_limited`."""
+    max_pending_bodies_per_client: int | None = Field(4, ge=1)
+    """Request bodies one client address (an IPv6 client: its /64) may be sending at once; one
+    more gets 429 `rate_limited`, so a few slow uploaders cannot take all of
+    `max_pending_bodies`. Behind a proxy every client has the proxy's address unless uvicorn
+    trusts its `X-Forwarded-For` (`FORWARDED_ALLOW_IPS`; loopback is trusted): trust it, let the
+    proxy buffer request bodies (nginx does by default), or set None (no per-client bound)."""
     priority: int = 10
     """Engine priority of REST work; realtime turns use 0 and a lower number is served
     first, so a live conversation never waits behind a batch transcription."""

@@ -39,6 +39,11 @@ class TurnDetection(BaseModel):
     after one that trails off. None: plain silence-based end of turn (`server_vad`)."""
 
 
+MAX_TRANSCRIPTION_PROMPT_CHARS = 2000
+"""Longest transcription `prompt` (realtime and REST). Whisper reads at most 224 prompt tokens
+(about 1,000 characters of English); a longer prompt is a mistake, not a request."""
+
+
 class Transcription(BaseModel):
     model_config = ConfigDict(frozen=True)
 
@@ -97,7 +102,7 @@ class SessionLimits(BaseModel):
     """Largest audio delta sent to the client."""
     max_output_tokens: int | None = Field(None, ge=1)
     """Cap on any response's max_output_tokens (including "inf"). None: the backbone's own
-    (`AnswerBudget.max_tokens`: 512 for the cascade's text LM, 300 s of speech for
+    (`AnswerBudget.max_tokens`: 512 for the cascade's text LM, 180 s of speech for
     Step-Audio-2)."""
 
     def answer_cap(self, budget: AnswerBudget) -> int:
@@ -121,6 +126,9 @@ class SessionLimits(BaseModel):
     """Function tools per session or response (OpenAI's limit is 128)."""
     max_tool_schema_bytes: int = Field(16_384, ge=256)
     """Largest `parameters` JSON Schema of one tool, as compact JSON."""
+    max_tool_description_chars: int = Field(1024, ge=64)
+    """Longest `description` of one tool (OpenAI refuses a function description over 1,024
+    characters). It goes whole into the prompt of every response that may call the tool."""
     max_out_of_band_responses: int = Field(2, ge=1)
     """Out-of-band responses (`conversation: "none"`) one session may run at once, beside its
     one in-conversation response; one more gets `response_limit_reached`."""

@@ -582,8 +582,7 @@ class RealtimeSession:
         result = await spec.transcribed
         if result is None:
             item.transcript = ""
-            if self.config.transcription is not None:
-                await self._emit(InputTranscriptionFailed(item.id, "transcription failed"))
+            await self._transcription_failed(item, "transcription failed")
             await self._emit(ItemDone(item))
             if spec.task is not None:
                 spec.task.cancel()
@@ -732,8 +731,7 @@ class RealtimeSession:
             log.exception("transcription of %s failed", item.id)
             item.transcript = ""
             item.samples = None  # a turn not understood is not answered, nor kept as voice
-            if self.config.transcription is not None:
-                await self._emit(InputTranscriptionFailed(item.id, str(e) or type(e).__name__))
+            await self._transcription_failed(item, str(e) or type(e).__name__)
             await self._emit(ItemDone(item))
             return
         finally:
@@ -745,6 +743,21 @@ class RealtimeSession:
         if self.config.transcription is not None:
             await self._emit(InputTranscribed(item.id, result.text, result.duration_s))
         await self._emit(ItemDone(item))
+
+    async def _transcription_failed(self, item: Item, reason: str) -> None:
+        """Tell the client that a user turn could not be transcribed (so it goes unanswered):
+        as OpenAI does when it asked for transcripts, else with an `error`, never silently."""
+        if self.config.transcription is not None:
+            await self._emit(InputTranscriptionFailed(item.id, reason))
+            return
+        await self._emit(
+            ErrorReported(
+                "transcription_failed",
+                f"the user audio of item {item.id} could not be transcribed ({reason}); "
+                "it is not answered",
+                type="server_error",
+            )
+        )
 
     def _asr_options(self) -> dict[str, Any]:
         transcription = self.config.transcription

@@ -16,7 +16,10 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from realtime_helpers import collect, eventually, pcm24, sdk_client, silence, stream_speech
+
+from voxgate.model import artifacts
 
 pytestmark = [pytest.mark.engine, pytest.mark.timeout(400)]
 
@@ -157,9 +160,12 @@ def dashboard_names(prefix: str) -> set[str]:
     }
 
 
+def auth(server) -> dict[str, str]:
+    return {"Authorization": f"Bearer {server.api_key}"}
+
+
 def exported_names(server) -> set[str]:
-    headers = {"Authorization": f"Bearer {server.api_key}"}
-    text = httpx.get(f"{server.base_url}/metrics", headers=headers, timeout=10).text
+    text = httpx.get(f"{server.base_url}/metrics", headers=auth(server), timeout=10).text
     return {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line[:1] != "#"}
 
 
@@ -177,6 +183,25 @@ def test_engine_metrics_and_every_dashboard_name_on_the_cascade_server(server) -
     # histogram names appear as _bucket/_sum/_count
     missing = {n for n in missing if f"{n}_count" not in exported}
     assert missing == set()
+
+
+def test_no_metric_label_names_a_local_path(server) -> None:
+    """vLLM labels its metrics with the served model's name, by default the model's local
+    path: it would tell whoever scrapes /metrics where this server keeps its files, and the
+    user's home. The server names its model `voxgate-<backbone>` instead."""
+    text = httpx.get(f"{server.base_url}/metrics", headers=auth(server), timeout=10).text
+    labelled = [
+        (sample.name, value)
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        for value in sample.labels.values()
+    ]
+    # The launch's VOXGATE_HOME (where the models are) and the user's home directory.
+    local = {f"{artifacts.default_home()}", f"{Path.home()}/"}
+    leaks = [(name, value) for name, value in labelled if any(p in value for p in local)]
+    assert leaks == []
+    engine_labels = {value for name, value in labelled if name.startswith("vllm:")}
+    assert "voxgate-cascade" in engine_labels, sorted(engine_labels)
 
 
 async def test_speculative_decoding_metrics_on_the_unified_server(unified_server, speak) -> None:

@@ -11,8 +11,10 @@ import json
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import aclosing
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import fake_server
@@ -26,7 +28,8 @@ from realtime_wire import receive, receive_until, text_item
 from starlette.testclient import WebSocketDenialResponse
 from starlette.websockets import WebSocketDisconnect
 
-from voxgate.model.types import EngineUnavailable
+from voxgate.model.engine import EngineHost
+from voxgate.model.types import BackboneError, EngineUnavailable, RequestRejected
 from voxgate.server.engine_watch import EXIT_ENGINE_DEAD
 
 pytestmark = pytest.mark.timeout(60)
@@ -144,3 +147,75 @@ def test_the_process_exits_with_70_and_tells_its_sessions(tmp_path: Path) -> Non
 def test_health_is_fine_while_the_engine_lives(client) -> None:
     assert client.get("/health").json() == {"status": "ok"}
     assert httpx.codes.is_success(client.get("/ready").status_code)
+
+
+# --- vLLM's exceptions, mapped where they arise (model/engine.py) ------------------------------
+
+
+class FailingEngine:
+    """Stands in for vLLM's `AsyncLLM`: renders a prompt as the real one's renderer does, then
+    fails every request with `error`, as vLLM's `generate` raises from its stream."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+        self.errored = False
+        self.model_config = SimpleNamespace(is_encoder_decoder=False)
+        self.renderer = self
+        self.requests: list[str] = []
+
+    async def render_cmpl_async(self, prompts: list[Any]) -> list[Any]:
+        return prompts
+
+    def generate(self, prompt: Any, params: Any, *, request_id: str, priority: int) -> Any:
+        self.requests.append(request_id)
+
+        async def outputs() -> AsyncIterator[Any]:
+            raise self.error
+            yield  # an async generator, as vLLM's is
+
+        return outputs()
+
+
+def vllm_error(name: str) -> Exception:
+    from vllm.exceptions import VLLMValidationError
+    from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
+
+    return {
+        "ValueError": ValueError("the prompt is longer than the model's context"),
+        "VLLMValidationError": VLLMValidationError("bad sampling", parameter="max_tokens"),
+        "EngineDeadError": EngineDeadError(),
+        "EngineGenerateError": EngineGenerateError(),
+    }[name]
+
+
+# Importing vLLM imports torch, whose own modules use its deprecated APIs.
+@pytest.mark.filterwarnings("ignore::DeprecationWarning:torch.*")
+@pytest.mark.parametrize(
+    ("raised", "mapped", "healthy_after"),
+    [
+        ("ValueError", RequestRejected, True),
+        ("VLLMValidationError", RequestRejected, True),
+        ("EngineDeadError", EngineUnavailable, False),
+        ("EngineGenerateError", BackboneError, True),
+    ],
+)
+async def test_the_engines_exceptions_become_backbone_errors(
+    raised: str, mapped: type[BackboneError], healthy_after: bool
+) -> None:
+    engine = FailingEngine(vllm_error(raised))
+    host = EngineHost(engine, Path("/nowhere"))  # type: ignore[arg-type]
+
+    async def first_output() -> None:
+        async with aclosing(host.stream([1, 2, 3], SimpleNamespace(), "req-1")) as outputs:
+            async for _ in outputs:
+                raise AssertionError("the engine produced nothing")
+
+    with pytest.raises(BackboneError) as caught:
+        await first_output()
+    assert type(caught.value) is mapped
+    assert caught.value.__cause__ is engine.error
+    assert host.is_healthy is healthy_after
+    # A dead engine is not asked again: later requests are refused before they reach it.
+    with pytest.raises(EngineUnavailable if not healthy_after else mapped):
+        await first_output()
+    assert len(engine.requests) == (1 if not healthy_after else 2)

@@ -7,10 +7,12 @@ backbone (the real engine's tokenizer is checked in tests/integration/test_limit
 from __future__ import annotations
 
 import asyncio
+import base64
 import http.server
 import json
 import threading
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import fake_server
@@ -45,6 +47,7 @@ LIMITS = SessionLimits(
     max_conversation_chars=1024,
     max_tools=3,
     max_tool_schema_bytes=300,
+    max_tool_description_chars=100,
 )
 
 
@@ -163,6 +166,25 @@ def test_tools_are_bounded_in_number_size_and_reach(ws) -> None:
     assert receive_until(ws, "session.updated")[-1]["session"]["tools"][0]["name"] == "f"
 
 
+def test_tool_descriptions_are_bounded(ws) -> None:
+    """A description goes whole into every tool prompt: over its cap (OpenAI's is 1,024
+    characters) it is refused, for the session's tools and a response's."""
+    long = function_tool() | {"description": "d" * 101}
+    error = refused(ws, session_update(tools=[long]))
+    assert (error["code"], error["param"]) == (
+        "string_above_max_length",
+        "session.tools[0].description",
+    )
+    error = refused(ws, {"type": "response.create", "response": {"tools": [function_tool(), long]}})
+    assert (error["code"], error["param"]) == (
+        "string_above_max_length",
+        "response.tools[1].description",
+    )
+    ws.send_json(session_update(tools=[long | {"description": "d" * 100}]))
+    assert receive_until(ws, "session.updated")[-1]["session"]["tools"][0]["description"]
+    assert SessionLimits().max_tool_description_chars == 1024
+
+
 def test_checking_arguments_never_fetches_a_reference() -> None:
     """Even a schema that got past the session check resolves nothing remote."""
     hits: list[str] = []
@@ -196,6 +218,79 @@ def test_metadata_is_bounded_as_at_openai(ws) -> None:
     long = {"k": "v" * 513}
     error = refused(ws, {"type": "response.create", "response": {"metadata": long}})
     assert error["code"] == "string_above_max_length"
+
+
+def test_tracing_metadata_is_bounded_as_response_metadata_is(ws) -> None:
+    """The session keeps its tracing settings and says them back in every session.updated:
+    any JSON (OpenAI's type is an object), within 16 pairs and their JSON length."""
+
+    def tracing(metadata: Any) -> dict[str, Any]:
+        return session_update(tracing={"workflow_name": "w", "metadata": metadata})
+
+    error = refused(ws, tracing({f"k{i}": "v" for i in range(17)}))
+    assert (error["code"], error["param"]) == ("array_above_max_length", "session.tracing.metadata")
+    error = refused(ws, tracing({"k": "v" * (16 * 576)}))
+    assert (error["code"], error["param"]) == (
+        "string_above_max_length",
+        "session.tracing.metadata",
+    )
+    error = refused(ws, tracing({"k" * 65: "v"}))
+    assert error["code"] == "string_above_max_length"
+    error = refused(ws, tracing({"k" * 1_000_000: "v"}))  # the key is not echoed whole
+    assert error["param"] == "session.tracing.metadata." + "k" * 64 + "....[key]"
+    assert len(error["message"]) < 400
+    error = refused(ws, tracing({"k": {"deeper": ["x"] * 2000}}))
+    assert (error["code"], error["param"]) == (
+        "string_above_max_length",
+        "session.tracing.metadata",
+    )
+    flat = {"user": "ada", "attempt": 2, "ratio": 0.5, "beta": True, "none": None}
+    flat["nested"] = {"tags": ["a", "b"], "depth": {"n": 1}}
+    logprobs = "item.input_audio_transcription.logprobs"
+    update = tracing(flat)
+    update["session"]["include"] = [logprobs] * 1000
+    ws.send_json(update)
+    session = receive_until(ws, "session.updated")[-1]["session"]
+    assert session["tracing"]["metadata"] == flat
+    assert session["include"] == [logprobs]  # kept once, however often it was asked
+
+
+@pytest.mark.parametrize(
+    ("transcription", "code", "param"),
+    [
+        ({"prompt": "p" * 2001}, "string_above_max_length", "prompt"),
+        ({"keywords": ["k"] * 101}, "array_above_max_length", "keywords"),
+        ({"keywords": ["k" * 65]}, "string_above_max_length", "keywords[0]"),
+        ({"languages": ["en"] * 101}, "array_above_max_length", "languages"),
+        ({"language": "l" * 17}, "string_above_max_length", "language"),
+        ({"model": "m" * 129}, "string_above_max_length", "model"),
+        # Within the bounds, keywords are refused as a feature this server lacks.
+        ({"keywords": ["voxgate"] * 100}, "unsupported_feature", "keywords"),
+    ],
+)
+def test_transcription_settings_are_bounded(ws, transcription, code, param) -> None:
+    update = session_update(audio={"input": {"transcription": {"model": "m"} | transcription}})
+    error = refused(ws, update)
+    assert (error["code"], error["param"]) == (code, f"session.audio.input.transcription.{param}")
+
+
+def test_the_transcription_prompt_cap_is_the_rest_one(client) -> None:
+    """2,000 characters for a realtime session's transcription prompt and a REST upload's."""
+    headers = {"Authorization": "Bearer none"}
+    files = {"file": ("a.wav", b"RIFF", "audio/wav")}
+    form = {"model": "whisper-1", "prompt": "p" * 2001}
+    response = client.post("/v1/audio/transcriptions", files=files, data=form, headers=headers)
+    assert response.status_code == 400, response.text
+    assert (response.json()["error"]["code"], response.json()["error"]["param"]) == (
+        "string_above_max_length",
+        "prompt",
+    )
+    with client.websocket_connect("/v1/realtime") as ws:
+        receive(ws)
+        ok = {"audio": {"input": {"transcription": {"model": "m", "prompt": "p" * 2000}}}}
+        ws.send_json(session_update(**ok))
+        updated = receive_until(ws, "session.updated")[-1]["session"]
+        assert len(updated["audio"]["input"]["transcription"]["prompt"]) == 2000
 
 
 @pytest.mark.parametrize("depth", [65, 5000])
@@ -378,6 +473,52 @@ async def test_bodies_being_received_are_bounded(fake) -> None:
     assert busy.json()["error"]["code"] == "rate_limited"
 
 
+async def test_one_client_holds_a_bounded_share_of_the_bodies(fake) -> None:
+    """Slow uploads from one address take at most `max_pending_bodies_per_client` of the
+    server's `max_pending_bodies`: that client's next body is refused, another's is served.
+    An IPv6 client counts by its /64."""
+    rest = RestSettings(max_pending_bodies=6, max_pending_bodies_per_client=2, body_timeout_s=5)
+    app = app_for(fake, rest=rest)
+    stop = asyncio.Event()
+    body = {"model": "tts-1", "voice": "joe", "input": "Hi."}
+
+    def client_at(address: str) -> httpx.AsyncClient:
+        transport = httpx.ASGITransport(app, client=(address, 40000))
+        return httpx.AsyncClient(transport=transport, base_url="http://testserver")
+
+    async with (
+        app.router.lifespan_context(app),
+        client_at("203.0.113.7") as slow,
+        client_at("2001:db8::1") as slow6,
+        client_at("2001:db8::2") as same6,
+        client_at("198.51.100.9") as other,
+    ):
+
+        async def started(c: httpx.AsyncClient) -> asyncio.Task[httpx.Response]:
+            """A slow upload, once the server has begun to read it."""
+            began = asyncio.Event()
+
+            async def trickling() -> AsyncIterator[bytes]:
+                began.set()
+                async for chunk in trickle(stop):
+                    yield chunk
+
+            task = asyncio.create_task(c.post("/v1/audio/speech", content=trickling()))
+            await began.wait()
+            return task
+
+        uploads = [await started(c) for c in (slow, slow, slow6, same6)]
+        refused = [await c.post("/v1/audio/speech", json=body) for c in (slow, same6)]
+        served = await other.post("/v1/audio/speech", json=body)
+        stop.set()
+        finished = [await task for task in uploads]
+    assert served.status_code == 200, served.text
+    assert [r.status_code for r in refused] == [429, 429]
+    assert all(r.json()["error"]["code"] == "rate_limited" for r in refused)
+    assert all("this client is already sending 2" in r.json()["error"]["message"] for r in refused)
+    assert [r.status_code for r in finished] == [200] * 4
+
+
 # --- failures inside the server ---------------------------------------------------------------
 
 
@@ -396,6 +537,34 @@ async def test_a_failed_session_task_is_reported() -> None:
     event = session.events.get_nowait()
     assert isinstance(event, ErrorReported) and event.code == "server_error"
     await session.close()
+
+
+def test_a_failed_transcription_is_an_error_when_transcripts_are_off() -> None:
+    """The turn goes unanswered: a client that asked for no transcripts hears it as an
+    `error`, not as silence (with transcripts on it is OpenAI's transcription.failed)."""
+
+    def broken_asr(samples: Any) -> str:
+        raise RuntimeError("ASR crashed")
+
+    fake = FakeBackbone(transcript=broken_asr)
+    audio = {"type": "input_audio", "audio": base64.b64encode(bytes(4800)).decode()}
+    item = {"type": "message", "role": "user", "content": [audio]}
+    with TestClient(app_for(fake)) as client, client.websocket_connect("/v1/realtime") as ws:
+        receive(ws)
+        for transcription in (None, {"model": "whisper-1"}):
+            ws.send_json(session_update(audio={"input": {"transcription": transcription}}))
+            receive_until(ws, "session.updated")
+            ws.send_json({"type": "conversation.item.create", "item": item})
+            told = receive_until(ws, "conversation.item.done")[-2]
+            if transcription is None:
+                assert told["type"] == "error", told
+                assert (told["error"]["code"], told["error"]["type"]) == (
+                    "transcription_failed",
+                    "server_error",
+                )
+            else:
+                assert told["type"] == "conversation.item.input_audio_transcription.failed"
+        assert len(fake.transcribe_calls) == 2
 
 
 def test_a_failure_of_the_connection_ends_it_with_an_error_and_1011(monkeypatch, ws) -> None:
@@ -438,3 +607,50 @@ def test_the_transport_refuses_a_message_over_the_event_cap(tmp_path) -> None:
     with fake_server.launch(tmp_path, env) as server:
         assert asyncio.run(scenario(server)) == 1009
         assert httpx.get(f"{server.base_url}/ready").status_code == 200
+
+
+def peak_rss_mib(pid: int) -> float:
+    """The process's peak resident memory so far (Linux's VmHWM)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    (line,) = (line for line in status.splitlines() if line.startswith("VmHWM:"))
+    return int(line.split()[1]) / 1024
+
+
+MESSAGE_MIB = 3.5
+SENT_MESSAGES = 40
+
+
+def test_a_client_that_outpaces_its_session_parks_little_in_the_server(tmp_path) -> None:
+    """A real `serve()` process: a client sends 40 messages of 3.5 MiB (140 MiB) as fast as
+    the socket takes them, reading nothing until the last is sent. The server reads a socket
+    only when the session has taken what it read (`draining.WS_PROTOCOL`), so its peak memory
+    grows by a few messages, not by what the client pushed. The client offers compression, and
+    the server declines it: these messages would deflate to a few KB each, and one read would
+    then hold dozens of them (the peak grew by about 100 MiB when the server accepted)."""
+    huge = session_update(instructions="x" * int(MESSAGE_MIB * (1 << 20)))
+
+    async def scenario(server: fake_server.FakeServer) -> tuple[float, float]:
+        async with websockets.connect(server.ws_url, max_size=None, compression="deflate") as ws:
+            assert "Sec-WebSocket-Extensions" not in ws.response.headers
+            await ws.recv()  # session.created
+            for _ in range(2):  # the first messages set the baseline (buffers, parse thread)
+                await ws.send(json.dumps(huge))
+                assert json.loads(await ws.recv())["type"] == "error"
+            before = peak_rss_mib(server.proc.pid)
+            text = json.dumps(huge)
+            for _ in range(SENT_MESSAGES):
+                await ws.send(text)  # waits while the server does not read
+            codes = [json.loads(await ws.recv())["error"]["code"] for _ in range(SENT_MESSAGES)]
+            assert codes == ["string_above_max_length"] * SENT_MESSAGES
+            return before, peak_rss_mib(server.proc.pid)
+
+    # Large blocks straight from the OS and back on free (glibc): the peak resident memory is
+    # then the peak of what the server holds, not what its allocator kept for reuse.
+    with fake_server.launch(tmp_path, {"MALLOC_MMAP_THRESHOLD_": str(128 << 10)}) as server:
+        before, after = asyncio.run(scenario(server))
+    grown = after - before
+    sent = SENT_MESSAGES * MESSAGE_MIB
+    print(f"\npeak RSS {before:.0f} -> {after:.0f} MiB with {sent:.0f} MiB sent")
+    # Each message held costs a few copies (frame bytes, text, parsed JSON): 8 messages' worth
+    # is room for two or three in flight; reading ahead would hold many more.
+    assert grown < 8 * MESSAGE_MIB, (before, after)
