@@ -658,6 +658,8 @@ def session_extension(config: SessionConfig, noise_suppressor: str | None) -> di
         ignored["tracing"] = "accepted; this server traces nothing"
     if config.include:
         ignored["include"] = "accepted; this server's transcription reports no logprobs"
+    if config.parallel_tool_calls:
+        ignored["parallel_tool_calls"] = "accepted; a response calls at most one function"
     if ignored:
         extension["not_honoured"] = ignored
     return extension

@@ -78,7 +78,8 @@ class SessionConfig(BaseModel):
     include: tuple[str, ...] = ()
     """Extra fields the client asked for (OpenAI's `include`); said back, none is produced."""
     parallel_tool_calls: bool | None = None
-    """Said back; a response calls at most one function, which either value allows."""
+    """Kept; a response calls at most one function, which `false` asks for and `true` allows
+    (`true` is listed under `x_voxgate.not_honoured`)."""
     noise_reduction: Literal["near_field", "far_field"] | None = None
     """What the client asked of input noise reduction (OpenAI's setting). Applied when the
     server has a noise suppressor switched on (`RealtimeSettings.noise_suppressor`); else

@@ -758,10 +758,15 @@ def test_settings_the_frameworks_send_are_accepted_and_said_back() -> None:
     assert wire["audio"]["input"]["noise_reduction"] == {"type": "near_field"}
     assert wire["tracing"] == "auto" and wire["include"] == session["include"]
     assert wire["x_voxgate"]["noise_reduction"] == "not applied"
-    assert set(wire["x_voxgate"]["not_honoured"]) == {"tracing", "include"}
+    assert set(wire["x_voxgate"]["not_honoured"]) == {"tracing", "include", "parallel_tool_calls"}
     on = protocol.wire_session(config, "sess_1", "m", noise_suppressor="rnnoise")
     assert on["x_voxgate"]["noise_reduction"] == "rnnoise"
-    off = {"tracing": None, "include": [], "audio": {"input": {"noise_reduction": None}}}
+    off = {
+        "tracing": None,
+        "include": [],
+        "parallel_tool_calls": False,  # one function per response: what false asks for
+        "audio": {"input": {"noise_reduction": None}},
+    }
     config = session_config(config, parsed_session(session_update(off)), LIMITS)
     assert config.tracing is None and config.noise_reduction is None
     wire = protocol.wire_session(config, "sess_1", "m")
