@@ -185,3 +185,36 @@ async def test_real_weights_call_a_tool_natively(gpu_server) -> None:
     ]
     assert calls and calls[0]["name"] == "get_weather"
     assert "paris" in json.loads(calls[0]["arguments"])["city"].lower()
+
+
+def test_the_batched_vocoder_streams_real_weights_as_they_synthesize() -> None:
+    """Four live streams of the real token2wav at different positions (they start one step
+    apart), stepped together by the captured CUDA graphs: each equals its whole-utterance
+    synthesis within 1e-3 (-60 dBFS), the GPU tolerance of the per-stream check in
+    tests/unit/test_token2wav.py."""
+    from voxgate.model.stepaudio2.token2wav import BatchedVocoder, StepShapes, Token2Wav
+
+    t2w = Token2Wav.load(Path(os.environ["VOXGATE_STEPAUDIO2_MODEL"]), device="cuda")
+    voice = t2w.voice(t2w.voices()[0])
+    shapes = StepShapes(
+        max_batch=4, slots=4, context_tokens=len(voice.prompt_tokens) + 256, voices=1
+    )
+    vocoder = BatchedVocoder(t2w, shapes)
+    assert vocoder.capture() and vocoder.captured == (1, 2, 4)
+    rng = np.random.default_rng(0)
+    vocab = t2w.flow.cfg.vocab_size
+    utterances = [rng.integers(0, vocab, n).tolist() for n in (131, 60, 95, 28)]
+    streams = [vocoder.stream(voice) for _ in utterances]
+    audio: list[list[np.ndarray]] = [[] for _ in streams]
+    tick = 0
+    while not all(s.done for s in streams):
+        if tick < len(streams):
+            streams[tick].push(utterances[tick])
+            streams[tick].finish()
+        ready = [i for i, s in enumerate(streams) if s.ready]
+        for i, wave in zip(ready, vocoder.step([streams[i] for i in ready]), strict=True):
+            audio[i].append(wave)
+        tick += 1
+    for ids, pieces in zip(utterances, audio, strict=True):
+        whole = t2w.synthesize(ids, voice)
+        np.testing.assert_allclose(np.concatenate(pieces), whole, rtol=0, atol=1e-3)

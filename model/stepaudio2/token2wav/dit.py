@@ -102,14 +102,24 @@ class CausalConvBlock(nn.Module):
             nn.Identity(),
         )
 
-    def forward(self, x: torch.Tensor, history: ConvHistory) -> tuple[torch.Tensor, ConvHistory]:
-        """x: (B, T, hidden). Returns (B, T, hidden) and the new history."""
-        h = self.history
+    def forward(
+        self, x: torch.Tensor, history: ConvHistory, lengths: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, ConvHistory]:
+        """x: (B, T, hidden). Returns (B, T, hidden) and the new history: the last input
+        frames, or with `lengths` (B,) those before row b's first padded frame `lengths[b]`."""
         a = torch.cat([history[0], x.transpose(1, 2)], dim=2)
         y = self.block[1](a).transpose(1, 2)
         y = self.block[4](self.block[3](y)).transpose(1, 2)
         b = torch.cat([history[1], y], dim=2)
-        return self.block[6](b).transpose(1, 2), (a[:, :, -h:], b[:, :, -h:])
+        return self.block[6](b).transpose(1, 2), (self._last(a, lengths), self._last(b, lengths))
+
+    def _last(self, frames: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+        h = self.history
+        if lengths is None:
+            return frames[:, :, -h:]
+        # row b holds h history frames, then lengths[b] real ones: keep the h before padding
+        index = lengths[:, None] + torch.arange(h, device=frames.device)
+        return frames.gather(2, index[:, None].expand(-1, frames.shape[1], -1))
 
 
 class DiTBlock(nn.Module):
@@ -131,13 +141,14 @@ class DiTBlock(nn.Module):
         past: list[KV],
         conv: ConvHistory,
         mask: torch.Tensor | None,
+        lengths: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, KV, ConvHistory]:
         mods = self.adaLN_modulation(c).chunk(9, dim=-1)
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mods[:6]
         shift_conv, scale_conv, gate_conv = mods[6:]
         attended, kv = self.attn(modulate(self.norm1(x), shift_msa, scale_msa), past, mask)
         x = x + gate_msa * attended
-        convolved, conv = self.conv(modulate(self.norm3(x), shift_conv, scale_conv), conv)
+        convolved, conv = self.conv(modulate(self.norm3(x), shift_conv, scale_conv), conv, lengths)
         x = x + gate_conv * convolved
         x = x + gate_mlp * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
         return x, kv, conv
@@ -175,16 +186,19 @@ class DiT(nn.Module):
         past: list[list[KV]] | None = None,
         conv: list[ConvHistory] | None = None,
         mask: torch.Tensor | None = None,
+        lengths: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, list[KV], list[ConvHistory]]:
         """x: (B, T, in_channels), the concatenated inputs; t: (B,). past[i]: cached key/value
-        pieces for block i; mask: bool (T, cached + T), True = may attend.
+        pieces for block i; mask: bool (T, cached + T) or any shape that broadcasts to
+        (B, heads, T, cached + T), True = may attend; lengths: (B,) real frames per row when
+        rows are padded (the conv histories end there).
         Returns the velocity (B, T, out_channels), this call's keys/values and conv history."""
         c = self.t_embedder(t)[:, None]
         h = self.in_proj(x)
         conv = conv or self.empty_conv(x)
         new_kv, new_conv = [], []
         for i, block in enumerate(self.blocks):
-            h, kv, history = block(h, c, past[i] if past else [], conv[i], mask)
+            h, kv, history = block(h, c, past[i] if past else [], conv[i], mask, lengths)
             new_kv.append(kv)
             new_conv.append(history)
         return self.final_layer(h, c), new_kv, new_conv

@@ -221,6 +221,15 @@ class HiFTGenerator(nn.Module):
         """The excitation (1, 1, hop * T) for frames with F0 `f0` (1, T) and running phase
         `cycles` (1, T, harmonics; the sum of increments up to each frame), whose first sample
         is `first_sample` of the utterance (for the noise)."""
+        samples = self.cfg.hop * f0.shape[1]
+        noise = self.noise.slice(first_sample, first_sample + samples).T[None]
+        return self.excitation(f0, cycles, noise)
+
+    def excitation(
+        self, f0: torch.Tensor, cycles: torch.Tensor, noise: torch.Tensor
+    ) -> torch.Tensor:
+        """`source` with its noise given, (B, hop * T, harmonics): the batched step reads it
+        from a table on the device instead of drawing it per call."""
         hop, cfg = self.cfg.hop, self.cfg
         # Linear interpolation of the frame phases to samples (the reference's
         # F.interpolate(mode="linear") with clamped edges): the first half of a frame blends
@@ -232,19 +241,18 @@ class HiFTGenerator(nn.Module):
         second_half = offset[hop // 2 :] - 0.5
         a = prev[:, :, None] * (1 - first_half[:, None]) + cycles[:, :, None] * first_half[:, None]
         b = cycles[:, :, None] * (1 - second_half[:, None]) + nxt[:, :, None] * second_half[:, None]
-        phase = torch.cat([a, b], dim=2).flatten(1, 2) * (2 * math.pi * hop)  # (1, hop*T, H)
+        phase = torch.cat([a, b], dim=2).flatten(1, 2) * (2 * math.pi * hop)  # (B, hop*T, H)
         sines = (torch.sin(phase) * cfg.nsf_alpha).to(f0.dtype)
-        voiced = (
-            (f0 > cfg.nsf_voiced_threshold).to(f0.dtype).repeat_interleave(hop, dim=1)[..., None]
-        )
+        # each frame's flag repeated over its samples (repeat_interleave without its host sync)
+        voiced = (f0 > cfg.nsf_voiced_threshold).to(f0.dtype)[..., None].expand(-1, -1, hop)
+        voiced = voiced.flatten(1)[..., None]
         noise_amp = voiced * cfg.nsf_sigma + (1 - voiced) * cfg.nsf_alpha / 3
-        noise = self.noise.slice(first_sample, first_sample + phase.shape[1]).T[None].to(f0)
-        return self.m_source(sines * voiced + noise_amp * noise).transpose(1, 2)
+        return self.m_source(sines * voiced + noise_amp * noise.to(f0)).transpose(1, 2)
 
     # -- the generator --------------------------------------------------------------------------
 
     def decode(self, mel: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
-        """(1, mel, T) and the excitation (1, 1, hop * T) -> waveform (1, hop * T)."""
+        """(B, mel, T) and the excitation (B, 1, hop * T) -> waveform (B, hop * T)."""
         cfg = self.cfg
         window = torch.hann_window(cfg.n_fft, device=mel.device, dtype=mel.dtype)
         spec = torch.stft(
@@ -264,7 +272,7 @@ class HiFTGenerator(nn.Module):
         magnitude = torch.exp(x[:, :bins]).clamp(max=1e2)
         phase = torch.sin(x[:, bins:])  # as the reference: a sin inside the phase
         spec = torch.complex(magnitude * torch.cos(phase), magnitude * torch.sin(phase))
-        audio = torch.istft(spec, cfg.n_fft, cfg.hop_len, cfg.n_fft, window)
+        audio = istft(spec, cfg.n_fft, cfg.hop_len, window)
         return audio.clamp(-cfg.audio_limit, cfg.audio_limit)
 
     def forward(self, mel: torch.Tensor) -> torch.Tensor:
@@ -272,6 +280,21 @@ class HiFTGenerator(nn.Module):
         f0 = self.f0(mel)
         cycles = torch.cumsum(self.phase_increments(f0), dim=1)
         return self.decode(mel, self.source(f0, cycles, 0))
+
+
+def istft(spec: torch.Tensor, n_fft: int, hop: int, window: torch.Tensor) -> torch.Tensor:
+    """`torch.istft(spec, n_fft, hop, n_fft, window)` (centred, one-sided; spec (B, bins, frames)),
+    by the same operations (bit for bit on the CPU) but without its check that the window
+    overlap-adds to non-zero values: that check reads a tensor back to the host, which a CUDA
+    graph cannot capture. A Hann window at hop n_fft / 4 always passes it."""
+    batch, frames = spec.shape[0], spec.shape[-1]
+    length = n_fft + hop * (frames - 1)
+    pieces = torch.fft.irfft(spec.mT, n=n_fft, dim=-1) * window
+    signal = torch.ops.aten.unfold_backward(pieces, [batch, length], 1, n_fft, hop)
+    weight = window.pow(2).expand(1, frames, n_fft)
+    envelope = torch.ops.aten.unfold_backward(weight, [1, length], 1, n_fft, hop)
+    half = n_fft // 2
+    return signal[:, half : length - half] / envelope[:, half : length - half]
 
 
 def normalise_hift_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

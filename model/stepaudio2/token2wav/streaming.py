@@ -61,6 +61,29 @@ class HiftStream:
         self.emitted = 0
         """Frames whose samples have been returned."""
 
+    @classmethod
+    def resume(
+        cls,
+        hift: HiFTGenerator,
+        mel: torch.Tensor,
+        f0: torch.Tensor,
+        cycles: torch.Tensor,
+        f0_done: int,
+        emitted: int,
+    ) -> HiftStream:
+        """A stream that has returned the samples of `emitted` frames (as after a `push`):
+        `mel` (1, mel, n) holds the frames from `emitted - context()` on, `f0` (1, m) and
+        `cycles` (1, m, harmonics) those frames' F0 and running phase up to `f0_done`."""
+        stream = cls(hift)
+        start = emitted - stream.context
+        if start < 0 or f0.shape[1] != f0_done - start or cycles.shape[1] != f0.shape[1]:
+            raise ValueError("a resumed HiFT stream needs its context's mel, F0 and phase")
+        stream.mel, stream.mel_start = mel, start
+        stream.f0, stream.cycles, stream.f0_start = f0, cycles, start
+        stream.total_cycles = cycles[:, -1:]
+        stream.f0_done, stream.emitted = f0_done, emitted
+        return stream
+
     def push(self, mel: torch.Tensor, final: bool) -> torch.Tensor:
         """mel: (1, mel, n) new frames. Returns the newly final samples (1-D)."""
         self.mel = torch.cat([self.mel, mel], dim=2)

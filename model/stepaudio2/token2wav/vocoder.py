@@ -76,7 +76,8 @@ class Token2Wav:
                 self._voices[name] = Voice.load(path)
             return self._voices[name]
 
-    def _prompt_state(self, voice: Voice) -> FlowState:
+    def prompt_state(self, voice: Voice) -> FlowState:
+        """The flow state that starts every stream of `voice` (its prompt encoded; cached)."""
         with self._lock:
             state = self._prompt_states.get(voice)
         if state is None:
@@ -102,7 +103,7 @@ class Token2Wav:
         return Token2WavStream(
             self.flow,
             self.hift,
-            functools.partial(self._prompt_state, voice),
+            functools.partial(self.prompt_state, voice),
             self.chunk_tokens,
             self.dit_window,
         )
