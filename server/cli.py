@@ -118,10 +118,53 @@ def fetched_line(artifact: Artifact, fetched: Fetched) -> str:
 def _make_tiny_model(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    if args.size == "mini":
+        return _make_mini_model(args)
+    if args.dry_run or args.only_shards or args.device != "cpu":
+        print(
+            "voxgate make-tiny-model: --device, --dry-run and --only-shards are for --size mini",
+            file=sys.stderr,
+        )
+        return 2
     from voxgate.model.stepaudio2.tiny import make_tiny_model
 
     directory = make_tiny_model(Path(args.directory), seed=args.seed, think=args.think)
     print(f"tiny Step-Audio-2 model written to {directory}")
+    return 0
+
+
+def _make_mini_model(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from voxgate.model.stepaudio2.published_size import write_mini_model
+
+    if args.think != "text":
+        print(
+            "voxgate make-tiny-model: Step-Audio-2-mini writes its think markers as text",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        shards = [int(n) for n in args.only_shards.split(",")] if args.only_shards else None
+        report = write_mini_model(
+            Path(args.directory),
+            device=args.device,
+            seed=args.seed,
+            shard_gb=args.shard_gb,
+            only_shards=shards,
+            dry_run=args.dry_run,
+            progress=lambda line: print(line, flush=True),
+        )
+    except ValueError as e:
+        print(f"voxgate make-tiny-model: {e}", file=sys.stderr)
+        return 2
+    print(
+        f"Step-Audio-2-mini-sized random model written to {report.directory}: "
+        f"{report.parameters / 1e9:.2f} B parameters, {report.total_bytes / 1e9:.2f} GB in "
+        f"{report.shards} shards, {len(report.written)} written "
+        f"({report.written_bytes / 1e9:.2f} GB in {report.weights_s:.1f} s), "
+        f"{report.total_s:.1f} s in all"
+    )
     return 0
 
 
@@ -159,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     fetch.set_defaults(run=_fetch_models)
     tiny = commands.add_parser(
         "make-tiny-model",
-        help="write a tiny random Step-Audio-2 checkpoint (the published layout) for tests",
+        help="write a random Step-Audio-2 checkpoint in the published layout: tiny (for tests) "
+        "or at the published sizes (--size mini, for speed measurements)",
     )
     tiny.add_argument("directory")
     tiny.add_argument("--seed", type=int, default=0)
@@ -169,6 +213,25 @@ def main(argv: list[str] | None = None) -> int:
         default="text",
         help="think markers: written as text (Step-Audio-2-mini-Think) or "
         "<|THINK_START|>/<|THINK_END|> tokens (Step-Audio-R1.1)",
+    )
+    tiny.add_argument(
+        "--size",
+        choices=["tiny", "mini"],
+        default="tiny",
+        help="tiny: hidden 64, 2 layers (tests); mini: Step-Audio-2-mini's published sizes "
+        "(8.3 B parameters, 16.6 GB of bfloat16), random weights, for speed measurements",
+    )
+    tiny.add_argument(
+        "--device", default="cpu", help="mini: where weights are generated (cuda on a GPU)"
+    )
+    tiny.add_argument("--shard-gb", type=float, default=2.0, help="mini: size of each shard")
+    tiny.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="mini: write everything but the weight shards (the index names them all)",
+    )
+    tiny.add_argument(
+        "--only-shards", help="mini: write only these shards (1-based numbers, comma-separated)"
     )
     tiny.set_defaults(run=_make_tiny_model)
     voice = commands.add_parser(

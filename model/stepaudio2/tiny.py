@@ -4,7 +4,8 @@ Same config nesting (`text_config`, `audio_encoder_config`), same weight names, 
 safetensors with an index, a tokenizer with the same special and audio-code tokens, the
 token2wav folder and a voice prompt: only the sizes are tiny (hidden 64, 2 layers), so the test
 suite runs the whole unified backbone on vLLM's CPU backend. Nothing is downloaded: the text
-tokenizer is a small byte-level BPE trained here on a built-in English text.
+tokenizer is a small byte-level BPE trained here on a built-in English text. The same layout
+at the published sizes (for speed, not for tests): `published_size.py`.
 """
 
 from __future__ import annotations
@@ -51,11 +52,10 @@ system human assistant user: good morning, good evening, good night, see you lat
 """
 
 
-def build_tokenizer(think: str = "text"):
-    """The tiny vocabulary, laid out as the published one: text, Qwen's specials and tool-call
-    tags, Step's turn tokens (then R1.1's think tokens in the "tokens" variant), the audio
-    control tokens, the 6562 audio codes."""
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
+def train_text_bpe():
+    """A small byte-level BPE trained on `CORPUS` (deterministic): the text part of the tiny
+    vocabulary, and of the published-size one (`published_size.py`), which pads it."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -66,6 +66,29 @@ def build_tokenizer(think: str = "text"):
         show_progress=False,
     )
     tokenizer.train_from_iterator(CORPUS.splitlines() * 8, trainer=trainer)
+    return tokenizer
+
+
+def tokenizer_config(model_max_length: int = 4096) -> dict:
+    """`tokenizer_config.json` of both generated vocabularies."""
+    return {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "eos_token": "<|EOT|>",
+        "pad_token": "<|endoftext|>",
+        "bos_token": None,
+        "unk_token": None,
+        "model_max_length": model_max_length,
+        "clean_up_tokenization_spaces": False,
+    }
+
+
+def build_tokenizer(think: str = "text"):
+    """The tiny vocabulary, laid out as the published one: text, Qwen's specials and tool-call
+    tags, Step's turn tokens (then R1.1's think tokens in the "tokens" variant), the audio
+    control tokens, the 6562 audio codes."""
+    from tokenizers import AddedToken
+
+    tokenizer = train_text_bpe()
     # As in the published vocabulary: specials after the text tokens, then the audio codes.
     tokenizer.add_special_tokens([AddedToken(t, special=True) for t in QWEN_SPECIALS])
     tokenizer.add_tokens([AddedToken(t, special=False) for t in QWEN_TEXT_ADDED])
@@ -149,20 +172,7 @@ def make_tiny_model(directory: Path, seed: int = 0, think: str = "text") -> Path
     tokenizer.save(str(directory / "tokenizer.json"))
     eot, endoftext = tokenizer.token_to_id("<|EOT|>"), tokenizer.token_to_id("<|endoftext|>")
     vocab_size = -(-tokenizer.get_vocab_size(with_added_tokens=True) // 64) * 64
-    (directory / "tokenizer_config.json").write_text(
-        json.dumps(
-            {
-                "tokenizer_class": "PreTrainedTokenizerFast",
-                "eos_token": "<|EOT|>",
-                "pad_token": "<|endoftext|>",
-                "bos_token": None,
-                "unk_token": None,
-                "model_max_length": 4096,
-                "clean_up_tokenization_spaces": False,
-            },
-            indent=2,
-        )
-    )
+    (directory / "tokenizer_config.json").write_text(json.dumps(tokenizer_config(), indent=2))
 
     text = _text_config(vocab_size, [eot, endoftext], endoftext)
     audio = _audio_config()
