@@ -4,20 +4,23 @@ All three are regimes of the same vLLM engine (see `regimes`): ASR is greedy and
 the engine's speculative decoding is verified token for token by the backbone; TTS and dialogue
 prefill `<tts_start>` and stream interleaved text and speech codes, which the token2wav vocoder
 turns into 24 kHz audio chunk by chunk while the LM is still generating. Realtime requests run at
-a higher engine priority than REST work.
+a higher engine priority than REST work, in the engine and in the vocoder: either one thread
+that runs each stream's chunks in priority order, or (`batched_vocoder`) the batched vocoder,
+whose thread steps every stream with a chunk ready together, lower priority numbers first.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from array import array
 from collections.abc import AsyncIterator, Sequence
-from contextlib import aclosing, asynccontextmanager
+from contextlib import AbstractContextManager, aclosing, asynccontextmanager, nullcontext
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from prometheus_client import Counter
@@ -56,6 +59,9 @@ from voxgate.model.types import (
     Voice,
 )
 
+if TYPE_CHECKING:
+    from voxgate.model.stepaudio2.token2wav import Token2Wav, VocoderScheduler
+
 log = logging.getLogger(__name__)
 
 TTS_CUT = Counter(
@@ -74,6 +80,12 @@ HINT_REFUSED = (
 
 SAMPLES_PER_CODE = 960
 """One speech code is 40 ms at 24 kHz (25 codes per second)."""
+MAX_VOCODER_BATCH = 64
+"""Streams one batched vocoder step takes at most: a CUDA graph is captured per padded batch
+size up to it (1, 2, 4, ... 64); more ready streams wait for the next step."""
+VOCODER_VOICES = 4
+"""Voice prompts the batched vocoder keeps on the device; a stream in a fifth voice at once
+runs alone (~0.4 GB per voice of a 6 s prompt at the published size in float32)."""
 
 
 class StepAudio2Options(BaseModel):
@@ -111,6 +123,27 @@ class StepAudio2Options(BaseModel):
     """torch device of the token2wav vocoder ("cuda" beside the engine on a GPU machine)."""
     vocoder_threads: int = Field(1, ge=1)
     """torch threads for the vocoder on CPU: one leaves the other core to the engine."""
+    batched_vocoder: Literal["auto", "on", "off"] = "auto"
+    """Run the live streams' vocoder chunks together: one thread steps every stream that has
+    a chunk ready in one forward (`token2wav.VocoderScheduler`), replayed as CUDA graphs on
+    CUDA. "auto": on when the vocoder runs on CUDA (one stream at a time is bound by kernel
+    launches there); off on the CPU, where the static step costs ~20% more per stream than
+    the per-stream path. Off: each stream's chunks run alone, on one thread in priority
+    order. A stream's audio is the same either way, within float rounding."""
+    vocoder_slots: int = Field(64, ge=1)
+    """Streams the batched vocoder keeps on the device at once; a stream that finds every
+    slot taken runs alone (the per-stream arithmetic, on the same thread). Preallocated at
+    start, each slot holds a stream's caches for `answer_s` of speech (an answer that goes on
+    longer continues alone): at the published size in float32 ~200 MB of DiT caches plus
+    57 kB per token (voice prompt + 25 a second), ~300 MB per slot at the 60 s default,
+    ~19 GB for 64 (half that in bfloat16)."""
+
+    @property
+    def vocoder_batched(self) -> bool:
+        """Whether `batched_vocoder` is on for this `vocoder_device`."""
+        if self.batched_vocoder == "auto":
+            return self.vocoder_device.split(":")[0] == "cuda"
+        return self.batched_vocoder == "on"
 
     def engine_args(self) -> dict[str, Any]:
         args: dict[str, Any] = {"limit_mm_per_prompt": {"audio": self.audio_pieces_per_prompt}}
@@ -156,11 +189,57 @@ class DialogueWindow(PromptBuilder):
         return self.render(instructions, [Turn(turn.role, turn.text, turn.audio[-keep:])])
 
 
+def start_vocoder_scheduler(vocoder: Token2Wav, options: StepAudio2Options) -> VocoderScheduler:
+    """The batched vocoder with its slots allocated and, on CUDA, its step captured as CUDA
+    graphs, and the thread that steps it. Blocking (the capture takes seconds)."""
+    from voxgate.model.stepaudio2.token2wav import BatchedVocoder, StepShapes, VocoderScheduler
+
+    names = vocoder.voices()
+    longest_prompt = max(len(vocoder.voice(name).prompt_tokens) for name in names)
+    shapes = StepShapes(
+        max_batch=min(options.vocoder_slots, MAX_VOCODER_BATCH),
+        slots=options.vocoder_slots,
+        context_tokens=longest_prompt + math.ceil(options.answer_s * budgets.CODES_PER_SECOND),
+        voices=min(len(names), VOCODER_VOICES),
+    )
+    batched = BatchedVocoder(vocoder, shapes)
+    captured = batched.capture()
+    log.info(
+        "batched vocoder: %d slots of %d tokens, up to %d streams a step, %s",
+        shapes.slots,
+        shapes.context_tokens,
+        shapes.max_batch,
+        f"CUDA graphs for {batched.captured}" if captured else "eager steps",
+    )
+    return VocoderScheduler(batched)
+
+
+class _VocoderThreadStream:
+    """One utterance on the per-stream vocoder, its chunks run on the vocoder thread in
+    priority order (the path when `batched_vocoder` is off)."""
+
+    def __init__(self, stream: Any, thread: PriorityExecutor, priority: int) -> None:
+        self._stream = stream
+        self._thread = thread
+        self._priority = priority
+
+    async def apush(self, codes: Sequence[int]) -> np.ndarray:
+        return await self._thread.run(self._priority, self._stream.push, codes)
+
+    async def afinish(self) -> np.ndarray:
+        return await self._thread.run(self._priority, self._stream.finish)
+
+
 class StepAudio2Backbone:
     name = "stepaudio2"
 
     def __init__(
-        self, engine: EngineHost, tokenizer: Any, vocoder: Any, options: StepAudio2Options
+        self,
+        engine: EngineHost,
+        tokenizer: Any,
+        vocoder: Any,
+        options: StepAudio2Options,
+        vocoder_scheduler: VocoderScheduler | None = None,
     ) -> None:
         self._engine = engine
         self._tokenizer = tokenizer
@@ -183,6 +262,9 @@ class StepAudio2Backbone:
         # The vocoder runs on its own thread (heavy tensor work, never on the event loop), in
         # the engine's priority order: a live turn's audio is not queued behind REST synthesis.
         self._vocoder_thread = PriorityExecutor("token2wav")
+        self._vocoder_scheduler = vocoder_scheduler
+        """The batched vocoder's thread, which then runs every stream instead (the caller
+        that passes it shuts it down)."""
 
     @classmethod
     @asynccontextmanager
@@ -217,13 +299,22 @@ class StepAudio2Backbone:
         async with EngineHost.start(
             model_dir, engine_config, f"voxgate-{cls.name}", **options.engine_args()
         ) as engine:
-            backbone = cls(engine, tokenizer, vocoder, options)
+            stages.begin(StartupStage.WARMING_UP)
+            scheduler = None
             try:
-                stages.begin(StartupStage.WARMING_UP)
-                await backbone.warm_up()
-                yield backbone
+                if options.vocoder_batched:
+                    # After the engine: vLLM refuses to start while less than its share of the
+                    # GPU's memory (gpu_memory_utilization) is free; the slots take gigabytes.
+                    scheduler = await asyncio.to_thread(start_vocoder_scheduler, vocoder, options)
+                backbone = cls(engine, tokenizer, vocoder, options, scheduler)
+                try:
+                    await backbone.warm_up()
+                    yield backbone
+                finally:
+                    backbone._vocoder_thread.shutdown()
             finally:
-                backbone._vocoder_thread.shutdown()
+                if scheduler is not None:
+                    scheduler.shutdown()
 
     async def warm_up(self) -> None:
         """One request per regime: compiles the n-gram proposer, loads the vocoder's caches."""
@@ -653,6 +744,15 @@ class StepAudio2Backbone:
         end = ResponseEnd(finish, request.length, generated, output_audio_tokens=len(codes))
         return splitter.text, codes, end
 
+    def _open_vocoder(self, speaker: Any, priority: int) -> AbstractContextManager[Any]:
+        """One utterance's vocoder, with `apush(codes)` and `afinish()` (audio out). Leaving
+        it unfinished (a cancelled response) abandons the stream: a batched one gives back
+        its slot."""
+        if self._vocoder_scheduler is not None:
+            return self._vocoder_scheduler.open(speaker, priority)
+        stream = self._vocoder.stream(speaker)
+        return nullcontext(_VocoderThreadStream(stream, self._vocoder_thread, priority))
+
     async def _speech(
         self,
         request: Prompt,
@@ -666,50 +766,51 @@ class StepAudio2Backbone:
         """Stream an answer with speech: text is released with the audio that speaks it.
         `splitter` (given) keeps what the model wrote, for the caller to read at the end."""
         splitter = splitter or OutputSplitter(self._tokenizer, self._tokens)
-        vocoder = self._vocoder.stream(speaker)
-        held: list[tuple[int, str]] = []  # (speech codes before this text, text)
-        codes_seen = samples_out = generated = 0
-        finish = "stop"
+        with self._open_vocoder(speaker, priority) as vocoder:
+            held: list[tuple[int, str]] = []  # (speech codes before this text, text)
+            codes_seen = samples_out = generated = 0
+            finish = "stop"
 
-        def release(upto_codes: int) -> list[TextDelta]:
-            out = [TextDelta(t) for before, t in held if before <= upto_codes]
-            held[:] = [(before, t) for before, t in held if before > upto_codes]
-            return out
+            def release(upto_codes: int) -> list[TextDelta]:
+                out = [TextDelta(t) for before, t in held if before <= upto_codes]
+                held[:] = [(before, t) for before, t in held if before > upto_codes]
+                return out
 
-        stream = self._engine.stream(
-            request.token_ids, params, request_id, priority, request.multi_modal_data()
-        )
-        async for output in stream:
-            completion = output.outputs[0]
-            if completion.token_ids:
-                trace.mark("lm_first_token")
-            generated += len(completion.token_ids)
-            finish = "length" if completion.finish_reason == "length" else finish
-            for piece in splitter.push(completion.token_ids):
-                if isinstance(piece, TextPiece):
-                    held.append((codes_seen, piece.text))
-                    continue
-                codes_seen += len(piece.codes)
-                pushed_at = time.monotonic()
-                wave = await self._vocoder_thread.run(priority, vocoder.push, piece.codes)
-                if len(wave):
-                    # The LM's share of the first audio ends when the vocoder had enough codes.
-                    trace.mark("first_clause", pushed_at)
-                    trace.mark("tts_first_chunk")
-                    samples_out += len(wave)
-                    for delta in release(samples_out // SAMPLES_PER_CODE):
-                        yield delta
-                    yield AudioChunk(wave, self._vocoder.sample_rate)
-        trace.mark("lm_done")
-        if tail := splitter.finish():
-            held.append((codes_seen, tail))
-        wave = await self._vocoder_thread.run(priority, vocoder.finish)
-        for delta in release(codes_seen):
-            yield delta
-        if len(wave):
-            trace.mark("tts_first_chunk")
-            yield AudioChunk(wave, self._vocoder.sample_rate)
-        yield ResponseEnd(finish, request.length, generated, output_audio_tokens=codes_seen)
+            stream = self._engine.stream(
+                request.token_ids, params, request_id, priority, request.multi_modal_data()
+            )
+            async for output in stream:
+                completion = output.outputs[0]
+                if completion.token_ids:
+                    trace.mark("lm_first_token")
+                generated += len(completion.token_ids)
+                finish = "length" if completion.finish_reason == "length" else finish
+                for piece in splitter.push(completion.token_ids):
+                    if isinstance(piece, TextPiece):
+                        held.append((codes_seen, piece.text))
+                        continue
+                    codes_seen += len(piece.codes)
+                    pushed_at = time.monotonic()
+                    wave = await vocoder.apush(piece.codes)
+                    if len(wave):
+                        # The LM's share of the first audio ends when the vocoder
+                        # had enough codes.
+                        trace.mark("first_clause", pushed_at)
+                        trace.mark("tts_first_chunk")
+                        samples_out += len(wave)
+                        for delta in release(samples_out // SAMPLES_PER_CODE):
+                            yield delta
+                        yield AudioChunk(wave, self._vocoder.sample_rate)
+            trace.mark("lm_done")
+            if tail := splitter.finish():
+                held.append((codes_seen, tail))
+            wave = await vocoder.afinish()
+            for delta in release(codes_seen):
+                yield delta
+            if len(wave):
+                trace.mark("tts_first_chunk")
+                yield AudioChunk(wave, self._vocoder.sample_rate)
+            yield ResponseEnd(finish, request.length, generated, output_audio_tokens=codes_seen)
 
 
 def _rid() -> str:

@@ -15,6 +15,7 @@ import sys
 import wave
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -202,6 +203,54 @@ def test_speculative_asr_equals_plain_decoding(unified_server, plain_server, spe
     rate = unified_server.metric("voxgate_spec_decode_acceptance_rate")
     assert 0.0 <= rate <= 1.0
     assert unified_server.metric("voxgate_spec_decode_tokens_per_step") >= 1.0
+
+
+@pytest.fixture(scope="module")
+def batched_server(tmp_path_factory: pytest.TempPathFactory, tiny_model) -> Iterator[RunningServer]:
+    """The same checkpoint with the batched vocoder on (eager steps: there is no CUDA here)."""
+    env = {
+        **unified_env(tiny_model),
+        "VOXGATE_STEPAUDIO2__BATCHED_VOCODER": "on",
+        "VOXGATE_STEPAUDIO2__VOCODER_SLOTS": "4",
+    }
+    with launch(tmp_path_factory, "stepaudio2-batched", env) as running:
+        yield running
+
+
+async def test_a_spoken_answer_streams_from_the_batched_vocoder(batched_server, speak) -> None:
+    """A spoken turn and a REST synthesis at once, both through the batched vocoder."""
+    assert "batched vocoder: 4 slots" in batched_server.log_path.read_text()
+    pcm = pcm24(speak("What is the capital of France?")) + silence(1.5)
+
+    async def spoken_turn() -> Any:
+        async with sdk_client(batched_server).realtime.connect(model="voxgate") as conn:
+            await conn.session.update(session={"type": "realtime", "max_output_tokens": 120})
+            sender = asyncio.create_task(stream_speech(conn, pcm, realtime=False))
+            turn = await collect(conn)
+            await sender
+        return turn
+
+    async def synthesis() -> httpx.Response:
+        async with httpx.AsyncClient(timeout=120) as client:
+            return await client.post(
+                f"{batched_server.base_url}/v1/audio/speech",
+                headers={"Authorization": f"Bearer {batched_server.api_key}"},
+                json={
+                    "model": "voxgate-stepaudio2",
+                    "input": "Hello there.",
+                    "voice": "default",
+                    "response_format": "pcm",
+                },
+            )
+
+    turn, speech = await asyncio.gather(spoken_turn(), synthesis())
+    assert "response.output_audio.delta" in turn.types
+    done = turn.first("response.done")["response"]
+    assert done["status"] in ("completed", "incomplete")
+    codes = done["usage"]["output_token_details"]["audio_tokens"]
+    assert codes > 0 and len(turn.audio) // 2 == codes * SAMPLES_PER_CODE
+    assert speech.status_code == 200, speech.text
+    assert len(speech.content) // 2 > 0 and len(speech.content) // 2 % SAMPLES_PER_CODE == 0
 
 
 def test_rest_translation_and_the_refused_hint(unified_server, speak) -> None:

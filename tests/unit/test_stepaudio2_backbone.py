@@ -2,16 +2,19 @@
 markers (as text and as tokens), spoken tokens for history, budgets, the ASR hint.
 
 The engine is replaced by a script of what "the model writes" (token ids, in the tiny
-vocabulary's layout); the vocoder by one that turns each code into 960 zero samples. What is
-checked is what the backbone asks of the engine (prompt ids, stop tokens, grammars) and what it
-makes of the answer. The same paths run through the real engine in
+vocabulary's layout); the vocoder by one that turns each code into 960 zero samples, or, where
+the vocoder itself is the subject (the batched one against the per-stream one), the tiny
+token2wav. What is checked is what the backbone asks of the engine (prompt ids, stop tokens,
+grammars) and what it makes of the answer. The same paths run through the real engine in
 tests/integration/test_stepaudio2_engine.py.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -22,8 +25,14 @@ import pytest
 from transformers import PreTrainedTokenizerFast
 
 from voxgate.model.stepaudio2 import budgets
-from voxgate.model.stepaudio2.backbone import StepAudio2Backbone, StepAudio2Options
+from voxgate.model.stepaudio2.backbone import (
+    StepAudio2Backbone,
+    StepAudio2Options,
+    start_vocoder_scheduler,
+)
 from voxgate.model.stepaudio2.tiny import build_tokenizer
+from voxgate.model.stepaudio2.token2wav import Token2Wav, VocoderScheduler
+from voxgate.model.stepaudio2.token2wav.tiny import write_tiny_token2wav
 from voxgate.model.stepaudio2.tokens import TokenMap
 from voxgate.model.types import (
     AudioChunk,
@@ -126,13 +135,20 @@ def tok(tokenizer: PreTrainedTokenizerFast) -> TokenMap:
     return TokenMap.from_tokenizer(tokenizer)
 
 
-def make(tokenizer: Any, script: Callable[[Request], list[list[int]]], **options: Any):
+def make(
+    tokenizer: Any,
+    script: Callable[[Request], list[list[int]]],
+    vocoder: Any = None,
+    scheduler: VocoderScheduler | None = None,
+    **options: Any,
+):
     engine = ScriptedEngine(script)
     backbone = StepAudio2Backbone(
         engine,  # type: ignore[arg-type]
         tokenizer,
-        SilentVocoder(),
+        vocoder or SilentVocoder(),
         StepAudio2Options(**options),
+        scheduler,
     )
     return backbone, engine
 
@@ -357,3 +373,158 @@ def test_the_splitter_decodes_incrementally_and_exactly(tokenizer, tok) -> None:
     pieces.append(splitter.finish())
     assert "".join(pieces) == text == splitter.text
     assert not any("\ufffd" in p for p in pieces)  # no half characters handed out
+
+
+# --- the batched vocoder ------------------------------------------------------------------------
+
+AUDIO_ATOL = 2e-4
+"""Batched against per-stream audio: the tolerance of tests/unit/test_token2wav_batched.py
+(float32 rounding of the masked, padded static step)."""
+ONE_TOKENIZER = pytest.mark.parametrize("tokenizer", ["text"], indirect=True)
+"""The vocoder does not depend on how think markers are written: one vocabulary is enough."""
+
+
+@pytest.fixture(scope="module")
+def t2w(tmp_path_factory: pytest.TempPathFactory) -> Token2Wav:
+    return Token2Wav.load(write_tiny_token2wav(tmp_path_factory.mktemp("t2w"), seed=0))
+
+
+@pytest.fixture
+def batched(t2w: Token2Wav) -> Iterator[VocoderScheduler]:
+    """The batched vocoder as `start()` builds it, with two slots."""
+    scheduler = start_vocoder_scheduler(
+        t2w, StepAudio2Options(batched_vocoder="on", vocoder_slots=2)
+    )
+    yield scheduler
+    scheduler.shutdown()
+
+
+def test_the_batched_vocoder_is_on_by_default_on_cuda_only() -> None:
+    assert StepAudio2Options().vocoder_batched is False  # the CPU: per-stream
+    assert StepAudio2Options(vocoder_device="cuda").vocoder_batched is True
+    assert StepAudio2Options(vocoder_device="cuda:1").vocoder_batched is True
+    assert StepAudio2Options(vocoder_device="cuda", batched_vocoder="off").vocoder_batched is False
+    assert StepAudio2Options(batched_vocoder="on").vocoder_batched is True
+
+
+def hold_first_step_until_both_wait(scheduler: VocoderScheduler) -> list[list[int]]:
+    """Hold the scheduler's first step until two streams have a push waiting on it, so two
+    concurrent answers meet in the scheduler whatever the threads' timing. Returns the
+    priorities of the streams of each step, as they are served."""
+    both_waiting = threading.Event()
+    waiting: list[object] = []
+    served: list[list[int]] = []
+    open_stream, step = scheduler.open, scheduler.vocoder.step
+
+    def counted_open(voice: Any, priority: int = 0) -> Any:
+        stream = open_stream(voice, priority)
+        push = stream.push
+
+        def counted_push(tokens: Any) -> Any:
+            future = push(tokens)
+            if not future.done() and stream not in waiting:
+                waiting.append(stream)
+                if len(waiting) == 2:
+                    both_waiting.set()
+            return future
+
+        stream.push = counted_push  # type: ignore[method-assign]
+        return stream
+
+    def held_step(streams: Any) -> Any:
+        assert both_waiting.wait(timeout=60)
+        served.append([s.priority for s in streams])
+        return step(streams)
+
+    scheduler.open = counted_open  # type: ignore[method-assign]
+    scheduler.vocoder.step = held_step  # type: ignore[method-assign]
+    return served
+
+
+@ONE_TOKENIZER
+async def test_concurrent_answers_sound_the_same_with_the_batched_vocoder(
+    tokenizer, tok, t2w, batched
+) -> None:
+    """A realtime answer and a REST synthesis at once, each push 2.4 chunks of codes: with
+    the batched vocoder (stepped together, the live turn's row first) each gets the audio the
+    per-stream vocoder gives it, within float rounding, and the text that goes with it."""
+    answers = {
+        "r1": ta4(tokenizer, tok, "Hello there, my friend.", codes_per_word=60),
+        "tts": ta4(tokenizer, tok, "One two three.", codes_per_word=60),
+    }
+
+    def script(request: Request) -> list[list[int]]:
+        ids = answers[request.request_id.split("-")[0]]
+        return [ids[:70], ids[70:140], [*ids[140:], tok.tts_end]]
+
+    async def speak(backbone: StepAudio2Backbone) -> list[tuple[str, np.ndarray]]:
+        async def synthesis() -> list[Any]:
+            return [chunk async for chunk in backbone.synthesize("One two three.", voice="default")]
+
+        heard = []
+        for out in await asyncio.gather(run(backbone, ASK), synthesis()):
+            words = "".join(o.text for o in out if isinstance(o, TextDelta))
+            audio = np.concatenate([o.samples for o in out if isinstance(o, AudioChunk)])
+            heard.append((words, audio))
+        return heard
+
+    per_stream = await speak(make(tokenizer, script, t2w)[0])
+    served = hold_first_step_until_both_wait(batched)
+    together = await speak(make(tokenizer, script, t2w, batched)[0])
+
+    assert [0, 10] in served  # steps shared by both streams, realtime before REST
+    assert together[0][0] == per_stream[0][0] == "Hello there, my friend."
+    for (_, alone), (_, shared) in zip(per_stream, together, strict=True):
+        assert len(shared) == len(alone) > 0
+        np.testing.assert_allclose(shared, alone, rtol=0, atol=AUDIO_ATOL)
+    assert sorted(batched.vocoder._free) == [0, 1]  # both slots given back at the end
+
+
+@ONE_TOKENIZER
+@pytest.mark.parametrize("when", ["during its step", "between its chunks"])
+async def test_a_cancelled_answer_gives_its_vocoder_slot_back(tokenizer, tok, t2w, when) -> None:
+    """One slot. The first answer is cancelled midway (a barge-in): its slot must be free for
+    the next answer, which runs batched, not alone."""
+    scheduler = start_vocoder_scheduler(
+        t2w, StepAudio2Options(batched_vocoder="on", vocoder_slots=1)
+    )
+    long = ta4(tokenizer, tok, "This answer is long and it goes on and on.", codes_per_word=30)
+    short = ta4(tokenizer, tok, "Okay.", codes_per_word=30)
+    answers = iter([[long[:40], long[40:]], [[*short, tok.tts_end]]])
+    backbone, _engine = make(tokenizer, lambda r: next(answers), t2w, scheduler)
+    stepping, go = threading.Event(), threading.Event()
+    in_slot: list[bool] = []
+    step = scheduler.vocoder.step
+
+    def watched(streams: Any) -> Any:
+        stepping.set()
+        assert go.wait(timeout=60)
+        audio = step(streams)
+        in_slot.extend(s.alone is None for s in streams)
+        return audio
+
+    scheduler.vocoder.step = watched  # type: ignore[method-assign]
+    try:
+        if when == "during its step":
+            answer = asyncio.create_task(run(backbone, ASK))
+            assert await asyncio.to_thread(stepping.wait, 60)
+            answer.cancel()  # while its push waits on the step
+            with pytest.raises(asyncio.CancelledError):
+                await answer
+            go.set()
+        else:
+            go.set()
+            opts = ResponseOptions(request_id="r1", instructions="", voice="default")
+            stream = backbone.respond(ASK, opts, TurnTrace())
+            async for item in stream:
+                if isinstance(item, AudioChunk):
+                    break  # the consumer stops: the answer is closed between chunks
+            await stream.aclose()
+        in_slot.clear()
+        out = await run(backbone, ASK)
+        assert any(isinstance(o, AudioChunk) for o in out)
+        assert in_slot and all(in_slot)  # the next answer had the slot
+        assert scheduler.vocoder._free == [0]
+    finally:
+        go.set()
+        scheduler.shutdown()
