@@ -19,7 +19,7 @@ import typing
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from hypothesis import strategies as st
-from pydantic import BaseModel
+from pydantic import BaseModel, JsonValue
 
 from voxgate.server import protocol
 
@@ -75,7 +75,7 @@ def for_annotation(annotation: Any, name: str = "") -> st.SearchStrategy[Json]:
     if origin is dict:
         _, value = get_args(annotation)
         return st.dictionaries(st.text(max_size=10), for_annotation(value), max_size=4)
-    if annotation is Any or annotation is typing.Any:
+    if annotation is Any or annotation is typing.Any or annotation is JsonValue:
         return json_values
     if annotation is type(None):
         return st.none()
