@@ -13,7 +13,6 @@ map those to the protocol's error shapes and never see a vLLM type.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -95,8 +94,10 @@ async def _built_off_the_loop(build: Callable[[Any], AsyncLLM], args: Any) -> As
     try:
         return await asyncio.shield(building)
     except asyncio.CancelledError:
-        with contextlib.suppress(Exception):
+        try:
             (await building).shutdown()
+        except Exception:  # the build itself failed: nothing to shut down, the cancel goes on
+            log.warning("the engine's start failed while the server was stopping", exc_info=True)
         raise
 
 

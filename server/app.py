@@ -176,6 +176,7 @@ def create_app(
                     asyncio.create_task(services.engine_watch.watch(), name="engine-watch"),
                     asyncio.create_task(_probe_loop_lag(), name="loop-lag-probe"),
                 ):
+                    task.add_done_callback(_log_failure)
                     running.push_async_callback(_cancelled, task)
                 log.info(
                     "voxgate ready: backbone %s, started in %.1f s", services.backbone.name, took
@@ -186,7 +187,7 @@ def create_app(
                 yield
                 return
             starting = asyncio.create_task(start(), name="start")
-            starting.add_done_callback(_log_start_failure)
+            starting.add_done_callback(_log_failure)
             try:
                 yield
             finally:
@@ -233,15 +234,20 @@ async def _start_services(
 
 
 async def _cancelled(task: asyncio.Task[None]) -> None:
-    """Cancel `task` and wait for it to end (its own failure was reported when it ended)."""
+    """Cancel `task` and wait for it to end (a failure of its own was logged when it ended,
+    by `_log_failure`)."""
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError, Exception):
         await task
 
 
-def _log_start_failure(task: asyncio.Task[None]) -> None:
+def _log_failure(task: asyncio.Task[None]) -> None:
+    """A background task of the lifespan ended with an error: log it when it happens."""
     if not task.cancelled() and (error := task.exception()) is not None:
-        log.error("the server could not start", exc_info=error)
+        if task.get_name() == "start":
+            log.error("the server could not start", exc_info=error)
+        else:
+            log.error("background task %s failed", task.get_name(), exc_info=error)
 
 
 async def _probe_loop_lag() -> None:

@@ -78,3 +78,14 @@ def speak(piper_path: Path):
         return audio[voiced[0] * 160 : (voiced[-1] + 1) * 160].astype(np.float32)
 
     return speak
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Torch on one thread for a module (the test machines are small and shared)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -36,16 +36,10 @@ from voxgate.model.stepaudio2.token2wav.streaming import HiftStream
 from voxgate.model.stepaudio2.token2wav.tiny import TINY_FLOW, write_tiny_token2wav
 from voxgate.model.stepaudio2.token2wav.voice import kaldi_fbank, prompt_mel, whisper_log_mel
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 SAMPLES_PER_TOKEN = 960
 VOCAB = 6561
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _few_threads():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the test machines are small and shared
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

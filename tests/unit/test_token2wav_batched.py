@@ -41,19 +41,13 @@ from voxgate.model.stepaudio2.token2wav import (
 from voxgate.model.stepaudio2.token2wav.streaming import HiftStream
 from voxgate.model.stepaudio2.token2wav.tiny import tiny_voice, write_tiny_token2wav
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 VOCAB = 6561
 AUDIO_ATOL = 2e-4
 SHAPES = StepShapes(max_batch=4, slots=4, context_tokens=200, voices=3)
 FIXED = StepShapes(max_batch=4, slots=4, context_tokens=200, voices=3, padded_sizes=(4,))
 """Every step padded to 4 rows: the same kernels whatever the batch, for bit-for-bit checks."""
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _few_threads():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the test machines are small and shared
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
