@@ -20,9 +20,7 @@ import statistics
 import time
 
 import numpy as np
-import soxr
-from rest_speech import edits, normalised
-from turn_latency import POCKETSPHINX_DATA, recorded_clips
+from common import POCKETSPHINX_DATA, edits, mono_16k, normalised, recorded_clips
 
 from voxgate.model import artifacts
 from voxgate.model.artifacts import WHISPER_TINY_EN
@@ -33,12 +31,7 @@ from voxgate.model.types import INPUT_SAMPLE_RATE
 def main(args: argparse.Namespace) -> None:
     home = artifacts.default_home()
     clips = [c for c in recorded_clips(POCKETSPHINX_DATA) if c.reference]
-    audio = [
-        soxr.resample(c.audio.astype(np.float32), c.sample_rate, INPUT_SAMPLE_RATE)
-        if c.sample_rate != INPUT_SAMPLE_RATE
-        else c.audio.astype(np.float32)
-        for c in clips
-    ]
+    audio = [mono_16k(c) for c in clips]
     margins = [None if m == "none" else float(m) for m in args.windows.split(",")]
     models = {
         m: WhisperASR(artifacts.verify(WHISPER_TINY_EN, home), threads=2, window_s=m)

@@ -37,12 +37,9 @@ from typing import Any
 import httpx
 import numpy as np
 import websockets
+from common import percentile
 
 LAG_METRIC = "voxgate_event_loop_lag_seconds"
-
-
-def quantile(values: list[float], q: float) -> float:
-    return float(np.quantile(values, q)) if values else float("nan")
 
 
 def probe_health(base: str, stop: Event, out: Connection) -> None:
@@ -156,8 +153,8 @@ async def main(args: argparse.Namespace) -> None:
     ms = [x * 1000 for x in latencies]
     print(f"{args.sessions} sessions x {args.payload_mib} MiB events for {took:.0f} s")
     print(
-        f"/health round trip ms (n={len(ms)}): p50 {quantile(ms, 0.5):.1f}  "
-        f"p95 {quantile(ms, 0.95):.1f}  p99 {quantile(ms, 0.99):.1f}  max {max(ms):.1f}"
+        f"/health round trip ms (n={len(ms)}): p50 {percentile(ms, 50):.1f}  "
+        f"p95 {percentile(ms, 95):.1f}  p99 {percentile(ms, 99):.1f}  max {max(ms):.1f}"
     )
     if before is not None and after is not None:
         cumulative = {le: after[le] - before.get(le, 0.0) for le in sorted(after)}

@@ -58,9 +58,9 @@ import httpx
 import load
 import numpy as np
 import torch
+from common import POCKETSPHINX_DATA, Clip, default_piper_voice, load_speech, summary
 from plots import capacity_figure, plot_path_problem
 from rest_speech import AsrRecord, asr_record
-from turn_latency import POCKETSPHINX_DATA, Clip, default_piper_voice, load_speech, summary
 from vocoder_rtf import run_once
 
 DEFAULT_LEVELS = "1,8,32,64"

@@ -40,20 +40,21 @@ from urllib.parse import urlparse
 import httpx
 import numpy as np
 import psutil
-from plots import capacity_figure, plot_path_problem
-from turn_latency import (
+from common import (
+    ANSWERED,
     FAILURES,
     POCKETSPHINX_DATA,
+    STAGES,
     Clip,
     default_piper_voice,
     load_speech,
+    server_pid,
     summary,
 )
+from plots import capacity_figure, plot_path_problem
 
 from voxgate.clients.realtime_client import SAMPLE_RATE, RealtimeClient, TurnEvents
 
-STAGES = ("end_of_turn_wait", "asr", "lm_first_token", "lm_first_sentence", "tts_first_chunk",
-          "server_overhead")  # fmt: skip
 MAX_CLIP_S = 6.0
 """Questions longer than this are left out: a turn is a question, not a reading."""
 
@@ -133,8 +134,7 @@ async def run_session(
                 session.turns.append(Turn(ok=False, failure=f"{type(e).__name__}: {e}"))
                 break
             turn = Turn(
-                ok=result.status in ("completed", "incomplete")
-                and result.turn_latency_ms is not None,
+                ok=result.status in ANSWERED and result.turn_latency_ms is not None,
                 client_ms=result.turn_latency_ms,
                 server_ms=result.server_timings_ms,
                 underrun_ms=underrun_ms(client.arrivals),
@@ -306,7 +306,7 @@ def report(levels: list[Level], args: argparse.Namespace) -> str:
     lines += ["", "server stage p50 (ms) by N:"]
     header = f"{'stage':<18}" + "".join(f"{f'N={lv.n}':>9}" for lv in levels)
     lines.append(header)
-    for stage in (*STAGES, "turn_latency"):
+    for stage in STAGES:
         row = f"{stage:<18}"
         for level in levels:
             values = [
@@ -373,16 +373,6 @@ def level_results(level: Level, args: argparse.Namespace) -> dict[str, Any]:
             for s, k in zip(level.sessions, kept, strict=True)
         ],
     }
-
-
-def server_pid(args: argparse.Namespace) -> int:
-    if args.server_pid:
-        return args.server_pid
-    port = urlparse(args.url).port or 80
-    for conn in psutil.net_connections(kind="tcp"):
-        if conn.status == psutil.CONN_LISTEN and conn.laddr.port == port and conn.pid:
-            return conn.pid
-    sys.exit(f"no process listens on port {port}: pass --server-pid")
 
 
 def check_loopback(url: str) -> None:

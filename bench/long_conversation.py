@@ -43,13 +43,21 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlparse
 
 import httpx
 import numpy as np
 import psutil
-from turn_latency import FAILURES, POCKETSPHINX_DATA, Clip, default_piper_voice, load_speech
-from websockets.asyncio.client import ClientConnection, connect
+from common import (
+    ANSWERED,
+    FAILURES,
+    POCKETSPHINX_DATA,
+    Clip,
+    default_piper_voice,
+    load_speech,
+    percentile,
+    server_pid,
+    status_counts,
+)
 from websockets.exceptions import ConnectionClosed
 
 from voxgate.clients.realtime_client import (
@@ -98,10 +106,6 @@ MAX_SUMMARY_CHARS = 600
 """How much of a summary is printed."""
 
 
-def percentile(values: Sequence[float], q: float) -> float | None:
-    return float(np.percentile(np.asarray(values, dtype=np.float64), q)) if values else None
-
-
 def fmt(value: float | None, digits: int = 0) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
@@ -136,20 +140,17 @@ class Fold:
     summary: str
 
 
-class TextSession:
+class TextSession(RealtimeClient):
     """One realtime session driven by text turns. A reader task notes when each event arrives:
     a turn's text and `response.done`, summary folds and deleted items (which come between
     turns, whenever the fold ends)."""
 
     def __init__(self, url: str, api_key: str | None, max_output_tokens: int, timeout_s: float):
-        self.url = url
-        self.api_key = api_key
+        super().__init__(url, api_key=api_key, timeout_s=timeout_s)
         self.max_output_tokens = max_output_tokens
-        self.timeout_s = timeout_s
         self.folds: list[Fold] = []
         self.items_deleted = 0
         self.errors: list[dict[str, Any]] = []
-        self._ws: ClientConnection | None = None
         self._reader: asyncio.Task[None] | None = None
         self._turn: TextTurn | None = None
         self._done: asyncio.Future[None] | None = None
@@ -159,25 +160,18 @@ class TextSession:
         """The server closed the connection: no more turns."""
 
     async def __aenter__(self) -> TextSession:
-        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else None
-        self._ws = await connect(self.url, additional_headers=headers, max_size=16 << 20)
+        await self.connect()
         try:
-            await self._expect("session.created")
-            await self._send(
+            await self.session_update(
                 {
-                    "type": "session.update",
-                    "session": {
-                        "type": "realtime",
-                        "instructions": PERSONA,
-                        "output_modalities": ["text"],
-                        "max_output_tokens": self.max_output_tokens,
-                        "audio": {"input": {"turn_detection": None}},
-                    },
+                    "instructions": PERSONA,
+                    "output_modalities": ["text"],
+                    "max_output_tokens": self.max_output_tokens,
+                    "audio": {"input": {"turn_detection": None}},
                 }
             )
-            await self._expect("session.updated")
         except BaseException:
-            await self._ws.close()
+            await self.close()
             raise
         self._reader = asyncio.create_task(self._read())
         return self
@@ -187,8 +181,7 @@ class TextSession:
             self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
                 await self._reader
-        if self._ws is not None:
-            await self._ws.close()
+        await self.close()
 
     async def turn(self, index: int, text: str, max_output_tokens: int | None = None) -> TextTurn:
         """Say `text` as the user and wait for the whole answer; a failure is noted, not raised."""
@@ -270,26 +263,6 @@ class TextSession:
                             ConnectionError(f"refused: {error.get('code')}: {error.get('message')}")
                         )
 
-    async def _expect(self, kind: str) -> dict[str, Any]:
-        async with asyncio.timeout(self.timeout_s):
-            while True:
-                event = json.loads(await self._require().recv())
-                if event.get("type") == kind:
-                    return event
-                if event.get("type") == "error":
-                    raise ConnectionError(f"the server refused the session: {event.get('error')}")
-
-    async def _send(self, event: dict[str, Any]) -> None:
-        try:
-            await self._require().send(json.dumps(event, separators=(",", ":")))
-        except ConnectionClosed as e:
-            raise ConnectionError(f"the server closed the connection: {e}") from e
-
-    def _require(self) -> ClientConnection:
-        if self._ws is None:
-            raise RuntimeError("not connected: use `async with TextSession(...)`")
-        return self._ws
-
 
 def user_text(index: int) -> str:
     """Turn 1 states the fact; the others are short questions on changing topics."""
@@ -316,16 +289,6 @@ def trip_text(trial: int, words: int) -> str:
 
 
 # --- the server's process tree and metrics --------------------------------------------------
-
-
-def server_pid(args: argparse.Namespace) -> int:
-    if args.server_pid:
-        return args.server_pid
-    port = urlparse(args.url).port or 80
-    for conn in psutil.net_connections(kind="tcp"):
-        if conn.status == psutil.CONN_LISTEN and conn.laddr.port == port and conn.pid:
-            return conn.pid
-    sys.exit(f"no process listens on port {port}: pass --server-pid")
 
 
 def tree_rss(pid: int) -> int | None:
@@ -471,13 +434,10 @@ def report_long(result: LongSession, args: argparse.Namespace) -> list[str]:
         f"server RSS GB before / every 10 turns: {gb(result.rss_before)} / "
         + " ".join(gb(r) for r in samples),
     ]
-    statuses: dict[str, int] = {}
-    for t in turns:
-        statuses[t.status] = statuses.get(t.status, 0) + 1
     failures = [f"turn {t.index}: {t.failure}" for t in turns if t.failure]
     lines.append(
         "answers: "
-        + ", ".join(f"{n} {s}" for s, n in sorted(statuses.items()))
+        + status_counts(t.status for t in turns)
         + (f"; {len(result.errors)} error events" if result.errors else "")
     )
     lines += failures[:5]
@@ -610,7 +570,7 @@ async def spoken_turn(b: AudioClient, clip: Clip, trial: Trial) -> tuple[float, 
         return None
     trial.status, trial.server_ms = result.status, result.server_timings_ms
     trial.client_ms = result.turn_latency_ms
-    if result.status not in ("completed", "incomplete") or result.turn_latency_ms is None:
+    if result.status not in ANSWERED or result.turn_latency_ms is None:
         trial.failure = f"status {result.status}"
         return None
     if b.first_audio_at is None:

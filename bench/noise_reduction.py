@@ -28,9 +28,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-import soxr
-from rest_speech import edits, normalised
-from turn_latency import POCKETSPHINX_DATA, recorded_clips
+from common import POCKETSPHINX_DATA, edits, mono_16k, normalised, recorded_clips
 
 from voxgate.model import artifacts
 from voxgate.model.artifacts import RNNOISE, SILERO_VAD, WHISPER_TINY_EN
@@ -105,8 +103,7 @@ def main(args: argparse.Namespace) -> None:
     vad_model = SileroModel(artifacts.verify(SILERO_VAD, home) / SILERO_VAD.files[0].name)
     asr = WhisperASR(artifacts.verify(WHISPER_TINY_EN, home), threads=2, beam_size=1)
     clips = [c for c in recorded_clips(Path(args.speech)) if c.reference]
-    clean = [soxr.resample(c.audio.astype(np.float32), c.sample_rate, RATE) for c in clips]
-    clean = [x / 32768 if np.abs(x).max() > 2 else x for x in clean]  # .raw files are s16
+    clean = [mono_16k(c) for c in clips]
     rng = np.random.default_rng(args.seed)
     costs: list[float] = []
     print(f"{len(clips)} recorded clips, {sum(len(x) for x in clean) / RATE:.0f} s of speech")

@@ -31,19 +31,22 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import httpx
-import numpy as np
-from rest_speech import PCM_RATE, as_float, wav_file
-from turn_latency import (
+from common import (
     FAILURES,
+    PCM_RATE,
     POCKETSPHINX_DATA,
     Clip,
     TurnRecord,
+    as_float,
     default_piper_voice,
     load_speech,
     one_turn,
+    percentile,
+    progress_line,
+    session_settings,
+    wav_file,
 )
 
 from voxgate.clients.realtime_client import RealtimeClient
@@ -176,15 +179,10 @@ def latin_square(levels: list[int], rounds: int) -> list[list[int]]:
 
 
 async def open_session(args: argparse.Namespace) -> RealtimeClient:
-    session_update: dict[str, Any] = {}
-    if args.instructions:
-        session_update["instructions"] = args.instructions
-    if args.max_output_tokens:
-        session_update["max_output_tokens"] = args.max_output_tokens
     client = RealtimeClient(args.url, api_key=args.api_key, timeout_s=args.timeout)
     try:
         await client.connect()
-        await client.session_update(session_update)
+        await client.session_update(session_settings(args))
     except BaseException:
         await client.close()
         raise
@@ -218,7 +216,8 @@ async def run_block(
             turn = first_turn + k
             record = await one_turn(client, clips[turn % len(clips)], turn, round_)
             turns.append(record)
-            print(progress_line(record, level), file=sys.stderr)
+            tag = f"turn {turn:>3} level {level}"
+            print(progress_line(tag, record, heard=False), file=sys.stderr)
             if record.status is None:
                 break  # the turn raised: the session is in doubt, end the block here
         load_s = time.monotonic() - load.started
@@ -233,17 +232,6 @@ async def run_block(
             await asyncio.gather(load_task, return_exceptions=True)
     rest = [r for r in load.records if r.done_at <= load_s]
     return Block(round_, level, turns, rest, load_s)
-
-
-def progress_line(record: TurnRecord, level: int) -> str:
-    tag = f"turn {record.turn:>3} level {level}"
-    if not record.ok:
-        return f"{tag} {record.clip}: FAILED {record.failure}"
-    server = record.server_timings_ms.get("turn_latency")
-    return (
-        f"{tag} {record.clip}: client {record.client_turn_latency_ms:.0f} ms, server "
-        f"{'n/a' if server is None else f'{server:.0f} ms'}"
-    )
 
 
 async def rest_material(
@@ -282,7 +270,8 @@ async def run(
             try:
                 for k in range(args.warmup):
                     record = await one_turn(client, turn_clips[k % len(turn_clips)], -1, -1)
-                    print(f"warm-up: {progress_line(record, 0)}", file=sys.stderr)
+                    tag = f"warm-up: turn {record.turn:>3} level 0"
+                    print(progress_line(tag, record, heard=False), file=sys.stderr)
             finally:
                 await client.close()
         blocks: list[Block] = []
@@ -297,10 +286,6 @@ async def run(
 
 
 # --- report --------------------------------------------------------------------------------
-
-
-def p(values: list[float], q: float) -> float | None:
-    return float(np.percentile(values, q)) if values else None
 
 
 def cell(value: float | None, fmt: str, width: int) -> str:
@@ -342,13 +327,13 @@ def latency_rows(blocks: list[Block], levels: list[int]) -> list[str]:
         ok = [t for t in per_level[n] if t.ok]
         row = f"{n:<13}{len(ok):>4}{len(per_level[n]) - len(ok):>5} |"
         for values, base_values in ((client[n], client[base]), (server[n], server[base])):
-            p50, p95 = p(values, 50), p(values, 95)
+            p50, p95 = percentile(values, 50), percentile(values, 95)
             row += cell(p50, ".0f", 11) + cell(p95, ".0f", 7)
-            row += cell(ratio(p50, p(base_values, 50)), ".2f", 7)
-            row += cell(ratio(p95, p(base_values, 95)), ".2f", 7) + " |"
+            row += cell(ratio(p50, percentile(base_values, 50)), ".2f", 7)
+            row += cell(ratio(p95, percentile(base_values, 95)), ".2f", 7) + " |"
         for stage in STAGES:
             values = [t.server_timings_ms[stage] for t in ok if stage in t.server_timings_ms]
-            row += cell(p(values, 50), ".0f", 10)
+            row += cell(percentile(values, 50), ".0f", 10)
         lines.append(row)
     return lines
 
@@ -375,8 +360,8 @@ def rest_rows(blocks: list[Block], levels: list[int]) -> list[str]:
                 f"{len(records) - len(ok) - refused:>5}"
                 f"{60 * len(ok) / max(seconds, 1e-9):>9.1f}"
                 f"{sum(r.audio_s for r in ok) / max(seconds, 1e-9):>10.2f}"
-                + cell(p(times, 50), ".2f", 14)
-                + cell(p(times, 95), ".2f", 7)
+                + cell(percentile(times, 50), ".2f", 14)
+                + cell(percentile(times, 95), ".2f", 7)
             )
     return lines
 

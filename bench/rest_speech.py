@@ -16,10 +16,8 @@ run it once per backbone.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
-import re
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -28,15 +26,22 @@ from typing import Any
 
 import httpx
 import numpy as np
-import soundfile as sf
-import soxr
+from common import (
+    PCM_RATE,
+    POCKETSPHINX_DATA,
+    Clip,
+    as_float,
+    edits,
+    mono_16k,
+    normalised,
+    recorded_clips,
+    summary,
+    wav_file,
+)
 from plots import plot_path_problem, rtf_figure
 
-# Run as a script, this folder is on sys.path: the clip loader is the turn benchmark's.
-from turn_latency import POCKETSPHINX_DATA, Clip, recorded_clips, summary
+from voxgate.model.types import INPUT_SAMPLE_RATE
 
-PCM_RATE = 24_000
-"""`response_format=pcm` is 24 kHz s16le mono."""
 TTS_TEXTS = {
     "short": "Hello there.",
     "medium": "The weather is lovely today. Let us go for a walk in the park, and then have lunch.",
@@ -49,39 +54,6 @@ TTS_TEXTS = {
         "black mustache and ruggedly handsome features."
     ),
 }
-_ONES = (
-    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
-    "fifteen sixteen seventeen eighteen nineteen"
-).split()
-_TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
-_SPELLED = {"mr": "mister", "mrs": "missus", "dr": "doctor"}
-
-
-# --- word error rate ------------------------------------------------------------------------
-
-
-def _spelled(word: str) -> list[str]:
-    """Whisper writes "10 of clubs" and "Mr."; the references say "ten" and "mister"."""
-    if word.isdigit() and int(word) < 100:
-        n = int(word)
-        if n < 20:
-            return [_ONES[n]]
-        return [_TENS[n // 10]] + ([_ONES[n % 10]] if n % 10 else [])
-    return [_SPELLED.get(word, word)]
-
-
-def normalised(text: str) -> list[str]:
-    return [w for raw in re.findall(r"[a-z0-9']+", text.lower()) for w in _spelled(raw)]
-
-
-def edits(reference: list[str], hypothesis: list[str]) -> int:
-    """Word-level Levenshtein distance."""
-    row = list(range(len(hypothesis) + 1))
-    for i, r in enumerate(reference, start=1):
-        previous, row[0] = row[0], i
-        for j, h in enumerate(hypothesis, start=1):
-            previous, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, previous + (r != h))
-    return row[-1]
 
 
 # --- measuring ------------------------------------------------------------------------------
@@ -118,12 +90,6 @@ class TtsRecord:
         return self.seconds / self.audio_s
 
 
-def wav_file(audio: np.ndarray, rate: int) -> bytes:
-    out = io.BytesIO()
-    sf.write(out, audio, rate, format="WAV", subtype="PCM_16")
-    return out.getvalue()
-
-
 def transcribe(http: httpx.Client, name: str, audio: np.ndarray, rate: int) -> tuple[str, float]:
     started = time.perf_counter()
     response = http.post(
@@ -134,11 +100,6 @@ def transcribe(http: httpx.Client, name: str, audio: np.ndarray, rate: int) -> t
     seconds = time.perf_counter() - started
     response.raise_for_status()
     return response.json()["text"], seconds
-
-
-def as_float(audio: np.ndarray) -> np.ndarray:
-    """Clips are float32, or int16 for the headerless `.raw` ones."""
-    return audio.astype(np.float32) / (32768 if audio.dtype == np.int16 else 1)
 
 
 def asr_record(http: httpx.Client, clip: Clip) -> AsrRecord:
@@ -160,12 +121,9 @@ def joined(clips: list[Clip], gap_s: float = 1.0) -> Clip:
     """All clips with references as one long 16 kHz file, 1 s of silence between them."""
     parts, references = [], []
     for clip in clips:
-        audio = as_float(clip.audio)
-        if audio.ndim > 1:
-            audio = audio.mean(axis=1)
-        parts += [soxr.resample(audio, clip.sample_rate, 16_000), np.zeros(int(gap_s * 16_000))]
+        parts += [mono_16k(clip), np.zeros(int(gap_s * INPUT_SAMPLE_RATE))]
         references.append(clip.reference or "")
-    return Clip("all clips joined", np.concatenate(parts), 16_000, " ".join(references))
+    return Clip("all clips joined", np.concatenate(parts), INPUT_SAMPLE_RATE, " ".join(references))
 
 
 def tts_record(http: httpx.Client, voice: str, name: str, text: str) -> TtsRecord:

@@ -25,181 +25,34 @@ import argparse
 import asyncio
 import json
 import os
-import re
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import soundfile as sf
+from common import (
+    FAILURES,
+    POCKETSPHINX_DATA,
+    STAGES,
+    Clip,
+    TurnRecord,
+    default_piper_voice,
+    load_speech,
+    one_turn,
+    progress_line,
+    session_settings,
+    statuses,
+    summary,
+)
 from plots import plot_path_problem, turn_latency_figure
-from websockets.exceptions import WebSocketException
 
-from voxgate.clients.realtime_client import RealtimeClient, RealtimeError
-
-FAILURES = (TimeoutError, OSError, RealtimeError, WebSocketException)
-"""What a turn or a connection can fail with (OSError covers ConnectionError)."""
-ANSWERED = ("completed", "incomplete")
-"""Statuses of an answer whose first audio counts: `incomplete` is an answer cut at
-max_output_tokens, which says nothing about how soon it started."""
-
-POCKETSPHINX_DATA = Path("/usr/share/pocketsphinx/test/data")
-RAW_RATE = 16_000
-"""pocketsphinx's `.raw` files are headerless 16 kHz mono s16le."""
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
-PIPER_QUESTIONS = (
-    "What is the capital of France?",
-    "Can you tell me a fun fact about octopuses?",
-    "How many minutes are there in a day?",
-    "What should I cook for dinner tonight?",
-    "Why is the sky blue?",
-    "Give me a tip for sleeping better.",
-    "What is the tallest mountain in the world?",
-    "How do I say thank you in Spanish?",
-)
-STAGES = (
-    "end_of_turn_wait",
-    "asr",
-    "lm_first_token",
-    "lm_first_sentence",
-    "tts_first_chunk",
-    "server_overhead",
-    "turn_latency",
-)
-_SPHINX_LINE = re.compile(r"^\s*(?:<s>)?\s*(?P<text>.*?)\s*(?:</s>)?\s*\((?P<id>[^()]+)\)\s*$")
-
-
-@dataclass
-class Clip:
-    name: str
-    audio: np.ndarray
-    sample_rate: int
-    reference: str | None = None
-
-
-@dataclass
-class TurnRecord:
-    turn: int
-    session: int
-    clip: str
-    reference: str | None
-    ok: bool
-    failure: str | None = None
-    status: str | None = None
-    responses: int = 0
-    user_transcript: str = ""
-    assistant_transcript: str = ""
-    reply_audio_s: float = 0.0
-    client_turn_latency_ms: float | None = None
-    server_timings_ms: dict[str, float] = field(default_factory=dict)
-    errors: list[dict[str, Any]] = field(default_factory=list)
-
-
-# --- speech --------------------------------------------------------------------------------
-
-
-def sphinx_transcripts(directory: Path) -> dict[str, str]:
-    """Reference texts from sphinx `transcription` files (`<s> words </s> (utterance-id)`)."""
-    texts: dict[str, str] = {}
-    for path in directory.rglob("*"):
-        if path.is_file() and (path.name == "transcription" or path.suffix == ".transcription"):
-            for line in path.read_text(errors="replace").splitlines():
-                if match := _SPHINX_LINE.match(line):
-                    texts[match["id"]] = match["text"]
-    return texts
-
-
-def recorded_clips(directory: Path) -> list[Clip]:
-    """Every audio file under `directory` (and `.raw` files, read as 16 kHz s16le mono)."""
-    references = sphinx_transcripts(directory)
-    clips = []
-    for path in sorted(directory.rglob("*")):
-        if not path.is_file():
-            continue
-        if path.suffix == ".raw":
-            audio, rate = np.fromfile(path, dtype="<i2"), RAW_RATE
-        elif path.suffix.lower() in AUDIO_SUFFIXES:
-            audio, rate = sf.read(path, dtype="float32")
-        else:
-            continue
-        name = str(path.relative_to(directory))
-        clips.append(Clip(name, audio, int(rate), references.get(path.stem)))
-    return clips
-
-
-def default_piper_voice() -> Path:
-    home = Path(os.environ.get("VOXGATE_HOME", Path.home() / ".cache" / "voxgate"))
-    return home / "models" / "piper-en_US-joe-medium" / "en_US-joe-medium.onnx"
-
-
-def piper_clips(voice_path: Path) -> list[Clip]:
-    from piper import PiperVoice  # only the fallback needs it (GPL, in the `cpu` extra)
-
-    voice = PiperVoice.load(str(voice_path))
-    clips = []
-    for i, text in enumerate(PIPER_QUESTIONS):
-        chunks = list(voice.synthesize(text))
-        audio = np.concatenate([c.audio_float_array for c in chunks])
-        clips.append(Clip(f"piper-{i:02d}", audio, chunks[0].sample_rate, text))
-    return clips
-
-
-def load_speech(args: argparse.Namespace) -> tuple[list[Clip], str]:
-    """The clips and a line that says where they came from."""
-    if args.source != "piper":
-        directory = Path(args.speech)
-        clips = recorded_clips(directory) if directory.is_dir() else []
-        if clips:
-            return clips, f"recorded: {len(clips)} clips under {directory}"
-        if args.source == "recorded":
-            sys.exit(
-                f"no speech under {directory}: apt-get install pocketsphinx-testdata, "
-                "or pass --speech DIR"
-            )
-    voice = Path(args.piper_voice)
-    if not voice.is_file():
-        sys.exit(f"no Piper voice at {voice}: set VOXGATE_HOME, or run voxgate fetch-models")
-    clips = piper_clips(voice)
-    return clips, f"synthesised: {len(clips)} Piper questions ({voice.name})"
-
+from voxgate.clients.realtime_client import RealtimeClient
 
 # --- running turns -------------------------------------------------------------------------
 
 
-async def one_turn(client: RealtimeClient, clip: Clip, turn: int, session: int) -> TurnRecord:
-    record = TurnRecord(turn, session, clip.name, clip.reference, ok=False)
-    try:
-        result = await client.send_turn(clip.audio, clip.sample_rate)
-    except FAILURES as e:
-        record.failure = f"{type(e).__name__}: {e}"
-        return record
-    record.status = result.status
-    record.responses = result.responses
-    record.user_transcript = result.user_transcript
-    record.assistant_transcript = result.assistant_transcript
-    record.reply_audio_s = round(len(result.audio) / 24_000, 3)
-    record.client_turn_latency_ms = (
-        None if result.turn_latency_ms is None else round(result.turn_latency_ms, 1)
-    )
-    record.server_timings_ms = result.server_timings_ms
-    record.errors = result.errors
-    if result.status not in ANSWERED:
-        record.failure = f"response status {result.status}: {result.status_details}"
-    elif result.turn_latency_ms is None:
-        record.failure = "no answer audio (or no speech found in the clip)"
-    else:
-        record.ok = True
-    return record
-
-
 async def run(args: argparse.Namespace, clips: list[Clip]) -> list[TurnRecord]:
-    session_update: dict[str, Any] = {}
-    if args.instructions:
-        session_update["instructions"] = args.instructions
-    if args.max_output_tokens:
-        session_update["max_output_tokens"] = args.max_output_tokens
+    session_update = session_settings(args)
     records: list[TurnRecord] = []
     total = args.warmup + args.turns
     turn, session = 0, 0
@@ -226,8 +79,8 @@ async def run(args: argparse.Namespace, clips: list[Clip]) -> list[TurnRecord]:
                 clip = clips[turn % len(clips)]
                 record = await one_turn(client, clip, turn, session)
                 records.append(record)
-                measured = turn >= args.warmup
-                print(progress_line(record, measured), file=sys.stderr)
+                tag = f"turn {record.turn:>3}" if turn >= args.warmup else "warm-up "
+                print(progress_line(tag, record), file=sys.stderr)
                 turn += 1
                 if record.status is None:
                     break  # the turn raised: its session is in doubt, carry on in a fresh one
@@ -236,39 +89,7 @@ async def run(args: argparse.Namespace, clips: list[Clip]) -> list[TurnRecord]:
     return records[args.warmup :]
 
 
-def progress_line(record: TurnRecord, measured: bool) -> str:
-    tag = f"turn {record.turn:>3}" if measured else "warm-up "
-    if not record.ok:
-        return f"{tag} {record.clip}: FAILED {record.failure}"
-    server = record.server_timings_ms.get("turn_latency")
-    return (
-        f"{tag} {record.clip}: client {record.client_turn_latency_ms:.0f} ms, server "
-        f"{'n/a' if server is None else f'{server:.0f} ms'} | heard {record.user_transcript!r}"
-    )
-
-
 # --- report --------------------------------------------------------------------------------
-
-
-def summary(values: list[float]) -> dict[str, float]:
-    data = np.asarray(values, dtype=np.float64)
-    return {
-        "p50": float(np.percentile(data, 50)),
-        "p95": float(np.percentile(data, 95)),
-        "mean": float(data.mean()),
-        "min": float(data.min()),
-        "max": float(data.max()),
-    }
-
-
-def statuses(records: list[TurnRecord]) -> str:
-    counts: dict[str, int] = {}
-    for r in records:
-        key = r.status or "raised"
-        counts[key] = counts.get(key, 0) + 1
-    split = sum(r.responses > 1 for r in records)
-    line = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
-    return line + (f"; {split} turns split by the server VAD" if split else "")
 
 
 def table(records: list[TurnRecord], source: str, args: argparse.Namespace) -> str:

@@ -39,9 +39,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
-
-# Run as a script, this folder is on sys.path: speech loading and turns are the turn benchmark's.
-from turn_latency import (
+from common import (
     FAILURES,
     POCKETSPHINX_DATA,
     STAGES,
@@ -50,19 +48,16 @@ from turn_latency import (
     default_piper_voice,
     load_speech,
     one_turn,
+    progress_line,
+    statuses,
     summary,
 )
-from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from voxgate.clients.realtime_client import (
-    MAX_MESSAGE_BYTES,
     SAMPLE_RATE,
     RealtimeClient,
-    RealtimeError,
-    default_session,
     from_pcm16,
-    merge,
     prepare_audio,
     to_pcm16,
     voiced_end,
@@ -124,7 +119,7 @@ async def arm_session(
         for i, clip in enumerate(clips):
             record = await one_turn(client, clip, first_turn + i, 0)
             session.turns.append(record)
-            print(progress(arm, record), file=sys.stderr)
+            print(progress_line(f"{arm:<19}", record), file=sys.stderr)
             if record.status is None:
                 break  # the turn raised: the rest of this session is in doubt
     except FAILURES as e:
@@ -135,16 +130,6 @@ async def arm_session(
         await client.close()
     session.metrics_delta = metrics_delta(before, await scrape_metrics(args))
     return session
-
-
-def progress(arm: str, record: TurnRecord) -> str:
-    if not record.ok:
-        return f"{arm:<19} {record.clip}: FAILED {record.failure}"
-    server = record.server_timings_ms.get("turn_latency")
-    return (
-        f"{arm:<19} {record.clip}: client {record.client_turn_latency_ms:.0f} ms, server "
-        f"{'n/a' if server is None else f'{server:.0f} ms'} | heard {record.user_transcript!r}"
-    )
 
 
 async def speculative_ab(args: argparse.Namespace, clips: list[Clip]) -> list[ArmSession]:
@@ -231,15 +216,6 @@ def speculative_report(sessions: list[ArmSession], source: str, args: argparse.N
 def applied(sessions: list[ArmSession], arm: str) -> str:
     seen = {json.dumps(s.applied, sort_keys=True) for s in sessions if s.arm == arm}
     return " | ".join(sorted(seen)) or "-"
-
-
-def statuses(records: list[TurnRecord]) -> str:
-    counts: dict[str, int] = {}
-    for r in records:
-        counts[r.status or "raised"] = counts.get(r.status or "raised", 0) + 1
-    split = sum(r.responses > 1 for r in records)
-    line = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
-    return line + (f"; {split} turn(s) split by the server VAD" if split else "")
 
 
 def paired_differences(sessions: list[ArmSession]) -> list[float]:
@@ -456,26 +432,26 @@ def voiced_span(samples: np.ndarray) -> tuple[int, int]:
     return start, end
 
 
-class EchoConversation:
-    """Streams the microphone (user speech + echo + noise) at real-time pace and follows the
-    server's events, until the conversation settles or `cap_s` of microphone time passes."""
+class EchoConversation(RealtimeClient):
+    """A client whose microphone (user speech + echo + noise) streams at real-time pace while it
+    follows the server's events, until the conversation settles or `cap_s` of microphone time
+    passes."""
 
     def __init__(
         self,
-        ws: ClientConnection,
         episode: EchoEpisode,
         path: EchoPath,
         question: np.ndarray,
         interruption: np.ndarray | None,
         args: argparse.Namespace,
-        prefix_padding_ms: int,
     ) -> None:
-        self._ws = ws
+        super().__init__(args.url, api_key=args.api_key, timeout_s=args.timeout)
         self.episode = episode
         self._path = path
         self._args = args
         self._chunk = SAMPLE_RATE * args.chunk_ms // 1000
-        self._prefix_ms = prefix_padding_ms
+        self._prefix_ms = 0
+        """The server VAD's prefix padding (`run` is told it)."""
         self._rng = np.random.default_rng(0)  # the same noise in every session
         self._noise_rms = 10 ** (path.noise_dbfs / 20)
         lead = SAMPLE_RATE // 2
@@ -500,10 +476,11 @@ class EchoConversation:
     def _shift(span: tuple[int, int], by: int) -> tuple[int, int]:
         return span[0] + by, span[1] + by
 
-    async def run(self) -> None:
+    async def run(self, prefix_padding_ms: int) -> None:
+        self._prefix_ms = prefix_padding_ms
         receiver = asyncio.create_task(self._receive())
         try:
-            await self._send(receiver)
+            await self._speak(receiver)
         finally:
             receiver.cancel()
             with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
@@ -513,7 +490,7 @@ class EchoConversation:
 
     # --- the microphone -------------------------------------------------------------------
 
-    async def _send(self, receiver: asyncio.Task[None]) -> None:
+    async def _speak(self, receiver: asyncio.Task[None]) -> None:
         started = time.monotonic()
         while not self._over():
             if receiver.done():
@@ -523,12 +500,7 @@ class EchoConversation:
             if (wait := started + last / SAMPLE_RATE - time.monotonic()) > 0:
                 await asyncio.sleep(wait)
             data = base64.b64encode(to_pcm16(self._microphone(first, last))).decode()
-            try:
-                await self._ws.send(
-                    json.dumps({"type": "input_audio_buffer.append", "audio": data})
-                )
-            except ConnectionClosed as e:
-                raise ConnectionError(f"the server closed the connection: {e}") from e
+            await self._send({"type": "input_audio_buffer.append", "audio": data})
             self.position = last
             for seg in self._segments:
                 if seg.onset_sent_at is None and first <= seg.voiced[0] < last:
@@ -584,7 +556,7 @@ class EchoConversation:
     # --- the server's events --------------------------------------------------------------
 
     async def _receive(self) -> None:
-        async for message in self._ws:
+        async for message in self._require():
             event = json.loads(message)
             if isinstance(event, dict):
                 self._on_event(event)
@@ -664,44 +636,23 @@ async def echo_episode(
 ) -> EchoEpisode:
     text, audio = question
     episode = EchoEpisode(guard, text, interruption is not None)
-    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else None
-    update = merge(
-        default_session(),
-        {
-            "instructions": STORY_INSTRUCTIONS,
-            "max_output_tokens": args.story_tokens,
-            **turn_detection({"echo_guard": guard, "min_interruption_ms": 0}),
-        },
-    )
+    path = EchoPath(args.echo_delay_ms, args.echo_gain_db, args.noise_dbfs)
+    update = {
+        "instructions": STORY_INSTRUCTIONS,
+        "max_output_tokens": args.story_tokens,
+        **turn_detection({"echo_guard": guard, "min_interruption_ms": 0}),
+    }
+    conversation = EchoConversation(episode, path, audio, interruption, args)
     try:
-        async with connect(
-            args.url, additional_headers=headers, max_size=MAX_MESSAGE_BYTES, open_timeout=30
-        ) as ws:
-            await ws.send(json.dumps({"type": "session.update", "session": update}))
-            session = await expect_session(ws, args.timeout)
+        async with conversation:
+            session = await conversation.session_update(update)
             td = session["audio"]["input"]["turn_detection"]
             if td.get("x_voxgate", {}).get("echo_guard") is not guard:
                 raise RuntimeError(f"the server did not apply echo_guard={guard}: {td}")
-            conversation = EchoConversation(
-                ws, episode, EchoPath(args.echo_delay_ms, args.echo_gain_db, args.noise_dbfs),
-                audio, interruption, args, int(td.get("prefix_padding_ms", 300)),
-            )  # fmt: skip
-            await conversation.run()
+            await conversation.run(int(td.get("prefix_padding_ms", 300)))
     except (*FAILURES, RuntimeError, KeyError) as e:
         episode.failure = f"{type(e).__name__}: {e}"
     return episode
-
-
-async def expect_session(ws: ClientConnection, timeout_s: float) -> dict[str, Any]:
-    """The session of the `session.updated` that answers our update (an error raises)."""
-    async with asyncio.timeout(timeout_s):
-        async for message in ws:
-            event = json.loads(message)
-            if event.get("type") == "session.updated":
-                return event["session"]
-            if event.get("type") == "error":
-                raise RealtimeError(event.get("error") or {})
-    raise ConnectionError("the server closed the connection before session.updated")
 
 
 def spoken_questions(args: argparse.Namespace) -> tuple[list[tuple[str, np.ndarray]], str]:

@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from common import POCKETSPHINX_DATA, mono_16k, percentile, recorded_clips
 from pydantic import Field
 
 from voxgate.model.engine import EngineConfig
@@ -58,8 +59,6 @@ from voxgate.model.types import (
     TurnTrace,
 )
 
-SPEECH_DIR = Path("/usr/share/pocketsphinx/test/data")
-"""Debian's pocketsphinx-testdata: real read speech (cards/ 1-3.5 s, librivox/ 3-7 s)."""
 TURN_MAX_SECONDS = 4.0
 """Clips up to this long are realtime user turns; longer ones are ASR material."""
 INSTRUCTIONS = "You are a helpful voice assistant. Answer in one or two short sentences."
@@ -73,21 +72,9 @@ PROBE_MARK = "PROBE-RESULT "
 
 def load_clips(folder: Path | None) -> tuple[list[np.ndarray], list[np.ndarray], str]:
     """(short clips for realtime turns, longer clips for ASR, a description)."""
-    import soundfile as sf
-    import soxr
-
-    files = (
-        sorted(p for p in folder.rglob("*") if p.suffix in (".wav", ".flac", ".ogg"))
-        if (folder and folder.is_dir())
-        else []
-    )
-    clips = []
-    for path in files:
-        data, rate = sf.read(path, dtype="float32", always_2d=True)
-        mono = data.mean(axis=1)
-        if rate != INPUT_SAMPLE_RATE:
-            mono = soxr.resample(mono, rate, INPUT_SAMPLE_RATE).astype(np.float32)
-        clips.append(mono)
+    recorded = recorded_clips(folder) if (folder and folder.is_dir()) else []
+    # Audio files only: pocketsphinx's headerless `.raw` utterances are not read here.
+    clips = [mono_16k(c) for c in recorded if not c.name.endswith(".raw")]
     if not clips:
         return synthetic_clips()
     short = [c for c in clips if len(c) <= TURN_MAX_SECONDS * INPUT_SAMPLE_RATE]
@@ -657,16 +644,11 @@ def ms(values: Sequence[float | None]) -> list[float]:
     return [1000 * v for v in values if v is not None]
 
 
-def p95(values: Sequence[float]) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
-
-
 def summary(values: Sequence[float], digits: int = 0) -> str:
     if not values:
         return f"{'-':>7} {'-':>7} {'-':>7}"
     return (
-        f"{statistics.median(values):7.{digits}f} {p95(values):7.{digits}f} "
+        f"{statistics.median(values):7.{digits}f} {percentile(values, 95):7.{digits}f} "
         f"{max(values):7.{digits}f}"
     )
 
@@ -716,7 +698,7 @@ def print_report(report: Report, args: argparse.Namespace) -> None:
         positions = " ".join(f"{v:.2f}" for v in c.per_position) or "-"
         print(
             f"{run.label:<11} {1000 * statistics.median(run.walls):11.0f} "
-            f"{1000 * p95(run.walls):6.0f} {sum(run.walls):8.2f} {c.generated:7.0f} "
+            f"{1000 * percentile(run.walls, 95):6.0f} {sum(run.walls):8.2f} {c.generated:7.0f} "
             f"{c.decode_tokens_per_s:12.0f} {c.generated / sum(run.walls):10.0f} "
             f"{number(c.acceptance):>7} {number(c.tokens_per_step):>8}  {positions}"
         )
@@ -741,7 +723,7 @@ def print_report(report: Report, args: argparse.Namespace) -> None:
         first = statistics.median(ms([s.first_audio_s for s in done]))
         print(
             f"  {name:<14} n={len(done)}  audio {audio:.1f} s  first audio p50 {first:.0f} ms"
-            f"  RTF p50 {statistics.median(rtf):.3f}  p95 {p95(rtf):.3f}"
+            f"  RTF p50 {statistics.median(rtf):.3f}  p95 {percentile(rtf, 95):.3f}"
         )
 
     if report.probes:
@@ -769,7 +751,9 @@ def print_report(report: Report, args: argparse.Namespace) -> None:
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, help="Step-Audio-2 folder (default: tiny, temp)")
-    parser.add_argument("--speech", type=Path, default=SPEECH_DIR, help="folder of audio clips")
+    parser.add_argument(
+        "--speech", type=Path, default=POCKETSPHINX_DATA, help="folder of audio clips"
+    )
     parser.add_argument("--max-num-seqs", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--turns", type=int, default=5, help="realtime turns per row")
     parser.add_argument("--burst", type=int, default=3, help="REST syntheses (and ASR) per turn")

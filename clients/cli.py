@@ -20,16 +20,10 @@ import soundfile as sf
 from websockets.exceptions import WebSocketException
 
 from voxgate.clients.realtime_client import SAMPLE_RATE, RealtimeError, TurnResult, run_turn
+from voxgate.streaming.timings import TURN_STAGES
 
-STAGES = (
-    "end_of_turn_wait",
-    "asr",
-    "lm_first_token",
-    "lm_first_sentence",
-    "tts_first_chunk",
-    "server_overhead",
-    "turn_latency",
-)
+STAGES = (*TURN_STAGES, "turn_latency")
+"""The server's timings printed first, in this order; any others follow, sorted."""
 
 
 class UsageError(Exception):

@@ -30,6 +30,7 @@ from voxgate.model.startup import UNREPORTED, StartupStage, StartupStages
 from voxgate.model.tts import PiperTTS
 from voxgate.model.types import (
     INPUT_SAMPLE_RATE,
+    TEXT_ANSWER_BUDGET,
     AnswerBudget,
     AudioChunk,
     BackboneError,
@@ -334,8 +335,7 @@ class CascadeBackbone:
 
     @property
     def answer_budget(self) -> AnswerBudget:
-        # Spoken answers should be short; a session may ask for up to 4x as much.
-        return AnswerBudget(default_tokens=128, max_tokens=512)
+        return TEXT_ANSWER_BUDGET
 
     async def check_instructions(self, instructions: str, max_output_tokens: int) -> None:
         await asyncio.to_thread(

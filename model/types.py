@@ -86,6 +86,12 @@ class AnswerBudget:
     max_tokens: int
 
 
+TEXT_ANSWER_BUDGET = AnswerBudget(default_tokens=128, max_tokens=512)
+"""A text LM's realtime answer (the cascade's): a few spoken sentences by default, and a session
+may ask for up to 4x as much. Its default is also the answer length of a `ResponseOptions` or
+`SessionConfig` built without one (the server always sets it from its backbone's budget)."""
+
+
 @dataclass(frozen=True, slots=True)
 class ToolSpec:
     """A function the model may call (OpenAI's function tool)."""
@@ -205,7 +211,7 @@ class ResponseOptions:
     voice: str
     audio: bool = True
     """False for text-only responses (no TTS at all)."""
-    max_output_tokens: int = 256
+    max_output_tokens: int = TEXT_ANSWER_BUDGET.default_tokens
     speed: float = 1.0
     temperature: float = 0.7
     priority: int = 0

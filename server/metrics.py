@@ -50,7 +50,7 @@ from voxgate.streaming.events import (
     ResponseFinished,
     SessionEvent,
 )
-from voxgate.streaming.timings import turn_timings
+from voxgate.streaming.timings import TURN_STAGES, turn_timings
 
 SPEECH_LATENCY_BUCKETS = (
     0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75,
@@ -64,16 +64,6 @@ REAL_TIME_FACTOR_BUCKETS = (
 SESSION_DURATION_BUCKETS = (1, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200)
 HTTP_DURATION_BUCKETS = (*SPEECH_LATENCY_BUCKETS, 60.0, 120.0, 300.0)
 """A long transcription takes minutes."""
-
-TURN_STAGES = (
-    "end_of_turn_wait",
-    "asr",
-    "lm_first_token",
-    "lm_first_sentence",
-    "tts_first_chunk",
-    "server_overhead",
-)
-"""The stages of `voxgate_turn_stage_seconds` (defined in `streaming/timings.py`)."""
 
 # --- realtime turns ---------------------------------------------------------------------------
 

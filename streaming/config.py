@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from voxgate.model.types import AnswerBudget, ToolSpec
+from voxgate.model.types import TEXT_ANSWER_BUDGET, AnswerBudget, ToolSpec
 from voxgate.streaming.audio import AudioFormat
 from voxgate.streaming.vad import VadParams
 
@@ -65,8 +65,9 @@ class SessionConfig(BaseModel):
     speed: float = Field(1.0, ge=0.25, le=4.0)
     turn_detection: TurnDetection | None = TurnDetection()
     transcription: Transcription | None = None
-    max_output_tokens: int | None = Field(256, ge=1)
-    """Answer length in tokens; None is the protocol's "inf": the server's cap."""
+    max_output_tokens: int | None = Field(TEXT_ANSWER_BUDGET.default_tokens, ge=1)
+    """Answer length in tokens; None is the protocol's "inf": the server's cap. The server
+    starts each session at its backbone's `AnswerBudget.default_tokens` instead."""
     tools: tuple[ToolSpec, ...] = ()
     """Functions the model may call."""
     tool_choice: str = "auto"
@@ -103,8 +104,8 @@ class SessionLimits(BaseModel):
     """Largest audio delta sent to the client."""
     max_output_tokens: int | None = Field(None, ge=1)
     """Cap on any response's max_output_tokens (including "inf"). None: the backbone's own
-    (`AnswerBudget.max_tokens`: 512 for the cascade's text LM, 180 s of speech for
-    Step-Audio-2)."""
+    (`AnswerBudget.max_tokens`: `TEXT_ANSWER_BUDGET` for the cascade's text LM, 180 s of
+    speech for Step-Audio-2)."""
 
     def answer_cap(self, budget: AnswerBudget) -> int:
         """The largest answer a response may ask for, in the backbone's output tokens."""

@@ -21,7 +21,18 @@ _SPANS = {
     "lm_total": ("lm_submit", "lm_done"),
     "lm_to_first_audio": ("lm_submit", "first_audio_sent"),
 }
-TURN_PARTS = ("end_of_turn_wait", "asr", "lm_first_sentence", "tts_first_chunk", "server_overhead")
+TURN_STAGES = (
+    "end_of_turn_wait",
+    "asr",
+    "lm_first_token",
+    "lm_first_sentence",
+    "tts_first_chunk",
+    "server_overhead",
+)
+"""Every stage of a turn, in the order they start: the `stage` label of
+`voxgate_turn_stage_seconds`, and the keys besides turn_latency that clients and benchmarks
+print from `x_voxgate.timings_ms`. lm_first_token lies inside lm_first_sentence."""
+TURN_PARTS = tuple(stage for stage in TURN_STAGES if stage != "lm_first_token")
 """What a turn's latency splits into, in the order they happen: they add up to turn_latency (the
 browser's waterfall and the dashboard's stacked bar draw these)."""
 _MEASURED = TURN_PARTS[:-1]

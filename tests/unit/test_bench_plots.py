@@ -17,9 +17,10 @@ from typing import Any
 
 import pytest
 
-# The benchmarks are scripts run from their folder (they import each other by module name).
+# The benchmarks are scripts run from their folder (they import `common` and `plots` by name).
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
+import common
 import load
 import plots
 import rest_speech
@@ -60,14 +61,14 @@ def through_json(results: dict[str, Any]) -> dict[str, Any]:
 # --- turn_latency.py ------------------------------------------------------------------------
 
 
-def turn_record(turn: int, scale: float, ok: bool = True) -> turn_latency.TurnRecord:
+def turn_record(turn: int, scale: float, ok: bool = True) -> common.TurnRecord:
     timings = {"end_of_turn_wait": 510.0, "asr": 180.0 * scale, "lm_first_token": 240.0 * scale,
                "lm_first_sentence": 950.0 * scale, "tts_first_chunk": 260.0 * scale,
                "server_overhead": 6.0}  # fmt: skip
     timings["turn_latency"] = sum(v for k, v in timings.items() if k != "lm_first_token")
     if not ok:
-        return turn_latency.TurnRecord(turn, 1, "cards/001.wav", None, ok=False, failure="raised")
-    return turn_latency.TurnRecord(
+        return common.TurnRecord(turn, 1, "cards/001.wav", None, ok=False, failure="raised")
+    return common.TurnRecord(
         turn,
         1 + turn // 5,
         f"cards/00{turn % 5 + 1}.wav",
@@ -80,7 +81,7 @@ def turn_record(turn: int, scale: float, ok: bool = True) -> turn_latency.TurnRe
     )
 
 
-def turn_results(records: list[turn_latency.TurnRecord]) -> dict[str, Any]:
+def turn_results(records: list[common.TurnRecord]) -> dict[str, Any]:
     args = argparse.Namespace(url="ws://127.0.0.1:8000/v1/realtime")
     return through_json(turn_latency.results(records, "recorded: 14 clips", args))
 
