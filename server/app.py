@@ -9,7 +9,6 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import dataclass, field
 
 from fastapi import FastAPI
 from fastapi.responses import HTMLResponse
@@ -20,17 +19,14 @@ from voxgate.model.backbone import Backbone
 from voxgate.model.startup import StartupStage, StartupStages
 from voxgate.model.voices import VoiceBook
 from voxgate.server import browsers, client_secrets, metrics, rest, routes, web
-from voxgate.server.client_secrets import ClientSecretStore
-from voxgate.server.draining import Drain
-from voxgate.server.engine_watch import EngineWatch
+from voxgate.server.client_secret_store import ClientSecretStore
 from voxgate.server.metrics import HttpMetrics, MeteredBackbone
 from voxgate.server.realtime import realtime_endpoint
+from voxgate.server.services import Services
 from voxgate.server.settings import Settings
 from voxgate.server.startup import StartingGate, StartupTracker
-from voxgate.streaming.config import SessionConfig, Transcription
 from voxgate.streaming.denoise import RNNoiseLibrary
-from voxgate.streaming.slots import Slots
-from voxgate.streaming.vad import SileroModel, SileroVad
+from voxgate.streaming.vad import SileroModel
 
 log = logging.getLogger(__name__)
 
@@ -44,61 +40,6 @@ ReportingBackboneFactory = Callable[
 
 LOOP_LAG_PROBE_S = 0.1
 """How often the event-loop lag probe's timer fires (`voxgate_event_loop_lag_seconds`)."""
-
-
-@dataclass
-class Services:
-    """What the routes need, built once by the lifespan and kept in `app.state.services`."""
-
-    settings: Settings
-    backbone: Backbone
-    vad_model: SileroModel
-    client_secrets: ClientSecretStore
-    voices: VoiceBook
-    """The backbone's voices and the aliases clients may use for them."""
-    rnnoise: RNNoiseLibrary | None = None
-    """The noise suppressor sessions run when they ask for `noise_reduction` (None: off)."""
-    sessions: Slots = field(init=False)
-    """Realtime sessions open (`realtime.max_sessions`)."""
-    out_of_band_responses: Slots = field(init=False)
-    """Out-of-band realtime responses running, over all sessions."""
-    rest_requests: Slots = field(init=False)
-    """REST requests being served (a streamed answer counts until its last byte)."""
-    rest_bodies: Slots = field(init=False)
-    """REST request bodies being received (before a `rest_requests` slot is taken)."""
-    drain: Drain = field(init=False)
-    """Graceful shutdown: whether the server still takes new work (`server/draining.py`)."""
-    engine_watch: EngineWatch = field(init=False)
-    """Whether the engine has died (`server/engine_watch.py`)."""
-
-    def __post_init__(self) -> None:
-        self.sessions = Slots(self.settings.realtime.max_sessions)
-        self.out_of_band_responses = Slots(self.settings.realtime.max_out_of_band_responses)
-        self.rest_requests = Slots(self.settings.rest.max_concurrent_requests)
-        self.rest_bodies = Slots(self.settings.rest.max_pending_bodies)
-        self.drain = Drain(self.settings.drain_deadline_s, self.sessions, self.rest_requests)
-        self.engine_watch = EngineWatch(lambda: self.backbone.is_healthy)
-
-    @property
-    def model_name(self) -> str:
-        return f"voxgate-{self.backbone.name}"
-
-    def new_vad(self) -> SileroVad:
-        return SileroVad(self.vad_model)
-
-    def default_session_config(self) -> SessionConfig:
-        return SessionConfig(
-            instructions=self.settings.realtime.instructions,
-            voice=self.voices.default,
-            # The transcript is computed anyway (the cascade's LM reads it): send it by default.
-            transcription=Transcription(model=self.model_name),
-            # The backbone's default answer (a few sentences; Step-Audio-2: a minute of
-            # speech), within the operator's cap; a session may ask for more up to the cap.
-            max_output_tokens=min(
-                self.backbone.answer_budget.default_tokens,
-                self.settings.realtime.session.answer_cap(self.backbone.answer_budget),
-            ),
-        )
 
 
 @asynccontextmanager

@@ -9,138 +9,34 @@ expires, any number of them, and a session outlives its secret; the `session` gi
 the initial configuration of every session the secret opens. Minting itself needs the API key:
 a client secret never mints another.
 
-The secrets are random (`secrets.token_urlsafe`, 256 bits) and live in a bounded store in this
-process, not signed self-contained tokens: the session configuration a secret carries (long
-instructions among it) stays on the server instead of travelling in a WebSocket header, and
-nothing but the store is trusted. The price is that a secret is valid only on the server process
-that minted it: behind a load balancer with several replicas, mint and connect on the same one
-(sticky routing). The store keys secrets by their SHA-256, so neither a lookup's timing nor
-the store's memory gives a secret away. It holds at most `max_active` unexpired secrets; one
-more is refused with 429 until the soonest expires (dropping a live secret instead would break
-a page that holds it).
+The secrets themselves, and why they live in this process only, are
+`server/client_secret_store.py`'s.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import math
-import secrets
-import time
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from pydantic import ConfigDict, Field, ValidationError
 
 from voxgate.model.types import BackboneError
-from voxgate.server import auth, protocol
+from voxgate.server import outgoing, translate
+from voxgate.server.auth import MINTING_KEY
+from voxgate.server.client_secret_store import ClientSecretsFull, ClientSecretStore
 from voxgate.server.errors import RestError, parse_json_body
+from voxgate.server.openapi_schemas import json_request_body
 from voxgate.server.protocol import SessionParams, Strict, Unsupported
-from voxgate.server.rest import _inline_refs as inline_refs
+from voxgate.server.services import Services
+from voxgate.server.settings import ClientSecretSettings
 from voxgate.streaming.config import SessionConfig
 from voxgate.streaming.session import SessionRejected, new_id
 
-if TYPE_CHECKING:
-    from voxgate.server.app import Services
-    from voxgate.server.settings import ClientSecretSettings
-
-PREFIX = "ek_"
-"""OpenAI's prefix of ephemeral keys; clients that check the shape of a key expect it."""
 MIN_TTL_S = 10
 """OpenAI's shortest lifetime of a client secret."""
 
 router = APIRouter()
-
-
-@dataclass(frozen=True, slots=True)
-class ClientSecret:
-    value: str
-    expires_at: int
-    """Unix time (seconds) after which it opens no more sessions."""
-    deadline: float
-    """The same moment on the store's monotonic clock (what validity is checked against)."""
-    config: SessionConfig
-    """The initial configuration of each session it opens."""
-
-
-class ClientSecretsFull(Exception):
-    def __init__(self, retry_after_s: int) -> None:
-        super().__init__(f"too many unexpired client secrets; retry in {retry_after_s} s")
-        self.retry_after_s = retry_after_s
-
-
-class ClientSecretStore:
-    """The client secrets this process issued, until they expire; at most `max_active`."""
-
-    def __init__(
-        self,
-        max_active: int,
-        clock: Callable[[], float] = time.monotonic,
-        wall_clock: Callable[[], float] = time.time,
-        max_sessions: int = 2,
-    ) -> None:
-        self.max_active = max_active
-        self.max_sessions = max_sessions
-        """Sessions one secret may hold open at once."""
-        self.clock = clock
-        self.wall_clock = wall_clock
-        self._by_digest: dict[bytes, ClientSecret] = {}
-        self._open: dict[bytes, int] = {}
-        """Sessions open per secret (also after it expired: a session outlives its secret)."""
-
-    def open_session(self, secret: ClientSecret) -> bool:
-        """Count a session opened with `secret`; False (and nothing counted) at its cap."""
-        digest = _digest(secret.value)
-        if self._open.get(digest, 0) >= self.max_sessions:
-            return False
-        self._open[digest] = self._open.get(digest, 0) + 1
-        return True
-
-    def close_session(self, secret: ClientSecret) -> None:
-        digest = _digest(secret.value)
-        if (left := self._open.get(digest, 0) - 1) > 0:
-            self._open[digest] = left
-        else:
-            self._open.pop(digest, None)
-
-    def __len__(self) -> int:
-        return len(self._by_digest)
-
-    def issue(self, ttl_s: int, config: SessionConfig) -> ClientSecret:
-        if len(self._by_digest) >= self.max_active:
-            self._forget_expired()
-        if len(self._by_digest) >= self.max_active:
-            soonest = min(s.deadline for s in self._by_digest.values())
-            raise ClientSecretsFull(max(1, math.ceil(soonest - self.clock())))
-        value = PREFIX + secrets.token_urlsafe(32)
-        secret = ClientSecret(
-            value,
-            expires_at=int(self.wall_clock()) + ttl_s,
-            deadline=self.clock() + ttl_s,
-            config=config,
-        )
-        self._by_digest[_digest(value)] = secret
-        return secret
-
-    def get(self, value: str) -> ClientSecret | None:
-        """The secret if it was issued here and has not expired."""
-        digest = _digest(value)
-        secret = self._by_digest.get(digest)
-        if secret is not None and secret.deadline <= self.clock():
-            del self._by_digest[digest]
-            return None
-        return secret
-
-    def _forget_expired(self) -> None:
-        now = self.clock()
-        for digest in [d for d, s in self._by_digest.items() if s.deadline <= now]:
-            del self._by_digest[digest]
-
-
-def _digest(value: str) -> bytes:
-    return hashlib.sha256(value.encode()).digest()
 
 
 def install(app: FastAPI, settings: ClientSecretSettings) -> None:
@@ -174,14 +70,8 @@ class ClientSecretRequest(Strict):
 
 @router.post(
     "/v1/realtime/client_secrets",
-    openapi_extra={
-        "requestBody": {
-            "required": False,
-            "content": {
-                "application/json": {"schema": inline_refs(ClientSecretRequest.model_json_schema())}
-            },
-        }
-    },
+    dependencies=[Depends(MINTING_KEY)],
+    openapi_extra=json_request_body(ClientSecretRequest, required=False),
     responses={
         400: {"description": "Bad input (`{error: {message, type, param, code}}`)"},
         401: {"description": "Missing or wrong API key (a client secret does not mint)"},
@@ -193,11 +83,6 @@ async def create_client_secret(request: Request) -> dict[str, Any]:
     """Mint a short-lived client secret for a browser (OpenAI's `realtime.client_secrets`)."""
     services: Services = request.app.state.services
     settings = services.settings
-    key = settings.api_key
-    if key is not None and not auth.presents_api_key(request, key.get_secret_value()):
-        raise RestError(
-            401, "invalid_api_key", "minting a client secret needs the server's API key"
-        )
     limits = settings.client_secrets
     try:
         async with asyncio.timeout(settings.rest.body_timeout_s):
@@ -230,7 +115,7 @@ async def create_client_secret(request: Request) -> dict[str, Any]:
     return {
         "value": secret.value,
         "expires_at": secret.expires_at,
-        "session": protocol.wire_session(config, new_id("sess"), services.model_name),
+        "session": outgoing.wire_session(config, new_id("sess"), services.model_name),
     }
 
 
@@ -258,7 +143,7 @@ async def _session_config(services: Services, params: SessionParams | None) -> S
         return default
     limits = services.settings.realtime.session
     try:
-        config = await asyncio.to_thread(protocol.session_config, default, params, limits)
+        config = await asyncio.to_thread(translate.session_config, default, params, limits)
         # `session_config` copies without validating (a session re-checks on applying it); a
         # secret's configuration is checked whole, here, so a bad one is refused at minting.
         config = SessionConfig.model_validate(config.model_dump())

@@ -18,19 +18,16 @@ import asyncio
 import base64
 import binascii
 import contextlib
-import json
 import logging
 import time
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDisconnected
 
-from voxgate.model.types import Role, ToolSpec
-from voxgate.server import auth, json_input, logs, metrics, protocol
-from voxgate.server.draining import CLOSE_GOING_AWAY, TurnActivity
+from voxgate.server import auth, json_input, logs, metrics, protocol, translate
+from voxgate.server.drain import CLOSE_GOING_AWAY, TurnActivity
 from voxgate.server.engine_watch import MESSAGE as ENGINE_DEAD_MESSAGE
 from voxgate.server.errors import validation_error
 from voxgate.server.outgoing import Outgoing, error_event
@@ -39,26 +36,22 @@ from voxgate.server.protocol import (
     ConversationItemDelete,
     ConversationItemRetrieve,
     ConversationItemTruncate,
-    FunctionCallItem,
-    FunctionCallOutputItem,
     InputAudioBufferAppend,
     InputAudioBufferClear,
     InputAudioBufferCommit,
-    MessageItem,
     OutputAudioBufferClear,
     ResponseCancel,
     ResponseCreate,
     SessionUpdate,
     Unsupported,
 )
-from voxgate.streaming.audio import AudioFormat
-from voxgate.streaming.events import ErrorReported, Item, OutputAudioDelta, ResponseFinished
-from voxgate.streaming.session import RealtimeSession, ResponseRequest, SessionRejected, new_id
+from voxgate.streaming.events import ErrorReported, OutputAudioDelta, ResponseFinished
+from voxgate.streaming.session import RealtimeSession, SessionRejected, new_id
 from voxgate.streaming.timings import turn_timings
 
 if TYPE_CHECKING:
-    from voxgate.server.app import Services
-    from voxgate.streaming.config import SessionConfig, SessionLimits
+    from voxgate.server.services import Services
+    from voxgate.streaming.config import SessionConfig
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +184,7 @@ class RealtimeConnection:
         # A client that leaves before hearing why is no failure of the server.
         with contextlib.suppress(WebSocketDisconnect, WebSocketDisconnected, OSError):
             await self._ws.accept(subprotocol=auth.reply_subprotocol(self._ws))
-            await self._ws.send_text(json.dumps(error_event(error)))
+            await self._ws.send_text(error_event(error).to_json())
             await self._ws.close(close_code, message[:120])
 
     async def _deny(self, status: int, code: str, message: str) -> None:
@@ -211,7 +204,7 @@ class RealtimeConnection:
             error = error_event(ErrorReported(code, message, type="server_error"))
             metrics.REALTIME_ERRORS.labels(code=code).inc()
             with contextlib.suppress(WebSocketDisconnect, WebSocketDisconnected, OSError):
-                await self._ws.send_text(json.dumps(error))
+                await self._ws.send_text(error.to_json())
                 await self._ws.close(close_code, message[:120])
 
     # --- writer ---------------------------------------------------------------------------
@@ -230,7 +223,7 @@ class RealtimeConnection:
                         connected = False  # a closer has ended the connection
                         continue
                     for wire in outgoing.wire_events(event):
-                        await self._ws.send_text(json.dumps(wire, separators=(",", ":")))
+                        await self._ws.send_text(wire.to_json())
             except (WebSocketDisconnect, WebSocketDisconnected, OSError):
                 # The client is gone (uvicorn's ClientDisconnected is an OSError). Anything
                 # else is a bug: it propagates and the connection ends with `server_error`.
@@ -357,7 +350,7 @@ class RealtimeConnection:
                 try:
                     # Tool schemas are checked here: CPU work, off the event loop.
                     config = await asyncio.to_thread(
-                        protocol.session_config, session.config, params, session.limits
+                        translate.session_config, session.config, params, session.limits
                     )
                 except ValidationError as e:
                     raise SessionRejected(
@@ -368,38 +361,11 @@ class RealtimeConnection:
                 await session.commit()
             case InputAudioBufferClear():
                 await session.clear()
-            case ConversationItemCreate(item=MessageItem() as wire, previous_item_id=previous):
-                item, audio = protocol.message_item(wire, new_id("item"))
+            case ConversationItemCreate(item=wire, previous_item_id=previous):
+                item, audio = translate.conversation_item(wire, new_id("item"))
                 param = "item.content[0].audio"
                 data = await _decoded(audio, param) if audio is not None else None
                 await session.add_item(item, previous, data)
-            case ConversationItemCreate(item=FunctionCallItem() as call, previous_item_id=previous):
-                await session.add_item(
-                    Item(
-                        call.id or new_id("item"),
-                        Role.ASSISTANT,
-                        kind="function_call",
-                        call_id=call.call_id,
-                        name=call.name,
-                        arguments=call.arguments,
-                    ),
-                    previous,
-                )
-            case ConversationItemCreate(
-                item=FunctionCallOutputItem() as result, previous_item_id=previous
-            ):
-                await session.add_item(
-                    Item(
-                        result.id or new_id("item"),
-                        Role.TOOL,
-                        kind="function_call_output",
-                        call_id=result.call_id,
-                        output=result.output,
-                    ),
-                    previous,
-                )
-            case ConversationItemCreate(item=other):
-                raise Unsupported("item.type", f"{other.type!r} items")
             case ConversationItemDelete(item_id=item_id):
                 await session.delete_item(item_id)
             case ConversationItemRetrieve(item_id=item_id):
@@ -410,7 +376,7 @@ class RealtimeConnection:
                 await session.truncate_item(item_id, index, end_ms)
             case ResponseCreate(response=params):
                 request = await asyncio.to_thread(
-                    _response_request, params, session.config.tools, session.limits
+                    translate.response_request, params, session.config.tools, session.limits
                 )
                 await session.create_response(request)
             case ResponseCancel(response_id=response_id):
@@ -484,56 +450,3 @@ def _b64_audio(data: str, param: str) -> bytes:
     if not audio:
         raise SessionRejected("invalid_audio", f"{param} is empty", param)
     return audio
-
-
-def _response_request(
-    params: protocol.ResponseParams | None,
-    session_tools: Sequence[ToolSpec],
-    limits: SessionLimits,
-) -> ResponseRequest:
-    if params is None:
-        return ResponseRequest()
-    if params.prompt is not None:
-        raise Unsupported("response.prompt", "stored prompts (OpenAI's prompt templates)")
-    # parallel_tool_calls: a response calls at most one function, which either value allows.
-    if params.conversation not in (None, "auto", "none"):
-        raise Unsupported("response.conversation", "conversations other than 'auto' and 'none'")
-    request = ResponseRequest(
-        instructions=params.instructions,
-        in_conversation=params.conversation != "none",
-        metadata=params.metadata,
-    )
-    if params.tools is not None:
-        request.tools = protocol.function_tools(params.tools, "response.tools", limits)
-    if params.tool_choice is not None:
-        tools = request.tools if request.tools is not None else session_tools
-        request.tool_choice = protocol.tool_choice(
-            params.tool_choice, tools, "response.tool_choice"
-        )
-    if params.reasoning is not None:
-        request.reasoning_effort = params.reasoning.effort
-    if params.output_modalities is not None:
-        request.audio_output = protocol.audio_output(params.output_modalities)
-    if params.max_output_tokens is not None:
-        request.max_output_tokens = params.max_output_tokens
-    if params.audio is not None:
-        if params.audio.input is not None:
-            raise Unsupported("response.audio.input", "input audio settings per response")
-        if (out := params.audio.output) is not None:
-            if out.voice is not None:
-                request.voice = protocol.voice_name(out.voice)
-            if out.format is not None:
-                request.output_format = AudioFormat(out.format.type)
-            if out.speed is not None:
-                raise Unsupported("response.audio.output.speed", "speed per response")
-    if params.input is not None:
-        items = []
-        for i, wire in enumerate(params.input):
-            if not isinstance(wire, MessageItem):
-                raise Unsupported(f"response.input[{i}].type", f"{wire.type!r} items")
-            item, audio = protocol.message_item(wire, new_id("item"))
-            if audio is not None:
-                raise Unsupported(f"response.input[{i}]", "input audio in response.input")
-            items.append(item)
-        request.input_items = items
-    return request

@@ -16,34 +16,15 @@ from __future__ import annotations
 
 import time
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
-from voxgate.server import auth
-from voxgate.server.errors import RestError
+from voxgate.server.auth import API_KEY, METRICS_KEY
 from voxgate.server.startup import StartupSnapshot, StartupState
 
 router = APIRouter()
 _STARTED = int(time.time())
-
-
-def require_key(request: Request) -> None:
-    """Raise 401 unless the request presents the API key or a client secret (or the server
-    has no key)."""
-    if not auth.is_authorised(request, request.app.state.services.settings.api_key):
-        raise RestError(401, "invalid_api_key", "missing or wrong API key")
-
-
-def require_metrics_key(request: Request) -> None:
-    """Raise 401 unless the request presents the API key or `metrics_key` (a page's client
-    secret does not read the server's metrics)."""
-    settings = request.app.state.services.settings
-    if settings.api_key is None:
-        return
-    keys = [k.get_secret_value() for k in (settings.api_key, settings.metrics_key) if k]
-    if not any(auth.presents_api_key(request, key) for key in keys):
-        raise RestError(401, "invalid_api_key", "missing or wrong API key")
 
 
 @router.get("/health")
@@ -87,9 +68,8 @@ def _starting(start: StartupSnapshot) -> dict[str, object]:
     }
 
 
-@router.get("/v1/models")
+@router.get("/v1/models", dependencies=[Depends(API_KEY)])
 async def models(request: Request) -> dict[str, object]:
-    require_key(request)
     services = request.app.state.services
     return {
         "object": "list",
@@ -104,14 +84,12 @@ async def models(request: Request) -> dict[str, object]:
     }
 
 
-@router.get("/metrics")
-async def metrics(request: Request) -> Response:
+@router.get("/metrics", dependencies=[Depends(METRICS_KEY)])
+async def metrics() -> Response:
     """Prometheus metrics: voxgate's own and the engine's (`vllm:*`), one registry."""
-    require_metrics_key(request)
     return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
 
-@router.get("/openapi.json", include_in_schema=False)
+@router.get("/openapi.json", include_in_schema=False, dependencies=[Depends(API_KEY)])
 async def openapi(request: Request) -> JSONResponse:
-    require_key(request)
     return JSONResponse(request.app.openapi())

@@ -2,15 +2,19 @@
 
 One class per thing that happened. They carry ids and data, never wire shapes: the OpenAI
 event sequencing (output_item.added, content_part.added, ...) is the server's business.
+
+Events are values. The session works on live `Item`s and `Response`s, which change as an answer
+is written; an event made from them keeps a snapshot (`ItemSnapshot`, `ResponseSnapshot`) of
+how they were when it was made, so an event waiting in a queue says what it said when queued.
 """
 
 from __future__ import annotations
 
 import itertools
 from array import array
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -25,6 +29,35 @@ class ItemStatus(StrEnum):
 
 
 ItemKind = Literal["message", "function_call", "function_call_output"]
+
+
+@dataclass(frozen=True, slots=True)
+class ItemSnapshot:
+    """A conversation item as it was when an event about it was made."""
+
+    id: str
+    role: Role
+    kind: ItemKind
+    status: ItemStatus
+    audio: bool
+    text: str
+    transcript: str | None
+    audio_ms: int
+    call_id: str
+    name: str
+    arguments: str
+    output: str
+
+    def started(self) -> ItemSnapshot:
+        """The item as it starts: in progress, nothing written yet."""
+        return replace(
+            self,
+            status=ItemStatus.IN_PROGRESS,
+            text="",
+            transcript="" if self.audio else None,
+            audio_ms=0,
+            arguments="",
+        )
 
 
 @dataclass(slots=True)
@@ -56,6 +89,22 @@ class Item:
     """The function's name (function_call; the matching call's for function_call_output)."""
     arguments: str = ""
     output: str = ""
+
+    def snapshot(self) -> ItemSnapshot:
+        return ItemSnapshot(
+            id=self.id,
+            role=self.role,
+            kind=self.kind,
+            status=self.status,
+            audio=self.audio,
+            text=self.text,
+            transcript=self.transcript,
+            audio_ms=self.audio_ms,
+            call_id=self.call_id,
+            name=self.name,
+            arguments=self.arguments,
+            output=self.output,
+        )
 
     def heard_transcript(self, audio_end_ms: int) -> str:
         """The part of the transcript spoken in the first `audio_end_ms` of the audio: whole
@@ -96,6 +145,49 @@ class ResponseStatus(StrEnum):
 CancelReason = Literal["turn_detected", "client_cancelled"]
 
 
+@dataclass(frozen=True, slots=True)
+class ResponseSnapshot:
+    """A response as it was when an event about it was made."""
+
+    id: str
+    audio: bool
+    voice: str
+    audio_format: str
+    in_conversation: bool
+    max_output_tokens: int
+    metadata: dict[str, str] | None
+    """Set when the response is made, never changed."""
+    status: ResponseStatus
+    reason: str | None
+    error: tuple[str, str] | None
+    items: tuple[ItemSnapshot, ...]
+    input_tokens: int
+    output_tokens: int
+    output_audio_tokens: int
+    reasoning: str
+    trace: TurnTrace
+    """The response's own trace, shared on purpose: a log that only grows (the first mark of a
+    name wins), where marks made after the event still count: the turn's end when a
+    speculative answer is adopted, the first audio when the writer sends it."""
+    origin: Response = field(compare=False, repr=False)
+    """The live response, for the session alone: it holds back the events of a response whose
+    output is held (`Response.held`). Nothing that turns events into wire events reads it."""
+
+    def started(self) -> ResponseSnapshot:
+        """The response as it starts: in progress, nothing produced yet."""
+        return replace(
+            self,
+            status=ResponseStatus.IN_PROGRESS,
+            reason=None,
+            error=None,
+            items=(),
+            input_tokens=0,
+            output_tokens=0,
+            output_audio_tokens=0,
+            reasoning="",
+        )
+
+
 @dataclass(slots=True)
 class Response:
     id: str
@@ -125,8 +217,51 @@ class Response:
     reasoning_done: bool = False
     context_start: int = 0
 
+    def snapshot(self) -> ResponseSnapshot:
+        return ResponseSnapshot(
+            id=self.id,
+            audio=self.audio,
+            voice=self.voice,
+            audio_format=self.audio_format,
+            in_conversation=self.in_conversation,
+            max_output_tokens=self.max_output_tokens,
+            metadata=self.metadata,
+            status=self.status,
+            reason=self.reason,
+            error=self.error,
+            items=tuple(item.snapshot() for item in self.items),
+            input_tokens=self.input_tokens,
+            output_tokens=self.output_tokens,
+            output_audio_tokens=self.output_audio_tokens,
+            reasoning=self.reasoning,
+            trace=self.trace,
+            origin=self,
+        )
+
+
+def _frozen(event: Any, *, started: bool = False) -> None:
+    """Replace the live response and item an event was made from by snapshots of them now
+    (`started`: as they started). An event remade from another (`dataclasses.replace`) keeps its
+    snapshots."""
+    response = getattr(event, "response", None)
+    if isinstance(response, Response):
+        response = response.snapshot()
+    if started and response is not None:
+        response = response.started()
+    item = getattr(event, "item", None)
+    if isinstance(item, Item):
+        item = item.snapshot()
+    if started and item is not None:
+        item = item.started()
+    if response is not None:
+        object.__setattr__(event, "response", response)
+    if item is not None:
+        object.__setattr__(event, "item", item)
+
 
 # --- events -------------------------------------------------------------------------------
+# Those about a response or item are made from the live `Response` and `Item`; they keep
+# snapshots of them (see `_frozen`).
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,8 +291,11 @@ class InputCleared:
 class ItemAdded:
     """A user (or client-created) item entered the conversation."""
 
-    item: Item
+    item: ItemSnapshot
     previous_item_id: str | None
+
+    def __post_init__(self) -> None:
+        _frozen(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,44 +313,66 @@ class InputTranscriptionFailed:
 
 @dataclass(frozen=True, slots=True)
 class ResponseStarted:
-    response: Response
+    """A response starts: it is in progress and has produced nothing yet."""
+
+    response: ResponseSnapshot
+
+    def __post_init__(self) -> None:
+        _frozen(self, started=True)
 
 
 @dataclass(frozen=True, slots=True)
 class OutputItemStarted:
-    response: Response
-    item: Item
+    """An output item starts: in progress, nothing written yet."""
+
+    response: ResponseSnapshot
+    item: ItemSnapshot
     output_index: int
     previous_item_id: str | None
+
+    def __post_init__(self) -> None:
+        _frozen(self, started=True)
 
 
 @dataclass(frozen=True, slots=True)
 class OutputTextDelta:
     """Words of the answer (the audio transcript when `response.audio`)."""
 
-    response: Response
-    item: Item
+    response: ResponseSnapshot
+    item: ItemSnapshot
     delta: str
+
+    def __post_init__(self) -> None:
+        _frozen(self)
 
 
 @dataclass(frozen=True, slots=True)
 class FunctionCallArgumentsDelta:
-    response: Response
-    item: Item
+    response: ResponseSnapshot
+    item: ItemSnapshot
     delta: str
+
+    def __post_init__(self) -> None:
+        _frozen(self)
 
 
 @dataclass(frozen=True, slots=True)
 class ReasoningDeltaEvent:
     """Think mode, extension event: reasoning text of the response (not spoken)."""
 
-    response: Response
+    response: ResponseSnapshot
     delta: str
+
+    def __post_init__(self) -> None:
+        _frozen(self)
 
 
 @dataclass(frozen=True, slots=True)
 class ReasoningDone:
-    response: Response
+    response: ResponseSnapshot
+
+    def __post_init__(self) -> None:
+        _frozen(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,29 +385,41 @@ class SummaryUpdated:
 
 @dataclass(frozen=True, slots=True)
 class OutputAudioDelta:
-    response: Response
-    item: Item
+    response: ResponseSnapshot
+    item: ItemSnapshot
     audio: bytes
     """Encoded in the response's output format."""
+
+    def __post_init__(self) -> None:
+        _frozen(self)
 
 
 @dataclass(frozen=True, slots=True)
 class OutputItemFinished:
-    response: Response
-    item: Item
+    response: ResponseSnapshot
+    item: ItemSnapshot
     output_index: int
+
+    def __post_init__(self) -> None:
+        _frozen(self)
 
 
 @dataclass(frozen=True, slots=True)
 class ResponseFinished:
-    response: Response
+    response: ResponseSnapshot
+
+    def __post_init__(self) -> None:
+        _frozen(self)
 
 
 @dataclass(frozen=True, slots=True)
 class ItemDone:
     """A user item is final (for audio: its transcript is known)."""
 
-    item: Item
+    item: ItemSnapshot
+
+    def __post_init__(self) -> None:
+        _frozen(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,7 +435,10 @@ class ItemDeleted:
 
 @dataclass(frozen=True, slots=True)
 class ItemRetrieved:
-    item: Item
+    item: ItemSnapshot
+
+    def __post_init__(self) -> None:
+        _frozen(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,3 +485,21 @@ SessionEvent = (
     | SessionConfigured
     | ErrorReported
 )
+
+
+def response_id(event: SessionEvent) -> str | None:
+    """The id of the response an event is about, if it is about one."""
+    response = getattr(event, "response", None)
+    return response.id if response is not None else None
+
+
+def remade_end(event: SessionEvent, response: Response) -> SessionEvent:
+    """A held end of `response` (an item's or its own) made again from the response as it is
+    now; other events as they are. An answer that finished while held and was then found
+    interrupted after all ends as cancelled."""
+    match event:
+        case OutputItemFinished(output_index=index):
+            return OutputItemFinished(response, response.items[index], index)
+        case ResponseFinished():
+            return ResponseFinished(response)
+    return event

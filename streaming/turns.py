@@ -160,10 +160,14 @@ class TurnDetector:
         """Silence after which a TurnMayEnd is reported (None: never)."""
         self.restart()
 
-    @property
-    def machine(self) -> VadStateMachine:
-        """The VAD state machine (its min_speech_ms / silence_duration_ms may be tuned live)."""
-        return self._machine
+    def set_thresholds(
+        self, *, min_speech_ms: int | None = None, silence_duration_ms: int | None = None
+    ) -> None:
+        """Tune the VAD live (see `VadStateMachine.set_thresholds`); they outlast `restart`.
+        Safe while `feed` runs in a thread: each window reads them once."""
+        self._machine.set_thresholds(
+            min_speech_ms=min_speech_ms, silence_duration_ms=silence_duration_ms
+        )
 
     def restart(self) -> None:
         """Start listening afresh from the buffer's end (after a commit, or when switched on)."""

@@ -153,11 +153,21 @@ class VadStateMachine:
             raise ValueError("window_ms must be positive")
         self._params = params
         self._window_ms = window_ms
-        self.min_speech_ms = params.min_speech_ms
-        """Speech needed before a turn starts; raised while the agent talks (interruptions)."""
-        self.silence_duration_ms = params.silence_duration_ms
-        """Silence that ends a turn; semantic end of turn lengthens it for trailing thoughts."""
+        self._min_speech_ms = params.min_speech_ms
+        self._silence_duration_ms = params.silence_duration_ms
         self.reset()
+
+    def set_thresholds(
+        self, *, min_speech_ms: int | None = None, silence_duration_ms: int | None = None
+    ) -> None:
+        """Change the speech needed to start a turn (raised while the agent talks, so short
+        sounds do not interrupt it) or the silence that ends one (longer after a trailing
+        thought); None keeps the current value. A run under way is judged by the new value
+        from its next window on."""
+        if min_speech_ms is not None:
+            self._min_speech_ms = min_speech_ms
+        if silence_duration_ms is not None:
+            self._silence_duration_ms = silence_duration_ms
 
     def reset(self) -> None:
         self._state = VadState.QUIET
@@ -223,14 +233,14 @@ class VadStateMachine:
         return self._position_ms - self._speech_end_ms
 
     def _maybe_started(self, end_ms: int) -> SpeechStarted | None:
-        if end_ms - self._run_start_ms < self.min_speech_ms:
+        if end_ms - self._run_start_ms < self._min_speech_ms:
             return None
         self._speech_end_ms = end_ms
         self._go(VadState.SPEAKING)
         return SpeechStarted(max(0, self._run_start_ms - self._params.prefix_padding_ms))
 
     def _maybe_stopped(self, end_ms: int) -> SpeechStopped | None:
-        if end_ms - self._speech_end_ms < self.silence_duration_ms:
+        if end_ms - self._speech_end_ms < self._silence_duration_ms:
             return None
         self._go(VadState.QUIET)
         return SpeechStopped(self._speech_end_ms)

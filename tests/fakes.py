@@ -18,7 +18,7 @@ import numpy as np
 
 from voxgate.model.types import (
     INPUT_SAMPLE_RATE,
-    AnswerBudget,
+    TEXT_ANSWER_BUDGET,
     AudioChunk,
     BackboneError,
     ContextBudgetExceeded,
@@ -158,7 +158,7 @@ class FakeBackbone:
         self.is_healthy = True
         self.follows_instructions = False
         self.can_reason = False
-        self.answer_budget = AnswerBudget(default_tokens=128, max_tokens=512)
+        self.answer_budget = TEXT_ANSWER_BUDGET
         self.reasoning = ["Let me think. ", "The user greets me."]
         """Think mode: what the fake 'thinks' before answering (when asked to)."""
         self.tool_arguments: str | None = None

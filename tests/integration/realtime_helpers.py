@@ -1,44 +1,22 @@
-"""Helpers shared by the realtime tests through a real server: speech in, events out."""
+"""Realtime sessions with a real server through the official SDK: speech streamed in, each turn's
+events collected and checked, answers talked over; polling for server-side state."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
 import random
-import re
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 from openai import AsyncOpenAI
-from openai.types.realtime.realtime_server_event import RealtimeServerEvent
-from pydantic import TypeAdapter
+from realtime_wire import SERVER_EVENT, text_item
 
-from voxgate.model.types import INPUT_SAMPLE_RATE
-from voxgate.streaming.audio import AudioFormat, StreamResampler, encode
+from voxgate.streaming.audio import AudioFormat
 
-SERVER_EVENT = TypeAdapter(RealtimeServerEvent)
 ANSWER_TIMEOUT_S = 180
-
-
-def pcm24(audio16k: np.ndarray) -> bytes:
-    resampler = StreamResampler(INPUT_SAMPLE_RATE, AudioFormat.PCM.sample_rate)
-    return encode(np.concatenate([resampler.process(audio16k), resampler.flush()]), AudioFormat.PCM)
-
-
-def silence(seconds: float) -> bytes:
-    return bytes(int(seconds * AudioFormat.PCM.sample_rate) * 2)
-
-
-def words(text: str) -> list[str]:
-    return re.findall(r"[a-z0-9']+", text.lower())
-
-
-def rms(pcm16: bytes) -> float:
-    samples = np.frombuffer(pcm16, dtype="<i2").astype(np.float32) / 32768
-    return float(np.sqrt(np.mean(samples**2))) if len(samples) else 0.0
 
 
 @dataclass
@@ -99,6 +77,15 @@ async def stream_speech(connection: Any, pcm: bytes, *, realtime: bool) -> None:
             await asyncio.sleep(max(0.0, start + sent / 48_000 - time.monotonic()))
 
 
+async def answer_to(connection: Any, pcm: bytes, *, realtime: bool) -> WireTurn:
+    """Stream `pcm` (see `stream_speech`) while reading the answer it gets, up to its
+    `response.done`."""
+    sender = asyncio.create_task(stream_speech(connection, pcm, realtime=realtime))
+    turn = await collect(connection)
+    await sender
+    return turn
+
+
 async def start_an_answer_to_interrupt(
     connection: Any, prompt: str, max_output_tokens: int
 ) -> None:
@@ -120,13 +107,7 @@ async def start_an_answer_to_interrupt(
             },
         }
     )
-    await connection.conversation.item.create(
-        item={
-            "type": "message",
-            "role": "user",
-            "content": [{"type": "input_text", "text": prompt}],
-        }
-    )
+    await connection.send(text_item(prompt))
     await connection.response.create()
 
 

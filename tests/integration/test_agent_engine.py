@@ -11,8 +11,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import RunningServer, launch, unified_env
-from realtime_helpers import collect, sdk_client, words
+from audio_checks import words
+from engine_server import RunningServer, launch, unified_env
+from realtime_helpers import collect, sdk_client
 
 pytestmark = [pytest.mark.engine, pytest.mark.timeout(300)]
 

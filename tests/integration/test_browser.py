@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 import pytest
 import soxr
+from audio_checks import words
 from openai import OpenAI
-from realtime_helpers import words
 
 from voxgate.model.types import INPUT_SAMPLE_RATE
 

@@ -17,7 +17,7 @@ import httpx
 import psutil
 import pytest
 import websockets
-from conftest import launch
+from engine_server import launch
 from realtime_wire import text_item
 
 from voxgate.server.engine_watch import EXIT_ENGINE_DEAD

@@ -6,32 +6,21 @@ exists on a live server.
 
 from __future__ import annotations
 
-import asyncio
-import io
-import json
-import re
-import wave
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
+from audio_checks import pcm24, silence, wav_bytes
+from dashboard import metric_names, queries
 from prometheus_client.parser import text_string_to_metric_families
-from realtime_helpers import collect, eventually, pcm24, sdk_client, silence, stream_speech
+from realtime_helpers import answer_to, collect, eventually, sdk_client
+from realtime_wire import text_item
 
 from voxgate.model import artifacts
+from voxgate.streaming.timings import TURN_STAGES
 
 pytestmark = [pytest.mark.engine, pytest.mark.timeout(400)]
 
-DASHBOARD = Path(__file__).parents[2] / "deploy" / "grafana" / "dashboards" / "voxgate.json"
-STAGES = (
-    "end_of_turn_wait",
-    "asr",
-    "lm_first_token",
-    "lm_first_sentence",
-    "tts_first_chunk",
-    "server_overhead",
-)
 ROUNDING_S = 0.00006
 """response.done's timings are rounded to 0.1 ms."""
 
@@ -51,7 +40,7 @@ def turn_samples(server, backbone: str) -> dict[str, float]:
         "audio_in": sample(server, "voxgate_session_audio_input_seconds_total"),
         "completed": sample(server, "voxgate_responses_total", status="completed"),
     }
-    for stage in STAGES:
+    for stage in TURN_STAGES:
         labels = {"backbone": backbone, "stage": stage}
         values[f"{stage}_count"] = sample(server, "voxgate_turn_stage_seconds_count", **labels)
         values[f"{stage}_sum"] = sample(server, "voxgate_turn_stage_seconds_sum", **labels)
@@ -69,9 +58,7 @@ async def test_turn_histograms_move_by_each_spoken_turn(server, speak) -> None:
         for question in questions:
             pcm = pcm24(speak(question)) + silence(1.5)
             sent += len(pcm)
-            sender = asyncio.create_task(stream_speech(conn, pcm, realtime=True))
-            turn = await collect(conn)
-            await sender
+            turn = await answer_to(conn, pcm, realtime=True)
             done = turn.first("response.done")
             assert done["response"]["status"] in ("completed", "incomplete")
             turns.append(done["x_voxgate"]["timings_ms"])
@@ -94,7 +81,7 @@ async def test_turn_histograms_move_by_each_spoken_turn(server, speak) -> None:
     assert after["count"] - before["count"] == len(questions)
     reported_s = sum(t["turn_latency"] for t in turns) / 1000
     assert after["sum"] - before["sum"] == pytest.approx(reported_s, abs=ROUNDING_S * len(turns))
-    for stage in STAGES:
+    for stage in TURN_STAGES:
         seen = [t[stage] for t in turns if stage in t]
         assert after[f"{stage}_count"] - before[f"{stage}_count"] == len(seen), stage
         moved_s = after[f"{stage}_sum"] - before[f"{stage}_sum"]
@@ -104,16 +91,6 @@ async def test_turn_histograms_move_by_each_spoken_turn(server, speak) -> None:
     assert after["asr_rtf"] - before["asr_rtf"] >= len(questions)
     assert after["audio_in"] - before["audio_in"] == pytest.approx(sent / 48_000)
     assert await eventually(lambda: server.metric("voxgate_sessions_active") == 0)
-
-
-def wav_bytes(audio16k: np.ndarray) -> bytes:
-    out = io.BytesIO()
-    with wave.open(out, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(16_000)
-        w.writeframes((np.clip(audio16k, -1, 1) * 32767).astype("<i2").tobytes())
-    return out.getvalue()
 
 
 def test_rest_speech_moves_the_tts_and_http_metrics(server, speak) -> None:
@@ -150,14 +127,7 @@ def test_rest_speech_moves_the_tts_and_http_metrics(server, speak) -> None:
 
 
 def dashboard_names(prefix: str) -> set[str]:
-    dashboard = json.loads(DASHBOARD.read_text())
-    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
-    return {
-        n
-        for e in exprs
-        for n in re.findall(r"\b(voxgate_[a-z0-9_]+|vllm:[a-z0-9_:]+)", e)
-        if n.startswith(prefix)
-    }
+    return {n for expr in queries() for n in metric_names(expr) if n.startswith(prefix)}
 
 
 def auth(server) -> dict[str, str]:
@@ -169,12 +139,26 @@ def exported_names(server) -> set[str]:
     return {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line[:1] != "#"}
 
 
-def test_engine_metrics_and_every_dashboard_name_on_the_cascade_server(server) -> None:
+async def test_engine_metrics_and_every_dashboard_name_on_the_cascade_server(server) -> None:
+    generated_before = server.metric("vllm:generation_tokens_total")
+    async with sdk_client(server).realtime.connect(model="voxgate") as conn:
+        await conn.send(text_item("Name a colour."))
+        answer = {"output_modalities": ["text"], "max_output_tokens": 16}
+        await conn.response.create(response=answer)
+        turn = await collect(conn)
+    written = turn.first("response.done")["response"]["usage"]["output_tokens"]
+    assert 0 < written <= 16
+
+    # The engine counted exactly the tokens of this one text answer (the cascade's ASR and TTS
+    # run outside vLLM, and nothing else was asked of it).
+    def generated() -> float:
+        return server.metric("vllm:generation_tokens_total") - generated_before
+
+    assert await eventually(lambda: generated() == written), (generated(), written)
     exported = exported_names(server)
     for name in ("vllm:num_requests_running", "vllm:num_requests_waiting"):
         assert name in exported
     assert 0 <= server.metric("vllm:kv_cache_usage_perc") <= 1
-    assert server.metric("vllm:generation_tokens_total") >= 0
     spec = {n for n in dashboard_names("vllm:") if n.startswith("vllm:spec_decode")}
     # The cascade does not speculate: vLLM has no spec-decode metrics and none are invented.
     assert not any(n.startswith("vllm:spec_decode") for n in exported)
@@ -225,9 +209,7 @@ async def test_speculative_decoding_metrics_on_the_unified_server(unified_server
     pcm = pcm24(speak("Hello there.")) + silence(1.5)
     async with sdk_client(unified_server).realtime.connect(model="voxgate") as conn:
         await conn.session.update(session={"type": "realtime", "max_output_tokens": 60})
-        sender = asyncio.create_task(stream_speech(conn, pcm, realtime=False))
-        turn = await collect(conn)
-        await sender
+        turn = await answer_to(conn, pcm, realtime=False)
     assert turn.audio, turn.types
     assert await eventually(
         lambda: sample(unified_server, "voxgate_turn_latency_seconds_count", backbone="stepaudio2")

@@ -11,17 +11,15 @@ import json
 
 import pytest
 import websockets
+from audio_checks import pcm24, rms, silence, words
 from realtime_helpers import (
     ANSWER_TIMEOUT_S,
     WireTurn,
+    answer_to,
     collect,
-    pcm24,
-    rms,
     sdk_client,
-    silence,
     stream_speech,
     talk_over_an_answer,
-    words,
 )
 from realtime_wire import text_item
 
@@ -38,9 +36,7 @@ async def test_spoken_turn_through_the_openai_sdk(server, speak) -> None:
                 "audio": {"input": {"transcription": {"model": "whisper-1"}}},
             }
         )
-        sender = asyncio.create_task(stream_speech(conn, pcm, realtime=True))
-        turn = await collect(conn)
-        await sender
+        turn = await answer_to(conn, pcm, realtime=True)
 
     assert turn.types[:2] == ["session.created", "session.updated"]
     order = [
@@ -147,13 +143,7 @@ async def test_manual_turn_commit_and_response_create(server, speak) -> None:
 async def test_two_sessions_at_once_both_get_answers(server) -> None:
     async def ask(text: str) -> WireTurn:
         async with sdk_client(server).realtime.connect(model="voxgate") as conn:
-            await conn.conversation.item.create(
-                item={
-                    "type": "message",
-                    "role": "user",
-                    "content": [{"type": "input_text", "text": text}],
-                }
-            )
+            await conn.send(text_item(text))
             await conn.response.create()
             return await collect(conn)
 
@@ -177,13 +167,7 @@ async def test_conversation_is_kept_across_turns(server) -> None:
         await conn.session.update(session={"type": "realtime", "output_modalities": ["text"]})
         usage = []
         for text in ("My name is Ada.", "What is my name?"):
-            await conn.conversation.item.create(
-                item={
-                    "type": "message",
-                    "role": "user",
-                    "content": [{"type": "input_text", "text": text}],
-                }
-            )
+            await conn.send(text_item(text))
             await conn.response.create()
             turn = await collect(conn)
             assert "response.output_audio.delta" not in turn.types  # text-only session

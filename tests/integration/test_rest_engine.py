@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import re
 from pathlib import Path
 
 import av
@@ -18,6 +17,7 @@ import httpx
 import numpy as np
 import pytest
 import soundfile as sf
+from audio_checks import wav_bytes, wer, words
 from openai import AsyncOpenAI, AuthenticationError, BadRequestError, NotFoundError
 from openai.types.audio import TranscriptionVerbose
 
@@ -29,21 +29,6 @@ pytestmark = [pytest.mark.engine, pytest.mark.timeout(300)]
 SENTENCE = "The quick brown fox jumps over the lazy dog."
 SPOKEN_TEXT = "The weather is lovely today. Let us go for a walk in the park, and then have lunch."
 LIBRIVOX = Path("/usr/share/pocketsphinx/test/data/librivox")
-
-
-def words(text: str) -> list[str]:
-    return re.findall(r"[a-z0-9']+", text.lower())
-
-
-def wer(reference: str, hypothesis: str) -> float:
-    """Word error rate: word-level edit distance over the reference's length."""
-    ref, hyp = words(reference), words(hypothesis)
-    row = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, start=1):
-        previous, row[0] = row[0], i
-        for j, h in enumerate(hyp, start=1):
-            previous, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, previous + (r != h))
-    return row[-1] / max(len(ref), 1)
 
 
 def sdk(server) -> AsyncOpenAI:
@@ -211,12 +196,6 @@ def decoded(data: bytes, fmt: str) -> np.ndarray:
         assert sf.info(io.BytesIO(data)).samplerate == OUTPUT_SAMPLE_RATE
         assert len(sf.read(io.BytesIO(data))[0]) > 0
     return decode_upload(io.BytesIO(data), max_seconds=600)
-
-
-def wav_bytes(samples: np.ndarray, rate: int) -> bytes:
-    out = io.BytesIO()
-    sf.write(out, samples, rate, format="WAV")
-    return out.getvalue()
 
 
 @pytest.mark.parametrize("fmt", ["wav", "pcm", "mp3", "opus", "aac", "flac"])

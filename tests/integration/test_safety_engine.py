@@ -24,7 +24,7 @@ import numpy as np
 import openai
 import pytest
 import websockets
-from conftest import RunningServer, launch
+from engine_server import RunningServer, launch
 from realtime_helpers import sdk_client
 from realtime_wire import text_item
 

@@ -8,11 +8,9 @@ priorities, aborts and speculative decoding, through the public wire protocols.
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import subprocess
 import sys
-import wave
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,32 +18,15 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from conftest import RunningServer, launch, unified_env
-from realtime_helpers import (
-    collect,
-    pcm24,
-    sdk_client,
-    silence,
-    stream_speech,
-    talk_over_an_answer,
-)
+from audio_checks import SAMPLES_PER_CODE, pcm24, silence, wav_bytes
+from engine_server import RunningServer, launch, unified_env
+from realtime_helpers import answer_to, collect, sdk_client, talk_over_an_answer
 
 pytestmark = [pytest.mark.engine, pytest.mark.timeout(300)]
 
-SAMPLES_PER_CODE = 960  # 40 ms of 24 kHz audio per speech code
 LONG_TEXT = " ".join(["one two three four five six seven eight"] * 6)
 """One sentence (the REST layer sends a request per sentence) long enough to keep the engine
 busy for hundreds of tokens (the TTS token cap ends it)."""
-
-
-def wav_bytes(audio16k: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    with wave.open(buffer, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(16000)
-        w.writeframes((np.clip(audio16k, -1, 1) * 32767).astype("<i2").tobytes())
-    return buffer.getvalue()
 
 
 def upload(server: RunningServer, path: str, audio16k: np.ndarray, **data: str) -> httpx.Response:
@@ -69,9 +50,7 @@ async def test_a_spoken_realtime_turn_returns_transcripts_and_audio(unified_serv
     pcm = pcm24(speak("What is the capital of France?")) + silence(1.5)
     async with sdk_client(unified_server).realtime.connect(model="voxgate") as conn:
         await conn.session.update(session={"type": "realtime", "max_output_tokens": 120})
-        sender = asyncio.create_task(stream_speech(conn, pcm, realtime=False))
-        turn = await collect(conn)
-        await sender
+        turn = await answer_to(conn, pcm, realtime=False)
     assert "conversation.item.input_audio_transcription.completed" in turn.types
     assert "response.output_audio_transcript.delta" in turn.types
     assert "response.output_audio.delta" in turn.types
@@ -225,10 +204,7 @@ async def test_a_spoken_answer_streams_from_the_batched_vocoder(batched_server, 
     async def spoken_turn() -> Any:
         async with sdk_client(batched_server).realtime.connect(model="voxgate") as conn:
             await conn.session.update(session={"type": "realtime", "max_output_tokens": 120})
-            sender = asyncio.create_task(stream_speech(conn, pcm, realtime=False))
-            turn = await collect(conn)
-            await sender
-        return turn
+            return await answer_to(conn, pcm, realtime=False)
 
     async def synthesis() -> httpx.Response:
         async with httpx.AsyncClient(timeout=120) as client:

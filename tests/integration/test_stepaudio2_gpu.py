@@ -10,17 +10,16 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
-from conftest import RunningServer, launch
-from realtime_helpers import collect, pcm24, rms, sdk_client, silence, stream_speech
+from audio_checks import SAMPLES_PER_CODE, pcm24, rms, silence, wav_bytes, wer, words
+from engine_server import RunningServer, launch
+from realtime_helpers import collect, sdk_client, stream_speech
 from realtime_wire import text_item
-from test_stepaudio2_engine import SAMPLES_PER_CODE, wav_bytes
 
 
 def _missing() -> str | None:
@@ -46,20 +45,6 @@ pytestmark = [
     pytest.mark.timeout(900),
     pytest.mark.skipif(_missing() is not None, reason=f"GPU test: {_missing()}"),
 ]
-
-
-def words(text: str) -> list[str]:
-    return re.findall(r"[a-z0-9']+", text.lower())
-
-
-def wer(reference: str, hypothesis: str) -> float:
-    ref, hyp = words(reference), words(hypothesis)
-    d = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, 1):
-        prev, d[0] = d[0], i
-        for j, h in enumerate(hyp, 1):
-            prev, d[j] = d[j], min(d[j] + 1, d[j - 1] + 1, prev + (r != h))
-    return d[-1] / max(len(ref), 1)
 
 
 @pytest.fixture(scope="module")

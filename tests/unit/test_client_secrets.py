@@ -9,54 +9,44 @@ clock, not by waiting.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from typing import Any
 
-import pydantic
 import pytest
-from fakes import FakeBackbone, backbone_factory
+from fakes import FakeBackbone
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from in_process import TEST_HOSTS
+from in_process import app_over
 from openai import AuthenticationError, OpenAI, RateLimitError
 from openai.types.realtime.client_secret_create_response import ClientSecretCreateResponse
-from openai.types.realtime.realtime_server_event import RealtimeServerEvent
 from pydantic import SecretStr
+from realtime_wire import receive
 from starlette.testclient import WebSocketTestSession
 from starlette.websockets import WebSocketDisconnect
 
-from voxgate.model.artifacts import default_home
-from voxgate.server.app import create_app
-from voxgate.server.client_secrets import ClientSecretsFull, ClientSecretStore
-from voxgate.server.settings import ClientSecretSettings, Settings
+from voxgate.server.client_secret_store import ClientSecretsFull, ClientSecretStore
+from voxgate.server.settings import ClientSecretSettings
 from voxgate.streaming.config import SessionConfig
 
 pytestmark = pytest.mark.timeout(30)
 
 KEY = "server-key-0123456789"
-SERVER_EVENT = pydantic.TypeAdapter(RealtimeServerEvent)
 CONFIG = SessionConfig(instructions="be kind", voice="joe")
 
 
 def app_for(fake: FakeBackbone, **overrides: Any) -> FastAPI:
-    settings = Settings(
-        home=default_home(),
-        fetch_missing_models=False,
-        allowed_hosts=TEST_HOSTS,
-        **({"api_key": SecretStr(KEY)} | overrides),
-    )
-    return create_app(settings, backbone_factory=backbone_factory(fake))
+    """The app with the server key `KEY` (unless `overrides` say otherwise)."""
+    return app_over(fake, **({"api_key": SecretStr(KEY)} | overrides))
 
 
 @pytest.fixture
-def fake() -> FakeBackbone:
-    return FakeBackbone()
+def app(fake: FakeBackbone) -> FastAPI:
+    return app_for(fake)
 
 
 @pytest.fixture
-def http(fake: FakeBackbone) -> Iterator[TestClient]:
-    with TestClient(app_for(fake)) as client:
-        yield client
+def http(client: TestClient) -> TestClient:
+    """The app's client, named for what these tests send through it."""
+    return client
 
 
 def sdk(http: TestClient, key: str = KEY) -> OpenAI:
@@ -69,12 +59,6 @@ def connect(http: TestClient, secret: str) -> WebSocketTestSession:
     return http.websocket_connect(
         "/v1/realtime", subprotocols=["realtime", f"openai-insecure-api-key.{secret}"]
     )
-
-
-def receive(ws: WebSocketTestSession) -> dict[str, Any]:
-    event = ws.receive_json()
-    SERVER_EVENT.validate_python(event)
-    return event
 
 
 def assert_refused(http: TestClient, secret: str) -> None:

@@ -10,7 +10,6 @@ import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import fake_server
 import httpx
@@ -20,11 +19,12 @@ import websockets
 from fakes import FakeBackbone
 from fastapi.testclient import TestClient
 from in_process import app_over, pcm, send_audio
+from realtime_wire import receive_until
 from starlette.testclient import WebSocketTestSession
 from starlette.websockets import WebSocketDisconnect
 
 from voxgate.model.types import Role
-from voxgate.server.draining import DrainState, TurnActivity
+from voxgate.server.drain import DrainState, TurnActivity
 from voxgate.streaming.config import TurnDetection
 from voxgate.streaming.events import (
     InputCommitted,
@@ -44,26 +44,11 @@ def fake() -> FakeBackbone:
     return FakeBackbone(reply=["word "] * 20, chunk_delay_s=0.02)
 
 
-@pytest.fixture
-def client(fake: FakeBackbone) -> Iterator[TestClient]:
-    with TestClient(app_over(fake)) as client:
-        yield client
-
-
 def begin_drain(client: TestClient) -> None:
     async def begin() -> None:
         client.app.state.services.drain.begin()
 
     client.portal.call(begin)
-
-
-def receive_until(ws: WebSocketTestSession, kind: str) -> list[dict[str, Any]]:
-    got: list[dict[str, Any]] = []
-    for _ in range(5000):
-        got.append(event := ws.receive_json())
-        if event["type"] == kind:
-            return got
-    raise AssertionError(f"no {kind}")
 
 
 def closed_with(ws: WebSocketTestSession) -> tuple[int, list[str]]:

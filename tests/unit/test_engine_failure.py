@@ -11,7 +11,7 @@ import json
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import aclosing
 from pathlib import Path
 from types import SimpleNamespace
@@ -38,12 +38,6 @@ pytestmark = pytest.mark.timeout(60)
 @pytest.fixture
 def fake() -> FakeBackbone:
     return FakeBackbone(reply=["word "] * 40, chunk_delay_s=0.02)
-
-
-@pytest.fixture
-def client(fake: FakeBackbone) -> Iterator[TestClient]:
-    with TestClient(app_over(fake)) as client:
-        yield client
 
 
 def engine_dies(client: TestClient, fake: FakeBackbone) -> None:

@@ -11,7 +11,7 @@ import base64
 import http.server
 import json
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ import httpx
 import pytest
 import websockets
 from fakes import FakeBackbone
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from in_process import TEST_KEY, app_over
 from pydantic import SecretStr
@@ -51,7 +52,9 @@ LIMITS = SessionLimits(
 )
 
 
-def app_for(fake: FakeBackbone, *, realtime: dict[str, Any] | None = None, **settings: Any):
+def app_for(
+    fake: FakeBackbone, *, realtime: dict[str, Any] | None = None, **settings: Any
+) -> FastAPI:
     """The app with this file's small session limits (and `realtime` settings)."""
     return app_over(
         fake, realtime=RealtimeSettings(**({"session": LIMITS} | (realtime or {}))), **settings
@@ -59,21 +62,8 @@ def app_for(fake: FakeBackbone, *, realtime: dict[str, Any] | None = None, **set
 
 
 @pytest.fixture
-def fake() -> FakeBackbone:
-    return FakeBackbone()
-
-
-@pytest.fixture
-def client(fake: FakeBackbone) -> Iterator[TestClient]:
-    with TestClient(app_for(fake)) as client:
-        yield client
-
-
-@pytest.fixture
-def ws(client: TestClient) -> Iterator[WebSocketTestSession]:
-    with client.websocket_connect("/v1/realtime") as ws:
-        assert receive(ws)["type"] == "session.created"
-        yield ws
+def app(fake: FakeBackbone) -> FastAPI:
+    return app_for(fake)
 
 
 def refused(ws: WebSocketTestSession, event: dict[str, Any]) -> dict[str, Any]:

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import json
 
-import pydantic
 import pytest
+from direct_session import Events, only
 from fakes import FakeBackbone
-from openai.types.realtime.realtime_server_event import RealtimeServerEvent
-from test_session import Events, make, only, silero  # noqa: F401 - fixtures
+from realtime_wire import SERVER_EVENT
 
 from voxgate.model.memory import SUMMARY_PRIORITY
 from voxgate.model.types import Role, ToolSpec, Turn
@@ -34,7 +33,6 @@ from voxgate.streaming.events import (
 )
 from voxgate.streaming.session import ResponseRequest, SessionRejected, new_id
 
-SERVER_EVENT = pydantic.TypeAdapter(RealtimeServerEvent)
 WEATHER = ToolSpec(
     "get_weather",
     "The weather now in a city.",
@@ -45,7 +43,7 @@ WEATHER = ToolSpec(
 def on_the_wire(events: list[SessionEvent]) -> list[dict]:
     """The events as the client gets them, each checked against the SDK's own types."""
     outgoing = Outgoing("sess_test", "voxgate-fake")
-    wire = [w for event in events for w in outgoing.wire_events(event)]
+    wire = [json.loads(w.to_json()) for event in events for w in outgoing.wire_events(event)]
     for event in wire:
         if not event["type"].startswith("voxgate."):
             SERVER_EVENT.validate_python(event)
@@ -62,7 +60,7 @@ async def ask(session, events: Events, text: str, **request) -> list[SessionEven
     return await events.until(ResponseFinished)
 
 
-async def test_a_function_call_round_trip(make) -> None:  # noqa: F811
+async def test_a_function_call_round_trip(make) -> None:
     fake = FakeBackbone(reply=["It is sunny and 22 degrees in Paris."])
     fake.tool_arguments = '{"city": "Paris"}'
     session, events = await make(fake, turn_detection=None, tools=(WEATHER,))
@@ -107,7 +105,7 @@ async def test_a_function_call_round_trip(make) -> None:  # noqa: F811
     )
 
 
-async def test_a_result_for_an_unknown_call_is_refused(make) -> None:  # noqa: F811
+async def test_a_result_for_an_unknown_call_is_refused(make) -> None:
     session, _ = await make(FakeBackbone(), turn_detection=None)
     with pytest.raises(SessionRejected) as refused:
         await session.add_item(
@@ -116,7 +114,7 @@ async def test_a_result_for_an_unknown_call_is_refused(make) -> None:  # noqa: F
     assert (refused.value.code, refused.value.param) == ("invalid_value", "item.call_id")
 
 
-async def test_two_hundred_turns_keep_the_persona_and_the_first_fact(make) -> None:  # noqa: F811
+async def test_two_hundred_turns_keep_the_persona_and_the_first_fact(make) -> None:
     fake = FakeBackbone(reply=["Sure."])
     fake.context_window = 8  # the newest 8 turns fit; older ones are folded into the summary
     persona = "You are Ada, a cheerful assistant from Lisbon."
@@ -131,7 +129,7 @@ async def test_two_hundred_turns_keep_the_persona_and_the_first_fact(make) -> No
         text = "My favourite colour is green." if turn == 1 else f"Tell me about topic {turn}."
         await ask(session, events, text)
         if turn in (50, 200):
-            sizes[turn] = sum(len(i.content_text) for i in session.items) + len(session._summary)
+            sizes[turn] = sum(len(i.content_text) for i in session.items) + len(session.summary)
     final = fake.respond_calls[-1].options
     assert "Ada" in final.instructions  # the persona is never summarised away
     assert "My favourite colour is green." in final.summary  # turn 1, folded, still there
@@ -145,7 +143,7 @@ async def test_two_hundred_turns_keep_the_persona_and_the_first_fact(make) -> No
     on_the_wire([e for e in events.seen if isinstance(e, ItemDeleted | SummaryUpdated)][:4])
 
 
-async def test_think_mode_streams_reasoning_that_is_never_spoken(make) -> None:  # noqa: F811
+async def test_think_mode_streams_reasoning_that_is_never_spoken(make) -> None:
     fake = FakeBackbone(reply=["Hello!"])
     fake.can_reason = True
     session, events = await make(
@@ -167,13 +165,14 @@ async def test_think_mode_streams_reasoning_that_is_never_spoken(make) -> None: 
     assert fake.respond_calls[0].options.reasoning_tokens == 100  # "low": a quarter of the cap
     wire = on_the_wire(got)
     assert "voxgate.response.reasoning.delta" in [w["type"] for w in wire]
-    assert only(got, ReasoningDone).response is response
+    done = only(got, ReasoningDone).response
+    assert (done.id, done.reasoning) == (response.id, response.reasoning)
     assert isinstance(got[kinds.index("OutputItemStarted")], OutputItemStarted)
     assert any(isinstance(e, OutputTextDelta | OutputItemFinished) for e in got)
     assert not any(isinstance(e, FunctionCallArgumentsDelta) for e in got)
 
 
-async def test_think_mode_on_a_backbone_that_cannot_reason_is_an_error(make) -> None:  # noqa: F811
+async def test_think_mode_on_a_backbone_that_cannot_reason_is_an_error(make) -> None:
     session, _ = await make(FakeBackbone(), turn_detection=None)
     with pytest.raises(SessionRejected) as refused:
         await session.configure(session.config.model_copy(update={"reasoning_effort": "low"}))

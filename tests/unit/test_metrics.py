@@ -10,26 +10,25 @@ import base64
 import io
 import json
 import logging
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import pytest
 import soundfile as sf
 import websockets
-from fakes import CHUNK_SECONDS, FakeBackbone, backbone_factory
+from fakes import CHUNK_SECONDS, FakeBackbone
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from in_process import TEST_HOSTS, TEST_KEY, pcm, send_audio, serving
+from in_process import TEST_KEY, app_over, pcm, send_audio, serving
 from prometheus_client import REGISTRY
 from pydantic import SecretStr
+from realtime_wire import receive_until
 from starlette.testclient import WebSocketTestSession
 
-from voxgate.model.artifacts import default_home
 from voxgate.model.types import INPUT_SAMPLE_RATE
 from voxgate.server import logs, metrics
-from voxgate.server.app import create_app
-from voxgate.server.settings import RealtimeSettings, Settings
+from voxgate.server.settings import RealtimeSettings
+from voxgate.streaming.timings import TURN_STAGES
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -39,25 +38,7 @@ PCM_BYTES_PER_S = 48_000
 
 def app_for(fake: FakeBackbone, **overrides: Any) -> FastAPI:
     realtime = overrides.pop("realtime", {})
-    settings = Settings(
-        home=default_home(),
-        fetch_missing_models=False,
-        allowed_hosts=TEST_HOSTS,
-        realtime=RealtimeSettings(**realtime),
-        **({"api_key": None} | overrides),
-    )
-    return create_app(settings, backbone_factory=backbone_factory(fake))
-
-
-@pytest.fixture
-def fake() -> FakeBackbone:
-    return FakeBackbone()
-
-
-@pytest.fixture
-def client(fake: FakeBackbone) -> Iterator[TestClient]:
-    with TestClient(app_for(fake)) as client:
-        yield client
+    return app_over(fake, realtime=RealtimeSettings(**realtime), **overrides)
 
 
 def value(name: str, **labels: str) -> float:
@@ -82,15 +63,6 @@ class Moved:
         return self()[name, json.dumps(labels, sort_keys=True)]
 
 
-def receive_until(ws: WebSocketTestSession, kind: str) -> list[dict[str, Any]]:
-    got: list[dict[str, Any]] = []
-    for _ in range(5000):
-        got.append(event := ws.receive_json())
-        if event["type"] == kind:
-            return got
-    raise AssertionError(f"no {kind}")
-
-
 def sync(ws: WebSocketTestSession) -> None:
     """Return once the server has read everything sent before (it reads in order)."""
     ws.send_json({"type": "session.update", "session": {"type": "realtime"}})
@@ -106,8 +78,8 @@ def audio_sent(events: list[dict[str, Any]]) -> int:
 
 
 FAKE = {"backbone": "fake"}
-STAGES = [("voxgate_turn_stage_seconds_count", FAKE | {"stage": s}) for s in metrics.TURN_STAGES]
-STAGE_SUMS = [("voxgate_turn_stage_seconds_sum", FAKE | {"stage": s}) for s in metrics.TURN_STAGES]
+STAGES = [("voxgate_turn_stage_seconds_count", FAKE | {"stage": s}) for s in TURN_STAGES]
+STAGE_SUMS = [("voxgate_turn_stage_seconds_sum", FAKE | {"stage": s}) for s in TURN_STAGES]
 
 
 def test_spoken_turn_moves_every_realtime_metric(
@@ -141,7 +113,7 @@ def test_spoken_turn_moves_every_realtime_metric(
     # The histogram's figure is the one response.done reports (there rounded to 0.1 ms).
     latency_ms = moved.of("voxgate_turn_latency_seconds_sum", **FAKE) * 1000
     assert latency_ms == pytest.approx(timings["turn_latency"], abs=0.051)
-    for stage in metrics.TURN_STAGES:
+    for stage in TURN_STAGES:
         labels = FAKE | {"stage": stage}
         if stage in timings:
             assert moved.of("voxgate_turn_stage_seconds_count", **labels) == 1, stage

@@ -1,8 +1,8 @@
 """The wire protocol against the official `openai` SDK's types.
 
 Server events: every kind the server emits is built from domain events by `Outgoing` and must
-validate as the SDK's `RealtimeServerEvent`. Client events: what the SDK sends must parse, map onto
-`SessionConfig`, and every refusal must carry the right code and param.
+validate, as sent, as the SDK's `RealtimeServerEvent`. Client events: what the SDK sends must
+parse, map onto `SessionConfig`, and every refusal must carry the right code and param.
 """
 
 from __future__ import annotations
@@ -12,16 +12,16 @@ import json
 from typing import Any
 
 import openai.types.realtime as sdk
-import pydantic
 import pytest
-from openai.types.realtime.realtime_server_event import RealtimeServerEvent
 from pydantic import ValidationError
+from realtime_wire import SERVER_EVENT
 
 from voxgate.model.types import Role, TurnTrace
-from voxgate.server import protocol
+from voxgate.server import outgoing, protocol, translate
 from voxgate.server.errors import validation_error
 from voxgate.server.outgoing import Outgoing
-from voxgate.server.protocol import CLIENT_EVENT, Unsupported, session_config
+from voxgate.server.protocol import CLIENT_EVENT, Unsupported
+from voxgate.server.translate import session_config
 from voxgate.streaming.audio import AudioFormat
 from voxgate.streaming.config import SessionConfig, SessionLimits, Transcription, TurnDetection
 from voxgate.streaming.events import (
@@ -51,15 +51,20 @@ from voxgate.streaming.events import (
 from voxgate.streaming.session import SessionRejected
 from voxgate.streaming.vad import VadParams
 
-SERVER_EVENT = pydantic.TypeAdapter(RealtimeServerEvent)
 MODEL = "voxgate-fake"
 CONFIG = SessionConfig(instructions="Be brief.", voice="joe")
 LIMITS = SessionLimits()
 
 
 def wire(*events: Any) -> list[dict[str, Any]]:
-    outgoing = Outgoing("sess_test", MODEL)
-    return [w for event in events for w in outgoing.wire_events(event)]
+    """The wire events of session events, as the client reads them."""
+    translator = Outgoing("sess_test", MODEL)
+    return [json.loads(w.to_json()) for event in events for w in translator.wire_events(event)]
+
+
+def wire_session(config: SessionConfig, noise_suppressor: str | None = None) -> dict[str, Any]:
+    session = outgoing.wire_session(config, "sess_1", "m", noise_suppressor)
+    return session.model_dump(mode="json")
 
 
 def validated(event: dict[str, Any]) -> Any:
@@ -312,8 +317,8 @@ def test_audio_response_sequence() -> None:
 
 
 def test_starts_describe_the_response_as_it_started() -> None:
-    """The writer may build response.created after the response has finished (a fast backbone):
-    the start events still describe an in-progress response and item."""
+    """A start is in progress with nothing produced, whatever the response has become by the
+    time the event is made (a response cancelled before it ran still starts first)."""
     r, item, _ = audio_response_events()
     assert r.status is ResponseStatus.COMPLETED
     created, added, conversation_added, _ = wire(
@@ -324,6 +329,27 @@ def test_starts_describe_the_response_as_it_started() -> None:
     for event in (added, conversation_added):
         assert validated(event).item.status == "in_progress"
         assert validated(event).item.content == []
+
+
+def test_events_say_what_was_true_when_they_were_made() -> None:
+    """Events are snapshots: an event waiting to be sent is not changed by what happens to
+    the live item or response after it was made."""
+    user = Item("item_u", Role.USER, audio=True)
+    pending = ItemDone(user)
+    user.transcript = "hello"
+    r = response(audio=False)
+    item = assistant_item(audio=False)
+    r.items.append(item)
+    item.text, item.status = "Hi.", ItemStatus.COMPLETED
+    r.status = ResponseStatus.COMPLETED
+    finished = ResponseFinished(r)
+    item.text, item.status, r.status = "Hi. And more", ItemStatus.INCOMPLETE, ResponseStatus.FAILED
+    (done,) = wire(pending)
+    assert validated(done).item.content[0].transcript is None
+    (response_done,) = wire(finished)
+    parsed = validated(response_done).response
+    assert (parsed.status, parsed.output[0].status) == ("completed", "completed")
+    assert parsed.output[0].content[0].text == "Hi."
 
 
 def test_text_response_sequence() -> None:
@@ -675,7 +701,7 @@ def test_sdk_client_events_parse(event: sdk.RealtimeClientEvent) -> None:
 def test_message_items_map_to_domain_items() -> None:
     def item(content: dict[str, Any], role: str = "user") -> tuple[Item, str | None]:
         wire_item = protocol.MessageItem(type="message", role=role, content=[content])
-        return protocol.message_item(wire_item, "item_new")
+        return translate.message_item(wire_item, "item_new")
 
     assert item({"type": "input_text", "text": "hi"}) == (
         Item("item_new", Role.USER, text="hi"),
@@ -753,13 +779,13 @@ def test_settings_the_frameworks_send_are_accepted_and_said_back() -> None:
         ("item.input_audio_transcription.logprobs",),
         "near_field",
     )
-    wire = protocol.wire_session(config, "sess_1", "m")
+    wire = wire_session(config)
     SERVER_EVENT.validate_python({"type": "session.updated", "event_id": "e", "session": wire})
     assert wire["audio"]["input"]["noise_reduction"] == {"type": "near_field"}
     assert wire["tracing"] == "auto" and wire["include"] == session["include"]
     assert wire["x_voxgate"]["noise_reduction"] == "not applied"
     assert set(wire["x_voxgate"]["not_honoured"]) == {"tracing", "include", "parallel_tool_calls"}
-    on = protocol.wire_session(config, "sess_1", "m", noise_suppressor="rnnoise")
+    on = wire_session(config, noise_suppressor="rnnoise")
     assert on["x_voxgate"]["noise_reduction"] == "rnnoise"
     off = {
         "tracing": None,
@@ -769,7 +795,7 @@ def test_settings_the_frameworks_send_are_accepted_and_said_back() -> None:
     }
     config = session_config(config, parsed_session(session_update(off)), LIMITS)
     assert config.tracing is None and config.noise_reduction is None
-    wire = protocol.wire_session(config, "sess_1", "m")
+    wire = wire_session(config)
     assert "not_honoured" not in wire.get("x_voxgate", {})
     assert "noise_reduction" not in wire.get("x_voxgate", {})
 
@@ -896,7 +922,7 @@ def test_inf_output_tokens_is_the_servers_cap() -> None:
         CONFIG, parsed_session({"type": "session.update", "session": event}), LIMITS
     )
     assert config.max_output_tokens is None
-    assert protocol.wire_session(config, "sess_1", "m")["max_output_tokens"] == "inf"
+    assert wire_session(config)["max_output_tokens"] == "inf"
 
 
 def test_semantic_vad_and_the_turn_taking_extension_map_onto_the_config() -> None:
@@ -919,7 +945,7 @@ def test_semantic_vad_and_the_turn_taking_extension_map_onto_the_config() -> Non
     assert td is not None
     assert (td.eagerness, td.vad.silence_duration_ms) == ("high", 350)
     assert (td.min_interruption_words, td.speculative_start_ms) == (2, None)
-    wire = protocol.wire_session(config, "sess_1", "m")
+    wire = wire_session(config)
     turn = wire["audio"]["input"]["turn_detection"]
     assert turn["type"] == "semantic_vad" and turn["eagerness"] == "high"
     assert turn["x_voxgate"]["min_interruption_words"] == 2

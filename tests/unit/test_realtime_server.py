@@ -15,20 +15,18 @@ from typing import Any
 import numpy as np
 import pytest
 import websockets
-from fakes import FakeBackbone, backbone_factory
+from fakes import FakeBackbone
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from in_process import TEST_HOSTS, TEST_KEY, pcm, serving
+from in_process import TEST_KEY, app_over, pcm, serving
 from openai import AsyncOpenAI
 from pydantic import SecretStr
 from realtime_wire import receive, receive_until, text_item
 from starlette.testclient import WebSocketTestSession
 from starlette.websockets import WebSocketDisconnect
 
-from voxgate.model.artifacts import default_home
 from voxgate.model.types import Role, Turn
-from voxgate.server.app import create_app
-from voxgate.server.settings import RealtimeSettings, Settings
+from voxgate.server.settings import RealtimeSettings
 from voxgate.streaming import audio
 from voxgate.streaming.audio import AudioFormat
 
@@ -37,30 +35,15 @@ pytestmark = pytest.mark.timeout(30)
 MAX_EVENT_BYTES = 8192
 
 
-def settings(**overrides: Any) -> Settings:
-    realtime = {"max_event_bytes": MAX_EVENT_BYTES} | overrides.pop("realtime", {})
-    return Settings(
-        home=default_home(),
-        fetch_missing_models=False,
-        allowed_hosts=TEST_HOSTS,
-        realtime=RealtimeSettings(**realtime),
-        **({"api_key": None} | overrides),  # not whatever VOXGATE_API_KEY says
-    )
-
-
 def app_for(fake: FakeBackbone, **overrides: Any) -> FastAPI:
-    return create_app(settings(**overrides), backbone_factory=backbone_factory(fake))
+    """The app with this file's cap on event size (and `realtime` settings)."""
+    realtime = {"max_event_bytes": MAX_EVENT_BYTES} | overrides.pop("realtime", {})
+    return app_over(fake, realtime=RealtimeSettings(**realtime), **overrides)
 
 
 @pytest.fixture
-def fake() -> FakeBackbone:
-    return FakeBackbone()
-
-
-@pytest.fixture
-def client(fake: FakeBackbone) -> Iterator[TestClient]:
-    with TestClient(app_for(fake)) as client:
-        yield client
+def app(fake: FakeBackbone) -> FastAPI:
+    return app_for(fake)
 
 
 # --- the wire -------------------------------------------------------------------------------
@@ -74,14 +57,6 @@ def collapsed(events: list[dict[str, Any]]) -> list[str]:
     """Event types with each run of response deltas shown once, as "deltas"."""
     names = ["deltas" if t.endswith(".delta") else t for t in types(events)]
     return [name for i, name in enumerate(names) if i == 0 or name != names[i - 1]]
-
-
-@pytest.fixture
-def ws(client: TestClient) -> Iterator[WebSocketTestSession]:
-    with client.websocket_connect("/v1/realtime") as ws:
-        created = receive(ws)
-        assert created["type"] == "session.created"
-        yield ws
 
 
 def still_works(ws: WebSocketTestSession, note: str = "still here") -> None:

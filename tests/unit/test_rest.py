@@ -11,7 +11,7 @@ import asyncio
 import base64
 import io
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -19,16 +19,15 @@ import numpy as np
 import pydantic
 import pytest
 import soundfile as sf
-from fakes import VOICE, FakeBackbone, SynthesizeCall, backbone_factory
+from fakes import VOICE, FakeBackbone, SynthesizeCall
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from in_process import TEST_HOSTS, TEST_KEY, serving
+from in_process import TEST_KEY, app_over, serving
 from openai import AsyncOpenAI, BadRequestError, NotFoundError
 from openai.types.audio import Transcription, TranscriptionVerbose, Translation, TranslationVerbose
 from openai.types.audio.transcription_stream_event import TranscriptionStreamEvent
 from pydantic import SecretStr
 
-from voxgate.model.artifacts import default_home
 from voxgate.model.cascade import CascadeBackbone, CascadeConfig
 from voxgate.model.types import (
     INPUT_SAMPLE_RATE,
@@ -41,9 +40,8 @@ from voxgate.model.types import (
     TranslationUnsupported,
 )
 from voxgate.model.voices import OPENAI_VOICES
-from voxgate.server.app import create_app
 from voxgate.server.audio_files import OUTPUT_SAMPLE_RATE, decode_upload
-from voxgate.server.settings import RestSettings, Settings
+from voxgate.server.settings import RestSettings
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -54,19 +52,9 @@ FAKE_PIECE_S = 0.3
 """Audio the fake synthesises per call (3 chunks of 0.1 s)."""
 
 
-def settings(**overrides: Any) -> Settings:
-    rest = overrides.pop("rest", {})
-    return Settings(
-        home=default_home(),
-        fetch_missing_models=False,
-        allowed_hosts=TEST_HOSTS,
-        rest=RestSettings(**rest),
-        **({"api_key": None} | overrides),
-    )
-
-
 def app_for(fake: FakeBackbone, **overrides: Any) -> FastAPI:
-    return create_app(settings(**overrides), backbone_factory=backbone_factory(fake))
+    rest = overrides.pop("rest", {})
+    return app_over(fake, rest=RestSettings(**rest), **overrides)
 
 
 @pytest.fixture
@@ -75,9 +63,8 @@ def fake() -> FakeBackbone:
 
 
 @pytest.fixture
-def client(fake: FakeBackbone) -> Iterator[TestClient]:
-    with TestClient(app_for(fake)) as client:
-        yield client
+def app(fake: FakeBackbone) -> FastAPI:
+    return app_for(fake)
 
 
 def wav(samples: np.ndarray, rate: int = INPUT_SAMPLE_RATE, fmt: str = "WAV") -> bytes:
@@ -951,7 +938,7 @@ async def test_over_capacity_is_429_with_retry_after(fake, hello_wav) -> None:
             "/v1/audio/speech", json={"model": "tts-1", "voice": "joe", "input": "Hi."}
         )
         assert again.status_code == 200
-        assert app.state.services.rest_requests.active == 0
+        assert app.state.services.rest.requests.active == 0
 
 
 # --- a real server: streaming and the official SDK --------------------------------------------
@@ -984,7 +971,7 @@ async def test_first_audio_leaves_before_the_whole_text_is_synthesised(fake) -> 
             fake.synthesize_gate.set()
             rest = b"".join([c async for c in chunks])
         assert len(first + rest) == 3 * 2 * round(FAKE_PIECE_S * OUTPUT_SAMPLE_RATE)
-        assert app.state.services.rest_requests.active == 0
+        assert app.state.services.rest.requests.active == 0
 
 
 async def test_a_client_leaving_mid_stream_frees_its_slot_and_stops_synthesis(fake) -> None:
@@ -999,7 +986,7 @@ async def test_a_client_leaving_mid_stream_frees_its_slot_and_stops_synthesis(fa
         ) as response:
             assert await anext(response.aiter_bytes())
         # The client hung up while the second sentence was waiting to be synthesised.
-        await until(lambda: app.state.services.rest_requests.active == 0)
+        await until(lambda: app.state.services.rest.requests.active == 0)
         fake.synthesize_gate.set()
         # The stream was closed where it stood: the third sentence is never synthesised.
         assert [c.text for c in fake.synthesize_calls] in (["First."], ["First.", "Second."])
@@ -1020,7 +1007,7 @@ async def test_a_long_transcription_stops_when_its_client_leaves(fake, hello) ->
                 )
         # The server notices the hang-up while the first piece is still in the backbone, gives
         # up the request and frees its slot; the other pieces are never transcribed.
-        await until(lambda: app.state.services.rest_requests.active == 0)
+        await until(lambda: app.state.services.rest.requests.active == 0)
         fake.transcribe_gate.set()
     assert len(fake.transcribe_calls) == 1
 
@@ -1104,7 +1091,7 @@ async def test_the_official_sdk_translates(fake, hello_wav) -> None:
 async def test_a_streamed_answer_frees_its_slot_before_the_client_sees_its_end() -> None:
     """A client that reads the end of a streamed answer and sends its next request at once
     must not find its own previous request still holding a slot (that gave 429s)."""
-    from voxgate.server.rest import _ReleasingStream
+    from voxgate.server.rest import ReleasingStream
 
     async def body():
         yield b"one"
@@ -1113,7 +1100,7 @@ async def test_a_streamed_answer_frees_its_slot_before_the_client_sees_its_end()
     freed: list[str] = []
     seen_when_freed: list[int] = []
     messages: list[dict] = []
-    response = _ReleasingStream(body())
+    response = ReleasingStream(body())
     response.on_close = lambda: (freed.append("slot"), seen_when_freed.append(len(messages)))
 
     async def receive() -> dict:

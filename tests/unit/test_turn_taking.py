@@ -3,25 +3,14 @@ policy, the echo guard and truncation. Real VAD, real speech, a fake backbone.""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Sequence
 
 import numpy as np
 import pytest
 import soxr
+from direct_session import LEAD_S, SERVER_VAD, Events, feed, kinds, of, only, silence, turn
 from fakes import VOICE, FakeBackbone, RespondCall
-from test_session import (  # noqa: F401 - `make` and `silero` are fixtures
-    LEAD_S,
-    SERVER_VAD,
-    Events,
-    feed,
-    kinds,
-    make,
-    of,
-    only,
-    silence,
-    silero,
-    turn,
-)
 
 from voxgate.model.types import (
     INPUT_SAMPLE_RATE,
@@ -65,7 +54,7 @@ def story(speak) -> np.ndarray:
 # --- speculative start --------------------------------------------------------------------
 
 
-async def test_a_speculative_answer_is_adopted_when_the_turn_ends(make, morning) -> None:  # noqa: F811
+async def test_a_speculative_answer_is_adopted_when_the_turn_ends(make, morning) -> None:
     fake = FakeBackbone(transcript="good morning")
     session, events = await make(fake, turn_detection=TAKING)
     await feed(session, turn(morning))
@@ -99,7 +88,7 @@ async def test_a_speculative_answer_is_adopted_when_the_turn_ends(make, morning)
     ]
 
 
-async def test_a_speculative_answer_is_dropped_when_the_user_goes_on(make, morning) -> None:  # noqa: F811
+async def test_a_speculative_answer_is_dropped_when_the_user_goes_on(make, morning) -> None:
     words = iter(["good morning", "good morning good morning"])
     fake = FakeBackbone(transcript=lambda _: next(words), reply=["word "] * 40, chunk_delay_s=0.01)
     session, events = await make(fake, turn_detection=TAKING)
@@ -118,7 +107,7 @@ async def test_a_speculative_answer_is_dropped_when_the_user_goes_on(make, morni
 # --- semantic end of turn -----------------------------------------------------------------
 
 
-async def _committed_after(make, speech: np.ndarray, eagerness: str, transcript: str) -> float:  # noqa: F811
+async def _committed_after(make, speech: np.ndarray, eagerness: str, transcript: str) -> float:
     fake = FakeBackbone(transcript=transcript)
     td = TAKING.model_copy(update={"eagerness": eagerness, "speculative_start_ms": None})
     td = td.model_copy(update={"vad": td.vad.model_copy(update={"silence_duration_ms": 600})})
@@ -131,7 +120,7 @@ async def _committed_after(make, speech: np.ndarray, eagerness: str, transcript:
     return len(committed_audio) / INPUT_SAMPLE_RATE - stopped.audio_end_ms / 1000
 
 
-async def test_a_complete_thought_ends_the_turn_early(make, morning) -> None:  # noqa: F811
+async def test_a_complete_thought_ends_the_turn_early(make, morning) -> None:
     quick = await _committed_after(make, morning, "high", "Good morning.")
     patient = await _committed_after(make, morning, "low", "Good morning.")
     trailing = await _committed_after(make, morning, "high", "Good morning and")
@@ -143,7 +132,7 @@ async def test_a_complete_thought_ends_the_turn_early(make, morning) -> None:  #
 # --- interruption policy -------------------------------------------------------------------
 
 
-async def test_a_short_sound_does_not_interrupt_the_agent(make, morning) -> None:  # noqa: F811
+async def test_a_short_sound_does_not_interrupt_the_agent(make, morning) -> None:
     fake = FakeBackbone(reply=["word "] * 60, chunk_delay_s=0.02)
     td = SERVER_VAD.model_copy(update={"min_interruption_ms": 2000})
     session, events = await make(fake, turn_detection=td)
@@ -158,7 +147,7 @@ async def test_a_short_sound_does_not_interrupt_the_agent(make, morning) -> None
 @pytest.mark.parametrize(
     ("said", "interrupted"), [("yeah", False), ("no stop talking please", True)]
 )
-async def test_words_decide_whether_the_user_interrupted(make, morning, said, interrupted) -> None:  # noqa: F811
+async def test_words_decide_whether_the_user_interrupted(make, morning, said, interrupted) -> None:
     answers = iter(["good morning", said])
     fake = FakeBackbone(
         transcript=lambda _: next(answers), reply=["word "] * 60, chunk_delay_s=0.02
@@ -183,6 +172,26 @@ async def test_words_decide_whether_the_user_interrupted(make, morning, said, in
         assert abs(len(delivered) / 48 - 60 * 100) < 20  # ms of 24 kHz pcm16: 60 pieces of 100
 
         assert len(fake.respond_calls) == 1  # and the backchannel is not answered
+
+
+async def test_speaking_again_while_held_ends_the_held_answer(make, morning) -> None:
+    fake = FakeBackbone(transcript="good morning", reply=["word "] * 60, chunk_delay_s=0.02)
+    td = SERVER_VAD.model_copy(update={"min_interruption_words": 2})
+    session, events = await make(fake, turn_detection=td)
+    await feed(session, turn(morning))
+    await events.until(OutputAudioDelta)
+    fake.transcribe_gate = asyncio.Event()  # the words that would judge the hold are slow
+    await feed(session, np.concatenate([morning, silence(1.0)]))  # the answer is held
+    await feed(session, np.concatenate([morning, silence(1.0)]))  # and the user speaks again
+    got = await events.until(ResponseFinished)
+    assert len(of(got, SpeechStartedEvent)) == 2
+    held = only(got, ResponseFinished).response
+    assert (held.status, held.reason) == (ResponseStatus.CANCELLED, "turn_detected")
+    assert not of(got, OutputAudioDelta)  # what it said while held is not played
+    fake.transcribe_gate.set()
+    answer = only(await events.until(ResponseFinished), ResponseFinished).response
+    assert answer.status is ResponseStatus.COMPLETED
+    assert len(fake.respond_calls) == 2  # the last turn is answered, the one it cut short not
 
 
 # --- echo guard -----------------------------------------------------------------------------
@@ -227,7 +236,7 @@ def _echo_of(deltas: Sequence[OutputAudioDelta], delay_s: float, gain: float) ->
 
 
 @pytest.mark.parametrize("guarded", [True, False])
-async def test_the_agents_own_voice_does_not_interrupt_it(make, morning, story, guarded) -> None:  # noqa: F811
+async def test_the_agents_own_voice_does_not_interrupt_it(make, morning, story, guarded) -> None:
     fake = SpeakingBackbone(story)
     td = SERVER_VAD.model_copy(update={"echo_guard": guarded})
     session, events = await make(fake, turn_detection=td)
@@ -242,7 +251,7 @@ async def test_the_agents_own_voice_does_not_interrupt_it(make, morning, story, 
         assert of(heard, SpeechStartedEvent)  # the control: without the guard it fires
 
 
-async def test_the_user_is_still_heard_over_the_echo(make, morning, story) -> None:  # noqa: F811
+async def test_the_user_is_still_heard_over_the_echo(make, morning, story) -> None:
     fake = SpeakingBackbone(story)
     session, events = await make(
         fake, turn_detection=SERVER_VAD.model_copy(update={"echo_guard": True})
@@ -278,7 +287,7 @@ def test_the_echo_reference_stays_bounded_when_no_audio_comes_in() -> None:
 # --- truncation -----------------------------------------------------------------------------
 
 
-async def test_truncation_keeps_what_the_user_heard(make) -> None:  # noqa: F811
+async def test_truncation_keeps_what_the_user_heard(make) -> None:
     fake = FakeBackbone(reply=["one ", "two ", "three "])  # 100 ms of audio per piece
     session, events = await make(fake, turn_detection=None)
     await session.add_item(_user("count"))
@@ -287,7 +296,7 @@ async def test_truncation_keeps_what_the_user_heard(make) -> None:  # noqa: F811
     assert 295 <= answer.audio_ms <= 300
     await session.truncate_item(answer.id, 0, 150)  # heard "one" and half of "two"
     assert only(await events.until(ItemTruncated), ItemTruncated).audio_end_ms == 150
-    assert answer.transcript == "one"
+    assert session.items[1].transcript == "one"  # the answer, in the conversation
     await session.create_response(ResponseRequest())
     await events.until(ResponseFinished)
     assert fake.respond_calls[-1].conversation[1] == Turn(Role.ASSISTANT, "one")
@@ -300,7 +309,7 @@ async def test_truncation_keeps_what_the_user_heard(make) -> None:  # noqa: F811
         with pytest.raises(SessionRejected) as refused:
             await session.truncate_item(item_id, index, end_ms)
         assert refused.value.code == code
-    assert answer.status is ItemStatus.COMPLETED
+    assert session.items[1].status is ItemStatus.COMPLETED
 
 
 def _user(text: str):

@@ -162,6 +162,20 @@ def test_reset_returns_to_quiet_at_time_zero() -> None:
     assert events == [SpeechStarted(0)]
 
 
+def test_thresholds_can_be_changed_live_and_outlast_a_reset() -> None:
+    machine = VadStateMachine(VadParams())
+    machine.set_thresholds(min_speech_ms=256)  # 8 windows: the agent is talking
+    steps = [machine.step(p) for p in [SPEECH] * 8]
+    assert steps == [None] * 7 + [SpeechStarted(0)]
+    machine.set_thresholds(silence_duration_ms=1000)  # 32 windows: a thought trails off
+    steps = [machine.step(p) for p in [SILENCE] * 32]
+    assert steps == [None] * 31 + [SpeechStopped(8 * 32)]
+    machine.reset()
+    machine.set_thresholds(silence_duration_ms=None)  # None keeps the value
+    steps = [machine.step(p) for p in [SPEECH] * 8]
+    assert steps == [None] * 7 + [SpeechStarted(0)]
+
+
 def test_illegal_transition_fails_loudly() -> None:
     machine = VadStateMachine(VadParams())
     with pytest.raises(RuntimeError, match="illegal VAD transition"):
