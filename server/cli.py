@@ -1,4 +1,5 @@
-"""The `voxgate` command: `serve` and `fetch-models`."""
+"""The `voxgate` command: `serve`, `fetch-models`, the model makers, and `feedback`
+(export, delete, purge)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,11 @@ from pydantic import ValidationError
 from voxgate.server.settings import Settings
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from voxgate.model.artifacts import Artifact, ByteProgress, Fetched
+    from voxgate.server.feedback_settings import FeedbackSettings
+    from voxgate.server.feedback_types import Deleted
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -28,19 +33,25 @@ def _serve(args: argparse.Namespace) -> int:
         ("backbone", args.backbone),
         ("model", args.model),
     )
-    overrides = {k: v for k, v in given if v is not None}
-    try:
-        settings = Settings(**overrides)
-    except ValidationError as e:
-        for error in e.errors(include_url=False):
-            where = ".".join(str(p) for p in error["loc"]) or "settings"
-            print(f"voxgate serve: {where}: {error['msg']}", file=sys.stderr)
+    settings = _settings("voxgate serve", **{k: v for k, v in given if v is not None})
+    if settings is None:
         return 2
     keys = [k.get_secret_value() for k in (settings.api_key, settings.metrics_key) if k]
     logs.configure(settings.log_level, settings.log_format, secrets=keys)
     # SIGTERM / Ctrl+C drain first: live turns finish, then sessions close with 1001. A dead
     # engine ends the process with a non-zero status, for its supervisor to replace it.
     return serve(create_app(settings, start_in_background=True), settings)
+
+
+def _settings(command: str, **overrides: object) -> Settings | None:
+    """The settings from the environment (and `overrides`); None after saying what is wrong."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as e:
+        for error in e.errors(include_url=False):
+            where = ".".join(str(p) for p in error["loc"]) or "settings"
+            print(f"{command}: {where}: {error['msg']}", file=sys.stderr)
+        return None
 
 
 def _fetch_models(args: argparse.Namespace) -> int:
@@ -185,6 +196,74 @@ def _make_voice(args: argparse.Namespace) -> int:
     return 0
 
 
+def _feedback(args: argparse.Namespace) -> int:
+    """`voxgate feedback export|delete|purge`, on the store `voxgate serve` writes to (the same
+    VOXGATE_FEEDBACK__* settings)."""
+    from sqlalchemy.exc import OperationalError
+
+    from voxgate.server.feedback_schema import SchemaVersionMismatch
+
+    command = f"voxgate feedback {args.action}"
+    settings = _settings(command)
+    if settings is None:
+        return 2
+    # What is stored is managed whether capture is on now or not.
+    stored = settings.feedback.model_copy(update={"enabled": True})
+    try:
+        if args.action == "export":
+            return _feedback_export(args, stored, settings.home, command)
+        return _feedback_delete(args, stored, settings.home, command)
+    except (OperationalError, SchemaVersionMismatch) as e:
+        print(f"{command}: the feedback database: {getattr(e, 'orig', None) or e}", file=sys.stderr)
+        return 1
+
+
+def _feedback_export(
+    args: argparse.Namespace, stored: FeedbackSettings, home: Path, command: str
+) -> int:
+    from pathlib import Path
+
+    from voxgate.server.feedback_export import ExportFolderInUse, ExportFormat, export
+    from voxgate.server.feedback_schema import FeedbackDatabase
+
+    database = FeedbackDatabase.open(stored, home)
+    try:
+        exported = export(database, ExportFormat(args.format), Path(args.out))
+    except ExportFolderInUse as e:
+        print(f"{command}: {e}", file=sys.stderr)
+        return 2
+    finally:
+        database.close()
+    print(f"{exported.rows} rows written to {exported.data_file}")
+    return 0
+
+
+def _feedback_delete(
+    args: argparse.Namespace, stored: FeedbackSettings, home: Path, command: str
+) -> int:
+    """`delete --session ID`, or `purge` (what is older than the retention)."""
+    import asyncio
+
+    from voxgate.server.feedback_store import FeedbackStore
+
+    if args.action == "purge" and stored.retention_days is None:
+        print(f"{command}: no retention set (VOXGATE_FEEDBACK__RETENTION_DAYS); nothing purged")
+        return 0
+
+    async def delete() -> Deleted:
+        async with FeedbackStore.start(stored, home) as store:
+            if args.action == "purge":
+                return await store.purge()
+            return await store.delete_session(args.session)
+
+    deleted = asyncio.run(delete())
+    print(
+        f"deleted {deleted.responses} answers, {deleted.feedback} ratings, {deleted.pairs} "
+        f"pairs and {deleted.audio_files} audio files"
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="voxgate", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -249,6 +328,29 @@ def main(argv: list[str] | None = None) -> int:
         "token with the mel's last frame repeated, as the published token2wav (reference)",
     )
     voice.set_defaults(run=_make_voice)
+    feedback = commands.add_parser(
+        "feedback", help="the feedback store (VOXGATE_FEEDBACK__* settings): export, delete, purge"
+    )
+    actions = feedback.add_subparsers(dest="action", required=True)
+    export = actions.add_parser(
+        "export", help="write a dataset that Hugging Face `datasets.load_dataset(OUT)` loads"
+    )
+    export.add_argument(
+        "--format",
+        required=True,
+        choices=["dpo", "kto", "ratings"],
+        help="dpo: preferred and rejected candidates of pairs; kto: rated answers labelled good "
+        "or bad; ratings: every rating",
+    )
+    export.add_argument(
+        "--out", required=True, help="a folder of its own (OUT/train.jsonl, OUT/README.md)"
+    )
+    delete = actions.add_parser(
+        "delete", help="delete what is kept of one session (answers, ratings, pairs, audio)"
+    )
+    delete.add_argument("--session", required=True, help="the realtime session id")
+    actions.add_parser("purge", help="delete what is older than VOXGATE_FEEDBACK__RETENTION_DAYS")
+    feedback.set_defaults(run=_feedback)
     args = parser.parse_args(argv)
     return args.run(args)
 

@@ -16,6 +16,7 @@ from voxgate.model.artifacts import default_home
 from voxgate.model.cascade import CascadeConfig
 from voxgate.model.engine import EngineConfig
 from voxgate.model.stepaudio2.backbone import StepAudio2Options
+from voxgate.server.feedback_settings import FeedbackSettings
 from voxgate.streaming.config import SessionLimits
 
 DEFAULT_INSTRUCTIONS = (
@@ -162,6 +163,7 @@ class Settings(BaseSettings):
     realtime: RealtimeSettings = RealtimeSettings()
     rest: RestSettings = RestSettings()
     client_secrets: ClientSecretSettings = ClientSecretSettings()
+    feedback: FeedbackSettings = FeedbackSettings()
 
     @field_validator("allowed_origins", "allowed_hosts", mode="before")
     @classmethod
