@@ -15,7 +15,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from voxgate.model.artifacts import default_home
 from voxgate.model.cascade import CascadeConfig
 from voxgate.model.engine import EngineConfig
-from voxgate.model.stepaudio2.backbone import StepAudio2Options
+from voxgate.model.stepaudio2.options import StepAudio2Options
 from voxgate.server.feedback_settings import FeedbackSettings
 from voxgate.streaming.config import SessionLimits
 

@@ -13,45 +13,39 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
-import time
 from array import array
 from collections.abc import AsyncIterator, Sequence
-from contextlib import AbstractContextManager, aclosing, asynccontextmanager, nullcontext
+from contextlib import aclosing, asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from prometheus_client import Counter
-from pydantic import BaseModel, Field
 
-from voxgate.model import tools
 from voxgate.model.engine import EngineConfig, EngineHost
-from voxgate.model.lm import PromptBuilder
 from voxgate.model.memory import SUMMARY_INSTRUCTIONS, SUMMARY_TOKENS, summary_request, with_summary
-from voxgate.model.priority import PriorityExecutor
 from voxgate.model.startup import UNREPORTED, StartupStage, StartupStages
 from voxgate.model.stepaudio2 import audio, budgets, parsing, regimes
-from voxgate.model.stepaudio2.budgets import ReadingPace
-from voxgate.model.stepaudio2.parsing import OutputSplitter, SpeechCodes, TextPiece
-from voxgate.model.stepaudio2.regimes import Prompt, PromptWriter, Regime
+from voxgate.model.stepaudio2.decoding import Decoder
+from voxgate.model.stepaudio2.dialogue import DialogueWindow, think
+from voxgate.model.stepaudio2.options import StepAudio2Options
+from voxgate.model.stepaudio2.parsing import OutputSplitter
+from voxgate.model.stepaudio2.regimes import Prompt, PromptWriter
 from voxgate.model.stepaudio2.tokens import TokenMap
+from voxgate.model.stepaudio2.tool_calls import ToolCalls
+from voxgate.model.stepaudio2.vocoding import SpeechStreamer, start_vocoder_scheduler
 from voxgate.model.types import (
     INPUT_SAMPLE_RATE,
     AnswerBudget,
     AudioChunk,
     BackboneError,
-    ContextBudgetExceeded,
-    ReasoningDelta,
     RequestRejected,
     ResponseEnd,
     ResponseOptions,
     ResponseOutput,
     Segment,
     TextDelta,
-    ToolCall,
-    ToolSpec,
     Transcription,
     Turn,
     TurnTrace,
@@ -60,7 +54,7 @@ from voxgate.model.types import (
 )
 
 if TYPE_CHECKING:
-    from voxgate.model.stepaudio2.token2wav import Token2Wav, VocoderScheduler
+    from voxgate.model.stepaudio2.token2wav import VocoderScheduler
 
 log = logging.getLogger(__name__)
 
@@ -69,168 +63,17 @@ TTS_CUT = Counter(
     "Syntheses that reached their token budget (the text's reading time, within max_tts_s) "
     "before the model ended them: the speech may stop short of the text.",
 )
-TOOL_DECISION_TOKENS = 512
-"""Longest arguments object a call may write."""
-TOOL_NAME_TOKENS = 32
 HINT_REFUSED = (
     "a transcription prompt is not supported by this backbone: Step-Audio-2's published ASR "
     "prompt is a fixed instruction, and a hint added to it changes what the model does "
     "(it may follow or translate the hint)"
 )
 
-SAMPLES_PER_CODE = 960
-"""One speech code is 40 ms at 24 kHz (25 codes per second)."""
-MAX_VOCODER_BATCH = 64
-"""Streams one batched vocoder step takes at most: a CUDA graph is captured per padded batch
-size up to it (1, 2, 4, ... 64); more ready streams wait for the next step."""
-VOCODER_VOICES = 4
-"""Voice prompts the batched vocoder keeps on the device; a stream in a fifth voice at once
-runs alone (~0.4 GB per voice of a 6 s prompt at the published size in float32)."""
-
-
-class StepAudio2Options(BaseModel):
-    """Settings of the unified backbone (nested under `VOXGATE_STEPAUDIO2__*`)."""
-
-    speculative: Literal["ngram", "none"] = "ngram"
-    """Engine-wide speculative decoding. Lossless: drafts are verified by the backbone, so the
-    greedy ASR regime's transcripts are identical with and without it."""
-    num_speculative_tokens: int = Field(4, ge=1, le=8)
-    prompt_lookup_max: int = Field(4, ge=1)
-    prompt_lookup_min: int = Field(2, ge=1)
-    context_tokens: int = Field(8192, ge=512)
-    """Prompt + answer budget of a realtime turn (the engine's max_model_len unless that is
-    set). Input audio counts 12.5 tokens a second, spoken output 31.25 (see `budgets`): the
-    default holds a 60 s answer beside ~5 minutes of conversation audio."""
-    answer_s: float = Field(60.0, gt=0)
-    """A realtime answer's default length in seconds of speech (`max_output_tokens` a session
-    starts with); a client may ask for less, or more up to `max_answer_s`."""
-    max_answer_s: float = Field(180.0, gt=0)
-    """The longest realtime answer any client may ask for ("inf"), in seconds of speech."""
-    audio_pieces_per_prompt: int = Field(8, ge=1)
-    """25 s pieces one prompt may carry (8 = 200 s)."""
-    max_tts_s: float = Field(300.0, gt=0)
-    """Cap on one synthesis, in seconds of speech; each request's own budget comes from its
-    text (`reading_pace`)."""
-    reading_pace: ReadingPace = ReadingPace()
-    """How long a text may take to read, per script: sizes each synthesis' token budget."""
-    voice: str | None = None
-    """Default voice (the first in the model's voices/ folder if unset)."""
-    think: Literal["auto", "on", "off"] = "auto"
-    """Think mode. "auto": on when the vocabulary has think tokens (Step-Audio-R1.1) or the
-    model folder's name says it reasons ("Think", "R1": Step-Audio-2-mini-Think writes its
-    markers as text, so its vocabulary cannot tell)."""
-    vocoder_device: str = "cpu"
-    """torch device of the token2wav vocoder ("cuda" beside the engine on a GPU machine)."""
-    vocoder_threads: int = Field(1, ge=1)
-    """torch threads for the vocoder on CPU: one leaves the other core to the engine."""
-    batched_vocoder: Literal["auto", "on", "off"] = "auto"
-    """Run the live streams' vocoder chunks together: one thread steps every stream that has
-    a chunk ready in one forward (`token2wav.VocoderScheduler`), replayed as CUDA graphs on
-    CUDA. "auto": on when the vocoder runs on CUDA (one stream at a time is bound by kernel
-    launches there); off on the CPU, where the static step costs ~20% more per stream than
-    the per-stream path. Off: each stream's chunks run alone, on one thread in priority
-    order. A stream's audio is the same either way, within float rounding."""
-    vocoder_slots: int = Field(64, ge=1)
-    """Streams the batched vocoder keeps on the device at once; a stream that finds every
-    slot taken runs alone (the per-stream arithmetic, on the same thread). Preallocated at
-    start, each slot holds a stream's caches for `answer_s` of speech (an answer that goes on
-    longer continues alone): at the published size in float32 ~200 MB of DiT caches plus
-    57 kB per token (voice prompt + 25 a second), ~300 MB per slot at the 60 s default,
-    ~19 GB for 64 (half that in bfloat16)."""
-
-    @property
-    def vocoder_batched(self) -> bool:
-        """Whether `batched_vocoder` is on for this `vocoder_device`."""
-        if self.batched_vocoder == "auto":
-            return self.vocoder_device.split(":")[0] == "cuda"
-        return self.batched_vocoder == "on"
-
-    def engine_args(self) -> dict[str, Any]:
-        args: dict[str, Any] = {"limit_mm_per_prompt": {"audio": self.audio_pieces_per_prompt}}
-        if self.speculative == "ngram":
-            args["speculative_config"] = {
-                "method": "ngram",
-                "num_speculative_tokens": self.num_speculative_tokens,
-                "prompt_lookup_max": self.prompt_lookup_max,
-                "prompt_lookup_min": self.prompt_lookup_min,
-            }
-        return args
-
-
-class DialogueWindow(PromptBuilder):
-    """The bounded realtime context, in Step-Audio-2's prompt format."""
-
-    def __init__(
-        self,
-        writer: PromptWriter,
-        tokenizer: Any,
-        context_tokens: int,
-        tools: Sequence[ToolSpec] = (),
-    ) -> None:
-        super().__init__(tokenizer, context_tokens)
-        self._writer = writer
-        self._tools = tools
-        """Offered to the model in its `tool_json_schemas` turn (this window is per request)."""
-
-    def render(self, instructions: str, turns: Sequence[Turn]) -> Prompt:
-        return self._writer.dialogue(instructions, turns, tools=self._tools)
-
-    def size(self, prompt: Prompt) -> int:
-        return prompt.length
-
-    def fit_last_turn(self, instructions: str, turn: Turn, budget: int) -> Prompt:
-        if turn.audio is None:
-            return super().fit_last_turn(instructions, turn, budget)
-        room = budget - self.render(instructions, [Turn(turn.role, "")]).length - 4
-        if room < 1:
-            raise ContextBudgetExceeded("the instructions alone exceed the context budget")
-        # Keep the end of what the user said: 12.5 tokens per second of audio.
-        keep = int(room / 12.5 * INPUT_SAMPLE_RATE)
-        return self.render(instructions, [Turn(turn.role, turn.text, turn.audio[-keep:])])
-
-
-def start_vocoder_scheduler(vocoder: Token2Wav, options: StepAudio2Options) -> VocoderScheduler:
-    """The batched vocoder with its slots allocated and, on CUDA, its step captured as CUDA
-    graphs, and the thread that steps it. Blocking (the capture takes seconds)."""
-    from voxgate.model.stepaudio2.token2wav import BatchedVocoder, StepShapes, VocoderScheduler
-
-    names = vocoder.voices()
-    longest_prompt = max(len(vocoder.voice(name).prompt_tokens) for name in names)
-    shapes = StepShapes(
-        max_batch=min(options.vocoder_slots, MAX_VOCODER_BATCH),
-        slots=options.vocoder_slots,
-        context_tokens=longest_prompt + math.ceil(options.answer_s * budgets.CODES_PER_SECOND),
-        voices=min(len(names), VOCODER_VOICES),
-    )
-    batched = BatchedVocoder(vocoder, shapes)
-    captured = batched.capture()
-    log.info(
-        "batched vocoder: %d slots of %d tokens, up to %d streams a step, %s",
-        shapes.slots,
-        shapes.context_tokens,
-        shapes.max_batch,
-        f"CUDA graphs for {batched.captured}" if captured else "eager steps",
-    )
-    return VocoderScheduler(batched)
-
-
-class _VocoderThreadStream:
-    """One utterance on the per-stream vocoder, its chunks run on the vocoder thread in
-    priority order (the path when `batched_vocoder` is off)."""
-
-    def __init__(self, stream: Any, thread: PriorityExecutor, priority: int) -> None:
-        self._stream = stream
-        self._thread = thread
-        self._priority = priority
-
-    async def apush(self, codes: Sequence[int]) -> np.ndarray:
-        return await self._thread.run(self._priority, self._stream.push, codes)
-
-    async def afinish(self) -> np.ndarray:
-        return await self._thread.run(self._priority, self._stream.finish)
-
 
 class StepAudio2Backbone:
+    """The `Backbone` protocol over one engine: each request written in its regime's prompt,
+    decoded (`Decoder`), voiced (`SpeechStreamer`) and its tool calls checked (`ToolCalls`)."""
+
     name = "stepaudio2"
 
     def __init__(
@@ -258,13 +101,9 @@ class StepAudio2Backbone:
             Voice(n, "multilingual", vocoder.sample_rate)
             for n in [self._default_voice, *(n for n in names if n != self._default_voice)]
         )
-        self._text_ids = self._tokens.text_ids()
-        # The vocoder runs on its own thread (heavy tensor work, never on the event loop), in
-        # the engine's priority order: a live turn's audio is not queued behind REST synthesis.
-        self._vocoder_thread = PriorityExecutor("token2wav")
-        self._vocoder_scheduler = vocoder_scheduler
-        """The batched vocoder's thread, which then runs every stream instead (the caller
-        that passes it shuts it down)."""
+        self._decoder = Decoder(engine, tokenizer, self._tokens)
+        self._speech = SpeechStreamer(self._decoder, vocoder, vocoder_scheduler)
+        self._tool_calls = ToolCalls(self._decoder, self._writer)
 
     @classmethod
     @asynccontextmanager
@@ -311,7 +150,7 @@ class StepAudio2Backbone:
                     await backbone.warm_up()
                     yield backbone
                 finally:
-                    backbone._vocoder_thread.shutdown()
+                    backbone._speech.shutdown()
             finally:
                 if scheduler is not None:
                     scheduler.shutdown()
@@ -358,13 +197,15 @@ class StepAudio2Backbone:
         if audio.num_audio_tokens(len(audio_16k)) < 2:
             return Transcription("", duration, language)
         request = self._writer.asr(audio_16k)
-        params = self._params(
+        params = self._decoder.params(
             regimes.ASR,
             max_tokens=32 + int(10 * duration),
             temperature=temperature,
-            allowed=[*self._text_ids, self._tokens.eot],
+            allowed=[*self._decoder.text_ids, self._tokens.eot],
         )
-        text, _codes, _end = await self._generate(request, params, f"asr-{_rid()}", priority)
+        text, _codes, _end = await self._decoder.generate(
+            request, params, f"asr-{_rid()}", priority
+        )
         segments = (Segment(0.0, duration, text),) if timestamps != "none" and text else ()
         return Transcription(text.strip(), duration, language, segments)
 
@@ -417,13 +258,15 @@ class StepAudio2Backbone:
                 f"{duration:.0f} s of audio is more than one prompt holds ({longest:.0f} s)"
             )
         request = await asyncio.to_thread(write, audio_16k, what)
-        params = self._params(
+        params = self._decoder.params(
             regimes.UNDERSTAND,
             max_tokens=64 + int(16 * duration),
             temperature=temperature,
-            allowed=[*self._text_ids, self._tokens.eot],
+            allowed=[*self._decoder.text_ids, self._tokens.eot],
         )
-        text, _codes, _end = await self._generate(request, params, f"{name}-{_rid()}", priority)
+        text, _codes, _end = await self._decoder.generate(
+            request, params, f"{name}-{_rid()}", priority
+        )
         return Transcription(text.strip(), duration)
 
     async def synthesize(
@@ -441,8 +284,10 @@ class StepAudio2Backbone:
             # Step-Audio-2 has no speed knob: it is asked for the pace, like any other style.
             style = f"{style}\nSpeak at {speed:g} times the normal speed.".strip()
         request = await asyncio.to_thread(self._writer.tts, text, style or None)
-        params = self._params(regimes.TTS, max_tokens=self.tts_tokens(text, speed))
-        stream = self._speech(request, params, f"tts-{_rid()}", priority, speaker, TurnTrace())
+        params = self._decoder.params(regimes.TTS, max_tokens=self.tts_tokens(text, speed))
+        stream = self._speech.stream(
+            request, params, f"tts-{_rid()}", priority, speaker, TurnTrace()
+        )
         async with aclosing(stream):
             async for item in stream:
                 if isinstance(item, AudioChunk):
@@ -477,13 +322,13 @@ class StepAudio2Backbone:
         kept = conversation[start:]
         if offered and options.tool_choice != "auto":
             # A call is required: the model writes it at once, under the tool's grammar.
-            call, end = await self._forced_call(system, kept, options)
+            call, end = await self._tool_calls.forced(system, kept, options)
             yield call
             yield replace(end, context_start=start)
             return
         if options.reasoning_tokens:
             trace.mark("lm_submit")
-            thought = self._think(request, options, trace)
+            thought = think(self._decoder, self._writer, request, options, trace)
             async with aclosing(thought):
                 async for item in thought:
                     if isinstance(item, Prompt):
@@ -493,13 +338,13 @@ class StepAudio2Backbone:
         if speaker is None:
             if request.token_ids[-1] == self._tokens.tts_start:
                 request = Prompt(request.token_ids[:-1], request.audio, request.length - 1)
-            params = self._params(
+            params = self._decoder.params(
                 regimes.REALTIME,
                 max_tokens=options.max_output_tokens,
-                allowed=[*self._text_ids, self._tokens.eot],
+                allowed=[*self._decoder.text_ids, self._tokens.eot],
             )
             trace.mark("lm_submit")
-            text, _codes, end = await self._generate(
+            text, _codes, end = await self._decoder.generate(
                 request, params, options.request_id, options.priority, trace
             )
             words, native = parsing.split_calls(text) if offered else (text, [])
@@ -507,16 +352,16 @@ class StepAudio2Backbone:
                 yield TextDelta(words)
             if native:
                 written = request.extended(self._writer.encode(words))
-                for call in await self._checked_calls(native, written, options):
+                for call in await self._tool_calls.checked(native, written, options):
                     yield call
             yield replace(end, context_start=start)
             return
-        params = self._params(
+        params = self._decoder.params(
             regimes.REALTIME, max_tokens=options.max_output_tokens, until_turn_end=bool(offered)
         )
         trace.mark("lm_submit")
-        splitter = OutputSplitter(self._tokenizer, self._tokens)
-        stream = self._speech(
+        splitter = self._decoder.splitter()
+        stream = self._speech.stream(
             request, params, options.request_id, options.priority, speaker, trace, splitter
         )
         async with aclosing(stream):
@@ -529,7 +374,7 @@ class StepAudio2Backbone:
                 _words, native = parsing.split_calls(splitter.after_speech)
                 if offered and native:
                     written = request.extended(spoken)
-                    for call in await self._checked_calls(native, written, options):
+                    for call in await self._tool_calls.checked(native, written, options):
                         yield call
                 yield end
 
@@ -566,268 +411,22 @@ class StepAudio2Backbone:
     async def check_instructions(self, instructions: str, max_output_tokens: int) -> None:
         await asyncio.to_thread(self._window.check_instructions, instructions, max_output_tokens)
 
-    async def _think(
-        self, request: Prompt, options: ResponseOptions, trace: TurnTrace
-    ) -> AsyncIterator[ReasoningDelta | Prompt]:
-        """Think mode: reasoning first (streamed as text, never spoken), at most the budget;
-        then yield the prompt the spoken answer continues from (reasoning closed)."""
-        markers = self._tokens.think
-        opening = self._writer.think_start()
-        # The dialogue prompt ends `<|BOT|>assistant\n<tts_start>`: open the reasoning instead.
-        base = Prompt(request.token_ids[:-1], request.audio, request.length - 1)
-        prompt = base.extended(opening)
-        params = self._params(
-            regimes.REALTIME,
-            max_tokens=options.reasoning_tokens,
-            allowed=[*self._text_ids, *([markers.end_id] if markers.end_id is not None else [])],
-        )
-        if markers.end_id is not None:
-            params.stop_token_ids = [markers.end_id]
-        splitter = OutputSplitter(self._tokenizer, self._tokens)
-        shown = 0
-        thought = ""
-        stream = self._engine.stream(
-            prompt.token_ids,
-            params,
-            f"{options.request_id}-think",
-            options.priority,
-            prompt.multi_modal_data(),
-        )
-        async with aclosing(stream):
-            async for output in stream:
-                trace.mark("lm_first_token")
-                splitter.push(output.outputs[0].token_ids)
-                thought, ended = _before_marker(splitter.text, markers.end)
-                # Hold back what could be the start of the end marker written as text.
-                visible = len(thought) if ended else _safe_length(thought, markers.end)
-                if visible > shown:
-                    yield ReasoningDelta(thought[shown:visible])
-                    shown = visible
-                if ended:
-                    break  # closing the stream aborts the request: reasoning is over
-        if len(thought) > shown:
-            yield ReasoningDelta(thought[shown:])
-        # Reasoning over (or cut at its budget): close it and open the spoken answer.
-        yield base.extended(self._writer.thought(thought))
-
-    async def _checked_calls(
-        self, native: list[parsing.NativeCall], written: Prompt, options: ResponseOptions
-    ) -> list[ToolCall]:
-        """The model's own calls, each checked against the offered tools; a call with an
-        unknown name or arguments its schema refuses gets one retry under the tool's grammar,
-        continuing from what the model said before it (`written`)."""
-        calls = []
-        by_name = {t.name: t for t in options.tools}
-        for attempt in native:
-            tool = by_name.get(attempt.name)
-            if tool is not None and attempt.complete:
-                try:
-                    calls.append(tools.checked_call(tool, attempt.arguments))
-                    continue
-                except ValueError as e:
-                    log.info("the model's call of %s is invalid (%s): retrying", tool.name, e)
-            opened = written.extended(
-                self._writer.encode(parsing.CALL_OPEN + parsing.CALL_KIND + "\n")
-            )
-            call, _end = await self._constrained_call(
-                opened, options, tool.name if tool is not None else None
-            )
-            calls.append(call)
-        return calls
-
-    async def _forced_call(
-        self, system: str, turns: Sequence[Turn], options: ResponseOptions
-    ) -> tuple[ToolCall, ResponseEnd]:
-        """tool_choice "required" or a name: the assistant turn opens with `<tool_call>`."""
-        prompt = await asyncio.to_thread(
-            self._writer.dialogue, system, turns, "call", options.tools
-        )
-        named = options.tool_choice if options.tool_choice != "required" else None
-        return await self._constrained_call(prompt, options, named)
-
-    async def _constrained_call(
-        self, prompt: Prompt, options: ResponseOptions, name: str | None
-    ) -> tuple[ToolCall, ResponseEnd]:
-        """Finish a call opened by `prompt` (which ends `<tool_call>function\\n`): the name
-        (one of the tools, when not given), then arguments under its JSON-schema grammar."""
-        from vllm.sampling_params import StructuredOutputsParams
-
-        names = [t.name for t in options.tools]
-        used = 0
-        if name is None:
-            params = self._params(regimes.ASR, max_tokens=TOOL_NAME_TOKENS)
-            params.structured_outputs = StructuredOutputsParams(choice=names)
-            name, _codes, end = await self._generate(
-                prompt, params, f"{options.request_id}-tool-name", options.priority
-            )
-            used += end.output_tokens
-            name = name.strip()
-        tool = next((t for t in options.tools if t.name == name), None)
-        if tool is None:
-            raise BackboneError(f"the model could not name one of the tools {names}")
-        prompt = prompt.extended(self._writer.encode(f"{name}\n"))
-        params = self._params(regimes.ASR, max_tokens=TOOL_DECISION_TOKENS)
-        params.structured_outputs = StructuredOutputsParams(
-            json=tool.parameters or {"type": "object"}
-        )
-        arguments, _codes, end = await self._generate(
-            prompt, params, f"{options.request_id}-tool", options.priority
-        )
-        try:
-            call = tools.checked_call(tool, arguments)
-        except ValueError as e:
-            raise BackboneError(f"the model could not produce a valid call: {e}") from e
-        return call, replace(end, output_tokens=end.output_tokens + used)
-
     async def summarize(self, summary: str, turns: Sequence[Turn], *, priority: int) -> str:
         request = await asyncio.to_thread(
             self._writer.text_request, SUMMARY_INSTRUCTIONS, summary_request(summary, turns).text
         )
-        params = self._params(
-            regimes.ASR, max_tokens=SUMMARY_TOKENS, allowed=[*self._text_ids, self._tokens.eot]
+        params = self._decoder.params(
+            regimes.ASR,
+            max_tokens=SUMMARY_TOKENS,
+            allowed=[*self._decoder.text_ids, self._tokens.eot],
         )
-        text, _codes, _end = await self._generate(request, params, f"summary-{_rid()}", priority)
+        text, _codes, _end = await self._decoder.generate(
+            request, params, f"summary-{_rid()}", priority
+        )
         return text.strip() or summary
-
-    # --- regimes on the engine ------------------------------------------------------------
-
-    def _params(
-        self,
-        regime: Regime,
-        *,
-        max_tokens: int,
-        temperature: float | None = None,
-        allowed: list[int] | None = None,
-        until_turn_end: bool = False,
-    ) -> Any:
-        """Sampling for `regime`. Speech stops at `<tts_end>` unless `until_turn_end`: with
-        tools offered the model writes its calls after it, and stops at `<|EOT|>`."""
-        from vllm import SamplingParams
-
-        stops = [self._tokens.eot] if until_turn_end else [self._tokens.eot, self._tokens.tts_end]
-        return SamplingParams(
-            max_tokens=max_tokens,
-            temperature=regime.temperature if temperature is None else temperature,
-            top_p=regime.top_p,
-            repetition_penalty=regime.repetition_penalty,
-            stop_token_ids=stops,
-            allowed_token_ids=allowed,
-            detokenize=False,  # we decode text ourselves; speech codes need no text at all
-        )
-
-    async def _generate(
-        self,
-        request: Prompt,
-        params: Any,
-        request_id: str,
-        priority: int,
-        trace: TurnTrace | None = None,
-    ) -> tuple[str, list[int], ResponseEnd]:
-        """Run one request to the end; its text, speech codes and usage."""
-        splitter = OutputSplitter(self._tokenizer, self._tokens)
-        codes: list[int] = []
-        generated, finish = 0, "stop"
-        async for output in self._engine.stream(
-            request.token_ids, params, request_id, priority, request.multi_modal_data()
-        ):
-            completion = output.outputs[0]
-            if trace is not None and completion.token_ids:
-                trace.mark("lm_first_token")
-            generated += len(completion.token_ids)
-            for piece in splitter.push(completion.token_ids):
-                if isinstance(piece, SpeechCodes):
-                    codes += piece.codes
-            finish = "length" if completion.finish_reason == "length" else finish
-        if trace is not None:
-            trace.mark("lm_done")
-        splitter.finish()
-        end = ResponseEnd(finish, request.length, generated, output_audio_tokens=len(codes))
-        return splitter.text, codes, end
-
-    def _open_vocoder(self, speaker: Any, priority: int) -> AbstractContextManager[Any]:
-        """One utterance's vocoder, with `apush(codes)` and `afinish()` (audio out). Leaving
-        it unfinished (a cancelled response) abandons the stream: a batched one gives back
-        its slot."""
-        if self._vocoder_scheduler is not None:
-            return self._vocoder_scheduler.open(speaker, priority)
-        stream = self._vocoder.stream(speaker)
-        return nullcontext(_VocoderThreadStream(stream, self._vocoder_thread, priority))
-
-    async def _speech(
-        self,
-        request: Prompt,
-        params: Any,
-        request_id: str,
-        priority: int,
-        speaker: Any,
-        trace: TurnTrace,
-        splitter: OutputSplitter | None = None,
-    ) -> AsyncIterator[ResponseOutput]:
-        """Stream an answer with speech: text is released with the audio that speaks it.
-        `splitter` (given) keeps what the model wrote, for the caller to read at the end."""
-        splitter = splitter or OutputSplitter(self._tokenizer, self._tokens)
-        with self._open_vocoder(speaker, priority) as vocoder:
-            held: list[tuple[int, str]] = []  # (speech codes before this text, text)
-            codes_seen = samples_out = generated = 0
-            finish = "stop"
-
-            def release(upto_codes: int) -> list[TextDelta]:
-                out = [TextDelta(t) for before, t in held if before <= upto_codes]
-                held[:] = [(before, t) for before, t in held if before > upto_codes]
-                return out
-
-            stream = self._engine.stream(
-                request.token_ids, params, request_id, priority, request.multi_modal_data()
-            )
-            async for output in stream:
-                completion = output.outputs[0]
-                if completion.token_ids:
-                    trace.mark("lm_first_token")
-                generated += len(completion.token_ids)
-                finish = "length" if completion.finish_reason == "length" else finish
-                for piece in splitter.push(completion.token_ids):
-                    if isinstance(piece, TextPiece):
-                        held.append((codes_seen, piece.text))
-                        continue
-                    codes_seen += len(piece.codes)
-                    pushed_at = time.monotonic()
-                    wave = await vocoder.apush(piece.codes)
-                    if len(wave):
-                        # The LM's share of the first audio ends when the vocoder
-                        # had enough codes.
-                        trace.mark("first_clause", pushed_at)
-                        trace.mark("tts_first_chunk")
-                        samples_out += len(wave)
-                        for delta in release(samples_out // SAMPLES_PER_CODE):
-                            yield delta
-                        yield AudioChunk(wave, self._vocoder.sample_rate)
-            trace.mark("lm_done")
-            if tail := splitter.finish():
-                held.append((codes_seen, tail))
-            wave = await vocoder.afinish()
-            for delta in release(codes_seen):
-                yield delta
-            if len(wave):
-                trace.mark("tts_first_chunk")
-                yield AudioChunk(wave, self._vocoder.sample_rate)
-            yield ResponseEnd(finish, request.length, generated, output_audio_tokens=codes_seen)
 
 
 def _rid() -> str:
     import uuid
 
     return uuid.uuid4().hex[:16]
-
-
-def _before_marker(text: str, marker: str) -> tuple[str, bool]:
-    """`text` up to `marker` (the end of reasoning written as text), and whether it came."""
-    at = text.find(marker)
-    return (text, False) if at < 0 else (text[:at], True)
-
-
-def _safe_length(text: str, marker: str) -> int:
-    """How much of `text` can be shown: all but a tail that may be the start of `marker`."""
-    for keep in range(min(len(marker) - 1, len(text)), 0, -1):
-        if marker.startswith(text[-keep:]):
-            return len(text) - keep
-    return len(text)

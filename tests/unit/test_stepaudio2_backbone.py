@@ -25,15 +25,13 @@ import pytest
 from transformers import PreTrainedTokenizerFast
 
 from voxgate.model.stepaudio2 import budgets
-from voxgate.model.stepaudio2.backbone import (
-    StepAudio2Backbone,
-    StepAudio2Options,
-    start_vocoder_scheduler,
-)
+from voxgate.model.stepaudio2.backbone import StepAudio2Backbone
+from voxgate.model.stepaudio2.options import StepAudio2Options
 from voxgate.model.stepaudio2.tiny import build_tokenizer
 from voxgate.model.stepaudio2.token2wav import Token2Wav, VocoderScheduler
 from voxgate.model.stepaudio2.token2wav.tiny import write_tiny_token2wav
 from voxgate.model.stepaudio2.tokens import TokenMap
+from voxgate.model.stepaudio2.vocoding import start_vocoder_scheduler
 from voxgate.model.types import (
     AudioChunk,
     BackboneError,

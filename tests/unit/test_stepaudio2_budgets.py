@@ -6,8 +6,8 @@ import pytest
 
 from voxgate.model.engine import EngineConfig
 from voxgate.model.stepaudio2 import budgets
-from voxgate.model.stepaudio2.backbone import StepAudio2Options
 from voxgate.model.stepaudio2.budgets import ReadingPace
+from voxgate.model.stepaudio2.options import StepAudio2Options
 
 
 def ta4_answer(seconds: float) -> int:
