@@ -16,6 +16,8 @@ import ipaddress
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from starlette.requests import Request
+
 from voxgate.server.engine_watch import MESSAGE as ENGINE_DEAD
 from voxgate.server.errors import RestError
 from voxgate.server.settings import RestSettings
@@ -134,3 +136,15 @@ def client_address(host: str) -> str:
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is None:
         return str(ipaddress.IPv6Network((ip, 64), strict=False))
     return str(ip)
+
+
+async def read_small_body(request: Request, limit: int) -> bytes:
+    """A small body (JSON) whole; 413 `request_too_large` as soon as it passes `limit` bytes."""
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise RestError(
+                413, "request_too_large", f"the request body is larger than {limit} bytes"
+            )
+    return bytes(body)

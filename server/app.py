@@ -1,4 +1,5 @@
-"""The FastAPI app factory. The lifespan owns the backbone (and with it the vLLM engine)."""
+"""The FastAPI app factory. The lifespan owns the backbone (and with it the vLLM engine) and the
+feedback store."""
 
 from __future__ import annotations
 
@@ -18,8 +19,9 @@ from voxgate.model.artifacts import RNNOISE, SILERO_VAD
 from voxgate.model.backbone import Backbone
 from voxgate.model.startup import StartupStage, StartupStages
 from voxgate.model.voices import VoiceBook
-from voxgate.server import browsers, client_secrets, metrics, rest, routes, web
+from voxgate.server import browsers, client_secrets, feedback_routes, metrics, rest, routes, web
 from voxgate.server.client_secret_store import ClientSecretStore
+from voxgate.server.feedback_store import FeedbackStore
 from voxgate.server.metrics import HttpMetrics, MeteredBackbone
 from voxgate.server.realtime import realtime_endpoint
 from voxgate.server.services import Services
@@ -116,6 +118,7 @@ def create_app(
                 for task in (
                     asyncio.create_task(services.engine_watch.watch(), name="engine-watch"),
                     asyncio.create_task(_probe_loop_lag(), name="loop-lag-probe"),
+                    asyncio.create_task(_keep_retention(services.feedback), name="retention"),
                 ):
                     task.add_done_callback(_log_failure)
                     running.push_async_callback(_cancelled, task)
@@ -149,6 +152,7 @@ def create_app(
     app.add_api_websocket_route("/v1/realtime", realtime_endpoint)
     app.include_router(routes.router)
     app.include_router(rest.router)
+    app.include_router(feedback_routes.router)
     rest.install_error_handlers(app)
     client_secrets.install(app, settings.client_secrets)
     app.include_router(web.router)
@@ -162,8 +166,14 @@ async def _start_services(
     startup: StartupTracker,
     backbone_running: contextlib.AsyncExitStack,
 ) -> Services:
-    """Check and load the models, start the backbone (kept running by `backbone_running`)."""
+    """Open the feedback store, check and load the models, start the backbone (both kept open
+    by `backbone_running`)."""
     startup.begin(StartupStage.VERIFYING_MODELS)
+    # First: a feedback database that cannot be opened (a wrong URL) fails the start before
+    # anything slow is loaded.
+    feedback = await backbone_running.enter_async_context(
+        FeedbackStore.start(settings.feedback, settings.home)
+    )
     if settings.fetch_missing_models:
         await asyncio.to_thread(artifacts.fetch, SILERO_VAD, settings.home)
     vad_dir = await asyncio.to_thread(artifacts.verify, SILERO_VAD, settings.home)
@@ -171,7 +181,29 @@ async def _start_services(
     rnnoise = await _noise_suppressor(settings)
     backbone = await backbone_running.enter_async_context(factory(settings))
     voices = VoiceBook(backbone.voices, settings.voice_aliases)  # a bad alias: no start
-    return Services(settings, MeteredBackbone(backbone), vad_model, client_secrets, voices, rnnoise)
+    return Services(
+        settings, MeteredBackbone(backbone), vad_model, client_secrets, voices, feedback, rnnoise
+    )
+
+
+RETENTION_EVERY_S = 3600.0
+"""How often a running server deletes feedback older than `VOXGATE_FEEDBACK__RETENTION_DAYS`."""
+
+
+async def _keep_retention(store: FeedbackStore) -> None:
+    """Delete expired feedback at start and every hour (`voxgate feedback purge` does the same
+    by hand). A failed purge is logged and tried again at the next round."""
+    if not store.enabled or store.settings.retention_days is None:
+        return
+    while True:
+        try:
+            deleted = await store.purge()
+        except Exception:
+            log.exception("the feedback retention purge failed; trying again in an hour")
+        else:
+            if deleted.responses:
+                log.info("feedback retention: deleted %s", deleted)
+        await asyncio.sleep(RETENTION_EVERY_S)
 
 
 async def _cancelled(task: asyncio.Task[None]) -> None:

@@ -23,6 +23,7 @@ from pydantic import ConfigDict, Field, ValidationError
 
 from voxgate.model.types import BackboneError
 from voxgate.server import outgoing, translate
+from voxgate.server.admission import read_small_body
 from voxgate.server.auth import MINTING_KEY
 from voxgate.server.client_secret_store import ClientSecretsFull, ClientSecretStore
 from voxgate.server.errors import RestError, parse_json_body
@@ -86,7 +87,7 @@ async def create_client_secret(request: Request) -> dict[str, Any]:
     limits = settings.client_secrets
     try:
         async with asyncio.timeout(settings.rest.body_timeout_s):
-            body = await _read_body(request, limits.max_body_bytes)
+            body = await read_small_body(request, limits.max_body_bytes)
     except TimeoutError as e:
         raise RestError(408, "request_timeout", "the request body did not arrive in time") from e
     params = await asyncio.to_thread(_parse, body)
@@ -117,17 +118,6 @@ async def create_client_secret(request: Request) -> dict[str, Any]:
         "expires_at": secret.expires_at,
         "session": outgoing.wire_session(config, new_id("sess"), services.model_name),
     }
-
-
-async def _read_body(request: Request, limit: int) -> bytes:
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise RestError(
-                413, "request_too_large", f"the request body is larger than {limit} bytes"
-            )
-    return bytes(body)
 
 
 def _parse(body: bytes) -> ClientSecretRequest:

@@ -13,18 +13,19 @@ import asyncio
 from typing import TypeVar
 
 from fastapi import APIRouter, Depends, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel
 
+from voxgate.server.admission import read_small_body
 from voxgate.server.auth import API_KEY
 from voxgate.server.errors import RestError, parse_json_body
-from voxgate.server.feedback_schema import MAX_ID_CHARS
 from voxgate.server.feedback_store import FeedbackStore
 from voxgate.server.feedback_types import (
     FeedbackDisabled,
     FeedbackError,
     FeedbackRecord,
+    FeedbackRequest,
     PairRecord,
-    Scale,
+    PreferenceRequest,
     UnknownPair,
     UnknownResponse,
 )
@@ -42,33 +43,6 @@ _ERRORS = {
     429: {"description": "Too many request bodies being received (see Retry-After)"},
 }
 _NOT_FOUND = (FeedbackDisabled, UnknownResponse, UnknownPair)
-
-
-class FeedbackRequest(BaseModel):
-    """The body of `POST /v1/feedback`."""
-
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
-
-    response_id: str = Field(min_length=1, max_length=MAX_ID_CHARS)
-    """The rated answer (its realtime response id)."""
-    rating: int = Field(strict=True)
-    """-1 or 1 on the `thumbs` scale, 1 to 5 on the `stars` scale."""
-    scale: Scale = Scale.THUMBS
-    tags: list[str] = []
-    """Short labels (at most `VOXGATE_FEEDBACK__MAX_TAGS`, each at most `MAX_TAG_CHARS`)."""
-    comment: str | None = None
-    """Free text (at most `VOXGATE_FEEDBACK__MAX_COMMENT_CHARS`)."""
-
-
-class PreferenceRequest(BaseModel):
-    """The body of `POST /v1/feedback/preferences`."""
-
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
-
-    pair_id: str = Field(min_length=1, max_length=MAX_ID_CHARS)
-    """The pair of candidate answers."""
-    chosen_response_id: str = Field(min_length=1, max_length=MAX_ID_CHARS)
-    """The one preferred, one of the pair's two."""
 
 
 @router.post("/v1/feedback", openapi_extra=json_request_body(FeedbackRequest), responses=_ERRORS)
@@ -112,17 +86,5 @@ async def _read(request: Request, model: type[RequestT]) -> tuple[FeedbackStore,
         raise feedback_rest_error(FeedbackDisabled())
     limit = services.settings.feedback.max_body_bytes
     async with services.rest.receiving(request.client.host if request.client else ""):
-        body = await _capped_body(request, limit)
+        body = await read_small_body(request, limit)
     return store, await asyncio.to_thread(parse_json_body, body, model)
-
-
-async def _capped_body(request: Request, limit: int) -> bytes:
-    """The whole body; 413 as soon as it passes `limit` bytes."""
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise RestError(
-                413, "request_too_large", f"the request body is larger than {limit} bytes"
-            )
-    return bytes(body)

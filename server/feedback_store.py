@@ -6,7 +6,8 @@ Every method is async and runs its database work in a thread, so the event loop 
 a disk or a database server. Off (`FeedbackSettings.enabled` false), the store opens no
 database: capturing stores nothing, and feedback is refused with `FeedbackDisabled`.
 What a client may send is bounded by the settings and refused with a typed `FeedbackError`
-(`server/feedback_types.py`).
+(`server/feedback_types.py`). Each rating and preference stored is counted
+(`voxgate_feedback_total`, `voxgate_feedback_preferences_total`), whichever way it came.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from voxgate.model.types import Role
+from voxgate.server import metrics
 from voxgate.server.feedback_schema import (
     MAX_ID_CHARS,
     FeedbackDatabase,
@@ -39,6 +41,7 @@ from voxgate.server.feedback_types import (
     ContextMessage,
     Deleted,
     FeedbackDisabled,
+    FeedbackError,
     FeedbackRecord,
     InvalidTag,
     NotInPair,
@@ -163,13 +166,20 @@ class FeedbackStore:
                 f"{limits.max_comment_chars}",
                 "comment",
             )
+        if comment is not None and "\0" in comment:
+            raise FeedbackError("a comment holds no NUL character", "comment")
         if len(tags) > limits.max_tags:
             raise TooManyTags(
                 f"{len(tags)} tags; this server takes at most {limits.max_tags}", "tags"
             )
         for i, tag in enumerate(tags):
-            if not 0 < len(tag) <= limits.max_tag_chars:
-                raise InvalidTag(f"a tag has 1 to {limits.max_tag_chars} characters", f"tags[{i}]")
+            if not 0 < len(tag) <= limits.max_tag_chars or "\0" in tag:
+                raise InvalidTag(
+                    f"a tag has 1 to {limits.max_tag_chars} characters, none of them NUL",
+                    f"tags[{i}]",
+                )
+        if not _ID.fullmatch(response_id):
+            raise UnknownResponse(response_id)  # an id it could never have kept
         return await asyncio.to_thread(
             self._insert_feedback, database, response_id, rating, scale, list(tags), comment
         )
@@ -177,6 +187,8 @@ class FeedbackStore:
     async def choose(self, pair_id: str, chosen_response_id: str) -> PairRecord:
         """The client prefers `chosen_response_id` of the pair (a later choice replaces it)."""
         database = self._enabled()
+        if not _ID.fullmatch(pair_id):
+            raise UnknownPair(pair_id)  # an id it could never have kept
         return await asyncio.to_thread(self._choose, database, pair_id, chosen_response_id)
 
     # --- deletion ---
@@ -275,7 +287,11 @@ class FeedbackStore:
         with database.engine.begin() as connection:
             # The answer's row is locked (PostgreSQL) so that two ratings of one answer at once
             # replace each other instead of one failing on the unique response_id.
-            _require_responses(connection, (response_id,), lock=True)
+            regime = connection.execute(
+                sa.select(responses.c.regime).where(responses.c.id == response_id).with_for_update()
+            ).scalar_one_or_none()
+            if regime is None:
+                raise UnknownResponse(response_id)
             connection.execute(feedback.delete().where(feedback.c.response_id == response_id))
             connection.execute(
                 feedback.insert().values(
@@ -288,6 +304,7 @@ class FeedbackStore:
                     created_at=now,
                 )
             )
+        metrics.feedback_stored(regime, scale, rating)
         return FeedbackRecord(
             id=feedback_id,
             response_id=response_id,
@@ -317,6 +334,10 @@ class FeedbackStore:
                 .where(pairs.c.id == pair_id)
                 .values(chosen_response_id=chosen, chosen_at=now)
             )
+            regime = connection.execute(
+                sa.select(responses.c.regime).where(responses.c.id == chosen)
+            ).scalar_one()
+        metrics.preference_stored(regime)
         return PairRecord(
             id=pair.id,
             session_id=pair.session_id,
@@ -369,11 +390,9 @@ def bounded_context(messages: Sequence[ContextMessage], max_chars: int) -> list[
     return kept[:head] + kept[head:][::-1]
 
 
-def _require_responses(
-    connection: sa.Connection, response_ids: Sequence[str], lock: bool = False
-) -> None:
+def _require_responses(connection: sa.Connection, response_ids: Sequence[str]) -> None:
     query = sa.select(responses.c.id).where(responses.c.id.in_(response_ids))
-    found = set(connection.execute(query.with_for_update() if lock else query).scalars())
+    found = set(connection.execute(query).scalars())
     for response_id in response_ids:
         if response_id not in found:
             raise UnknownResponse(response_id)

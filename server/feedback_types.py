@@ -8,9 +8,10 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 
 from voxgate.model.types import Role
+from voxgate.server.feedback_schema import MAX_ID_CHARS
 
 # --- what is captured -----------------------------------------------------------------------
 
@@ -86,6 +87,35 @@ class Scale(StrEnum):
 
 RATINGS: dict[Scale, tuple[int, ...]] = {Scale.THUMBS: (-1, 1), Scale.STARS: (1, 2, 3, 4, 5)}
 """The ratings each scale takes."""
+
+
+class FeedbackRequest(BaseModel):
+    """A rating of an answer: the body of `POST /v1/feedback`, and of the realtime client
+    event `voxgate.feedback.create`."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    response_id: str = Field(min_length=1, max_length=MAX_ID_CHARS)
+    """The rated answer (its realtime response id)."""
+    rating: int = Field(strict=True)
+    """-1 or 1 on the `thumbs` scale, 1 to 5 on the `stars` scale."""
+    scale: Scale = Scale.THUMBS
+    tags: list[str] = []
+    """Short labels (at most `VOXGATE_FEEDBACK__MAX_TAGS`, each at most `MAX_TAG_CHARS`)."""
+    comment: str | None = None
+    """Free text (at most `VOXGATE_FEEDBACK__MAX_COMMENT_CHARS`)."""
+
+
+class PreferenceRequest(BaseModel):
+    """The candidate of a pair preferred: the body of `POST /v1/feedback/preferences`, and of
+    the realtime client event `voxgate.preference.create`."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    pair_id: str = Field(min_length=1, max_length=MAX_ID_CHARS)
+    """The pair of candidate answers."""
+    chosen_response_id: str = Field(min_length=1, max_length=MAX_ID_CHARS)
+    """The one preferred, one of the pair's two."""
 
 
 class FeedbackRecord(BaseModel):

@@ -15,6 +15,9 @@ Where each figure is taken:
   `transcribe` call and each `synthesize` stream (realtime and REST alike).
 - HTTP: `HttpMetrics`, an ASGI middleware (requests, status, time to the last body byte), and
   `rest_error` for the stable error codes of REST answers.
+- feedback: the feedback store counts what it stored (`feedback_stored`, `preference_stored`),
+  whichever way it came (realtime event or REST); a session's capture counts the answers it
+  could not keep (`CAPTURES_DROPPED`).
 
 Label values are bounded: backbone names, stage names, status codes, error codes, route
 templates. Session and response ids never become labels (they are in the JSON logs instead).
@@ -179,6 +182,31 @@ REST_ERRORS = Counter(
     ["endpoint", "code"],
 )
 
+# --- feedback ---------------------------------------------------------------------------------
+
+FEEDBACK = Counter(
+    "voxgate_feedback",
+    "Ratings of answers stored (realtime voxgate.feedback.create and POST /v1/feedback), by the "
+    "regime of the rated answer (realtime, speech) and the rating: up or down (thumbs), 1 to 5 "
+    "(stars).",
+    ["regime", "rating"],
+)
+FEEDBACK_PREFERENCES = Counter(
+    "voxgate_feedback_preferences",
+    "Preferred candidates of a pair stored (voxgate.preference.create and POST "
+    "/v1/feedback/preferences), by the regime of the answers.",
+    ["regime"],
+)
+CAPTURES_DROPPED = Counter(
+    "voxgate_feedback_captures_dropped",
+    "Captures of answers (or of their truncation, or of a pair) not kept, by reason: "
+    "queue_full (a session already had its most writes waiting, or REST its most background "
+    "recordings: the database is slow or down), store_error (the store failed to write it; "
+    "logged with the error), "
+    "session_closed (still waiting when the session had ended a while).",
+    ["reason"],
+)
+
 DRAINING = Gauge(
     "voxgate_draining", "1 while the server is shutting down gracefully (draining), else 0."
 )
@@ -246,6 +274,16 @@ class SessionMetrics:
 def session_refused(code: str) -> None:
     SESSIONS_REFUSED.labels(reason=code).inc()
     REALTIME_ERRORS.labels(code=code).inc()
+
+
+def feedback_stored(regime: str, scale: str, rating: int) -> None:
+    """A rating was stored: thumbs are counted as up or down, stars by their number."""
+    label = ("up" if rating > 0 else "down") if scale == "thumbs" else str(rating)
+    FEEDBACK.labels(regime=regime, rating=label).inc()
+
+
+def preference_stored(regime: str) -> None:
+    FEEDBACK_PREFERENCES.labels(regime=regime).inc()
 
 
 # --- the backbone, timed ----------------------------------------------------------------------

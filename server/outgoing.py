@@ -3,7 +3,8 @@
 One domain event may become several wire events: an assistant item starting is
 `response.output_item.added`, `conversation.item.added` and `response.content_part.added`, in
 the order the official API sends them. The wire events are the typed models of
-`server/server_events.py`, built from the snapshots the session events carry.
+`server/server_events.py` (and `server/extension_events.py`), built from the snapshots the
+session events carry. The edge's own replies (`EdgeReply`) go out as the edge made them.
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ import base64
 from typing import Any
 
 from voxgate.model.types import Role
+from voxgate.server import extension_events as ext
 from voxgate.server import server_events as wire
 from voxgate.streaming.audio import AudioFormat
+from voxgate.streaming.candidates import CandidateFinished
 from voxgate.streaming.config import SessionConfig
 from voxgate.streaming.events import (
     ErrorReported,
@@ -39,11 +42,11 @@ from voxgate.streaming.events import (
     ResponseStarted,
     ResponseStatus,
     SessionConfigured,
-    SessionEvent,
     SpeechStartedEvent,
     SpeechStoppedEvent,
     SummaryUpdated,
 )
+from voxgate.streaming.session import EdgeReply, Queued
 from voxgate.streaming.timings import turn_timings
 
 # --- objects: session, items, responses ---------------------------------------------------
@@ -54,10 +57,12 @@ def wire_format(fmt: AudioFormat) -> wire.PcmFormat | wire.G711Format:
 
 
 def session_extension(
-    config: SessionConfig, noise_suppressor: str | None
+    config: SessionConfig,
+    noise_suppressor: str | None,
+    feedback: wire.FeedbackCaptureObject | None = None,
 ) -> wire.SessionExtension | None:
     """`session.x_voxgate`: what this server does with settings it accepts but cannot fully
-    honour (None when there are none)."""
+    honour, and whether it keeps answers for feedback (None when there is nothing to say)."""
     noise_reduction = None
     if config.noise_reduction is not None:
         noise_reduction = noise_suppressor or "not applied"
@@ -68,9 +73,11 @@ def session_extension(
         ignored["include"] = "accepted; this server's transcription reports no logprobs"
     if config.parallel_tool_calls:
         ignored["parallel_tool_calls"] = "accepted; a response calls at most one function"
-    if noise_reduction is None and not ignored:
+    if noise_reduction is None and not ignored and feedback is None:
         return None
-    return wire.SessionExtension(noise_reduction=noise_reduction, not_honoured=ignored or None)
+    return wire.SessionExtension(
+        noise_reduction=noise_reduction, not_honoured=ignored or None, feedback=feedback
+    )
 
 
 def _turn_detection(config: SessionConfig) -> wire.ServerVadObject | wire.SemanticVadObject | None:
@@ -102,7 +109,11 @@ def _turn_detection(config: SessionConfig) -> wire.ServerVadObject | wire.Semant
 
 
 def wire_session(
-    config: SessionConfig, session_id: str, model: str, noise_suppressor: str | None = None
+    config: SessionConfig,
+    session_id: str,
+    model: str,
+    noise_suppressor: str | None = None,
+    feedback: wire.FeedbackCaptureObject | None = None,
 ) -> wire.SessionObject:
     tr = config.transcription
     nr = config.noise_reduction
@@ -140,7 +151,7 @@ def wire_session(
         else None,
         tracing=config.tracing,
         include=list(config.include) if config.include else None,
-        x_voxgate=session_extension(config, noise_suppressor),
+        x_voxgate=session_extension(config, noise_suppressor, feedback),
         max_output_tokens="inf" if config.max_output_tokens is None else config.max_output_tokens,
     )
 
@@ -246,18 +257,29 @@ def _content(response: ResponseSnapshot, item: ItemSnapshot, output_index: int) 
 
 
 class Outgoing:
-    """Translates one connection's session events; knows the session id and model name."""
+    """Translates one connection's session events; knows the session id and model name, and
+    what `session.x_voxgate` says of the server."""
 
-    def __init__(self, session_id: str, model: str, noise_suppressor: str | None = None) -> None:
+    def __init__(
+        self,
+        session_id: str,
+        model: str,
+        noise_suppressor: str | None = None,
+        feedback: wire.FeedbackCaptureObject | None = None,
+    ) -> None:
         self._session_id = session_id
         self._model = model
         self._noise_suppressor = noise_suppressor
+        self._feedback = feedback
 
-    def wire_events(self, event: SessionEvent) -> list[wire.ServerEvent]:
+    def wire_events(self, event: Queued) -> list[wire.ServerEvent]:
         match event:
+            case EdgeReply(wire=reply):
+                assert isinstance(reply, wire.ServerEvent), reply
+                return [reply]
             case SessionConfigured(config=config, created=created):
                 session = wire_session(
-                    config, self._session_id, self._model, self._noise_suppressor
+                    config, self._session_id, self._model, self._noise_suppressor, self._feedback
                 )
                 if created:
                     return [wire.SessionCreatedEvent(session=session)]
@@ -325,19 +347,22 @@ class Outgoing:
                     )
                 ]
             case ReasoningDeltaEvent(response=r, delta=delta):
-                return [wire.ResponseReasoningDeltaEvent(response_id=r.id, delta=delta)]
+                return [ext.ResponseReasoningDeltaEvent(response_id=r.id, delta=delta)]
             case ReasoningDone(response=r):
-                return [wire.ResponseReasoningDoneEvent(response_id=r.id, text=r.reasoning)]
+                return [ext.ResponseReasoningDoneEvent(response_id=r.id, text=r.reasoning)]
             case SummaryUpdated(summary=summary, items_folded=folded):
-                return [wire.ConversationSummaryUpdatedEvent(summary=summary, items_folded=folded)]
+                return [ext.ConversationSummaryUpdatedEvent(summary=summary, items_folded=folded)]
             case OutputItemFinished(response=r, item=item, output_index=index):
                 return self._item_finished(r, item, index)
             case ResponseFinished(response=r):
                 timings = {k: round(v * 1000, 1) for k, v in turn_timings(r.trace).items()}
+                pair = None
+                if isinstance(event, CandidateFinished):
+                    pair = wire.PairObject(id=event.pair_id, candidate=event.candidate)
                 return [
                     wire.ResponseDoneEvent(
                         response=wire_response(r),
-                        x_voxgate=wire.ResponseExtension(timings_ms=timings),
+                        x_voxgate=wire.ResponseExtension(timings_ms=timings, pair=pair),
                     )
                 ]
         raise AssertionError(f"no wire form for {event!r}")

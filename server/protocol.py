@@ -5,6 +5,10 @@ reports as an `error` event. Fields of the OpenAI protocol that this server cann
 parsed too, and refused with `Unsupported` (`unsupported_feature`) rather than silently ignored,
 when `server/translate.py` maps them onto the session. The official `openai` SDK's
 `openai.types.realtime` models are the reference. Server events are in `server/server_events.py`.
+
+voxgate's extensions: fields under `x_voxgate`, and the client events `voxgate.feedback.create`
+(a rating of an answer) and `voxgate.preference.create` (the preferred candidate of a pair),
+whose fields are those of `POST /v1/feedback` and `POST /v1/feedback/preferences`.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from voxgate.server.feedback_types import FeedbackRequest, PreferenceRequest
 from voxgate.streaming.config import MAX_TRANSCRIPTION_PROMPT_CHARS
 
 
@@ -314,7 +319,16 @@ class ConversationItemTruncate(ClientEvent):
     audio_end_ms: int
 
 
+class ResponseExtension(Strict):
+    """voxgate's extension of `response.create`, `response.x_voxgate`."""
+
+    candidates: int = Field(1, ge=1, le=2, strict=True)
+    """2: the turn is answered twice, for a person to prefer one (`streaming/candidates.py`);
+    only on a server that captures answers (`VOXGATE_FEEDBACK__ENABLED`)."""
+
+
 class ResponseParams(Strict):
+    x_voxgate: ResponseExtension | None = None
     instructions: str | None = None
     output_modalities: list[Literal["text", "audio"]] | None = None
     audio: SessionAudioParams | None = None
@@ -344,6 +358,18 @@ class OutputAudioBufferClear(ClientEvent):
     type: Literal["output_audio_buffer.clear"]
 
 
+class FeedbackCreate(ClientEvent, FeedbackRequest):
+    """Rate an answer (answered by `voxgate.feedback.created`)."""
+
+    type: Literal["voxgate.feedback.create"]
+
+
+class PreferenceCreate(ClientEvent, PreferenceRequest):
+    """Say which candidate of a pair is preferred (answered by `voxgate.preference.created`)."""
+
+    type: Literal["voxgate.preference.create"]
+
+
 AnyClientEvent = Annotated[
     SessionUpdate
     | InputAudioBufferAppend
@@ -355,7 +381,9 @@ AnyClientEvent = Annotated[
     | ConversationItemTruncate
     | ResponseCreate
     | ResponseCancel
-    | OutputAudioBufferClear,
+    | OutputAudioBufferClear
+    | FeedbackCreate
+    | PreferenceCreate,
     Field(discriminator="type"),
 ]
 CLIENT_EVENT = TypeAdapter(AnyClientEvent)

@@ -3,7 +3,9 @@
 The reader parses each client event once, at the edge, and calls the session; anything wrong
 with an event becomes an `error` event carrying its `event_id`, and the connection carries on.
 The writer turns session events into wire events, in order, and is the only task that sends
-(besides the closers, which send a last `error` and close, under the same lock).
+(besides the closers, which send a last `error` and close, under the same lock). With feedback
+capture on, the session's answers go to the feedback store (`server/feedback_capture.py`), and
+the reader takes the client's ratings of them.
 
 A connection ends when the client hangs up, or the server ends it with an `error` and a close
 code: the drain (1001), an idle or too old session (`idle_timeout`, `session_expired`: 1000),
@@ -26,27 +28,30 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDisconnected
 
-from voxgate.server import auth, json_input, logs, metrics, protocol, translate
+from voxgate.server import auth, feedback_capture, json_input, logs, metrics, protocol, translate
 from voxgate.server.drain import CLOSE_GOING_AWAY, TurnActivity
 from voxgate.server.engine_watch import MESSAGE as ENGINE_DEAD_MESSAGE
 from voxgate.server.errors import validation_error
+from voxgate.server.feedback_capture import SessionCapture
 from voxgate.server.outgoing import Outgoing, error_event
 from voxgate.server.protocol import (
     ConversationItemCreate,
     ConversationItemDelete,
     ConversationItemRetrieve,
     ConversationItemTruncate,
+    FeedbackCreate,
     InputAudioBufferAppend,
     InputAudioBufferClear,
     InputAudioBufferCommit,
     OutputAudioBufferClear,
+    PreferenceCreate,
     ResponseCancel,
     ResponseCreate,
     SessionUpdate,
     Unsupported,
 )
 from voxgate.streaming.events import ErrorReported, OutputAudioDelta, ResponseFinished
-from voxgate.streaming.session import RealtimeSession, SessionRejected, new_id
+from voxgate.streaming.session import Queued, RealtimeSession, SessionRejected, new_id
 from voxgate.streaming.timings import turn_timings
 
 if TYPE_CHECKING:
@@ -81,6 +86,8 @@ class RealtimeConnection:
         """Why the server closed the connection (a sessions_ended reason), if it did."""
         self._last_heard = time.monotonic()
         """When the client last sent anything (the idle timeout counts from here)."""
+        self._capture: SessionCapture | None = None
+        """The session's answers into the feedback store (None: capture is off)."""
 
     async def run(self) -> None:
         ws = self._ws
@@ -131,6 +138,10 @@ class RealtimeConnection:
         services = self._services
         session_id = new_id("sess")
         logs.SESSION_ID.set(session_id)  # for every log line of this connection's tasks
+        store = services.feedback
+        if store.enabled:
+            priority = services.settings.rest.priority  # a second candidate is batch work
+            self._capture = SessionCapture(store, session_id, services.model_name, priority)
         session = RealtimeSession(
             services.backbone,
             services.new_vad,
@@ -139,9 +150,11 @@ class RealtimeConnection:
             services.out_of_band_responses,
             services.voices,
             services.rnnoise.suppressor if services.rnnoise is not None else None,
+            answer_log=self._capture,
         )
         suppressor = services.settings.realtime.noise_suppressor if services.rnnoise else None
-        outgoing = Outgoing(session_id, services.model_name, suppressor)
+        feedback = feedback_capture.capture_object(store)
+        outgoing = Outgoing(session_id, services.model_name, suppressor, feedback)
         try:
             await ws.accept(subprotocol=auth.reply_subprotocol(ws))
             log.info("realtime session %s opened", session_id)
@@ -176,6 +189,8 @@ class RealtimeConnection:
                 await session.close()
                 self._metrics.closed(ended)
         finally:
+            if self._capture is not None:
+                await self._capture.close()  # after the session: it writes what is left
             log.info("realtime session %s closed", session_id)
 
     async def _refuse(self, code: str, message: str, close_code: int) -> None:
@@ -216,11 +231,13 @@ class RealtimeConnection:
             if not connected:
                 # The client is gone. Keep draining so nothing in the session blocks on a full
                 # queue; the reader sees the disconnect and ends the session.
+                self._done_with(event)
                 continue
             try:
                 async with self._send_lock:
                     if self._ended_by is not None:
                         connected = False  # a closer has ended the connection
+                        self._done_with(event)
                         continue
                     for wire in outgoing.wire_events(event):
                         await self._ws.send_text(wire.to_json())
@@ -228,6 +245,7 @@ class RealtimeConnection:
                 # The client is gone (uvicorn's ClientDisconnected is an OSError). Anything
                 # else is a bug: it propagates and the connection ends with `server_error`.
                 connected = False
+                self._done_with(event)
                 continue
             if isinstance(event, OutputAudioDelta) and (
                 "first_audio_sent" not in event.response.trace.marks
@@ -236,8 +254,15 @@ class RealtimeConnection:
                 self._metrics.first_audio_sent(event.response)
             self._metrics.sent(event)
             self._activity.observe(event, session.config.turn_detection)
+            self._done_with(event)
             if isinstance(event, ResponseFinished):
                 _log_finished(event)
+
+    def _done_with(self, event: Queued) -> None:
+        """The writer is done with `event` (sent, or the client is gone): an answer's
+        capture is written once its `response.done` is."""
+        if self._capture is not None and isinstance(event, ResponseFinished):
+            self._capture.sent(event)
 
     async def _close_when_drained(self) -> None:
         """When the server drains: close with 1001 between turns, or at the drain's deadline."""
@@ -378,11 +403,17 @@ class RealtimeConnection:
                 request = await asyncio.to_thread(
                     translate.response_request, params, session.config.tools, session.limits
                 )
-                await session.create_response(request)
+                await session.create_response(request, translate.candidates(params))
             case ResponseCancel(response_id=response_id):
                 await session.cancel_response(response_id)
             case OutputAudioBufferClear():
                 raise Unsupported("type", "output_audio_buffer.clear (a WebRTC/SIP event)")
+            case FeedbackCreate():
+                store = self._services.feedback
+                await session.reply(await feedback_capture.rate(store, self._capture, event))
+            case PreferenceCreate():
+                store = self._services.feedback
+                await session.reply(await feedback_capture.prefer(store, self._capture, event))
             case _:
                 raise AssertionError(f"unhandled client event {event!r}")
 

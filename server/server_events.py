@@ -1,9 +1,9 @@
 """OpenAI Realtime (GA) server events as pydantic models: what the server sends, checked when made.
 
 One class per event type, named after the official SDK's (`openai.types.realtime`, the reference
-the tests validate against), its fields in the order the server sends them. Events under
-`voxgate.*` and fields under `x_voxgate` are this server's documented extensions.
-`server/outgoing.py` builds these from session events.
+the tests validate against), its fields in the order the server sends them. Fields under
+`x_voxgate` are this server's documented extensions; its own events (`voxgate.*`) are in
+`server/extension_events.py`. `server/outgoing.py` builds these from session events.
 """
 
 from __future__ import annotations
@@ -117,16 +117,29 @@ class ReasoningObject(WireModel):
     effort: Literal["minimal", "low", "medium", "high", "xhigh"]
 
 
+class FeedbackCaptureObject(WireModel):
+    """`session.x_voxgate.feedback`: this server keeps the session's answers, to be rated
+    (`voxgate.feedback.create`)."""
+
+    enabled: Literal[True] = True
+    audio: bool
+    """Their audio is kept too, not only their text."""
+
+
 class SessionExtension(OmitsNone):
     """`session.x_voxgate`: what this server does with settings it accepts but cannot fully
-    honour."""
+    honour, and whether it keeps answers for feedback."""
 
-    omitted_when_none: ClassVar[frozenset[str]] = frozenset({"noise_reduction", "not_honoured"})
+    omitted_when_none: ClassVar[frozenset[str]] = frozenset(
+        {"noise_reduction", "not_honoured", "feedback"}
+    )
 
     noise_reduction: str | None = None
     """The noise suppressor that applies the client's noise reduction, or "not applied"."""
     not_honoured: dict[str, str] | None = None
     """Setting -> what becomes of it."""
+    feedback: FeedbackCaptureObject | None = None
+    """Present when answers are captured (`VOXGATE_FEEDBACK__ENABLED`)."""
 
 
 class SessionObject(OmitsNone):
@@ -462,31 +475,21 @@ class ResponseFunctionCallArgumentsDoneEvent(ServerEvent):
     arguments: str
 
 
-class ResponseReasoningDeltaEvent(ServerEvent):
-    """Think mode: reasoning text of a response (never spoken)."""
+class PairObject(WireModel):
+    """`response.done`'s `x_voxgate.pair`: the pair of candidate answers a response is one of
+    (`response.create`'s `x_voxgate.candidates`)."""
 
-    type: Literal["voxgate.response.reasoning.delta"] = "voxgate.response.reasoning.delta"
-    response_id: str
-    delta: str
-
-
-class ResponseReasoningDoneEvent(ServerEvent):
-    type: Literal["voxgate.response.reasoning.done"] = "voxgate.response.reasoning.done"
-    response_id: str
-    text: str
+    id: str
+    candidate: Literal[0, 1]
+    """0: the turn's answer; 1: the second one, out of band."""
 
 
-class ConversationSummaryUpdatedEvent(ServerEvent):
-    """Older turns were folded into the conversation's running summary."""
+class ResponseExtension(OmitsNone):
+    omitted_when_none: ClassVar[frozenset[str]] = frozenset({"pair"})
 
-    type: Literal["voxgate.conversation.summary.updated"] = "voxgate.conversation.summary.updated"
-    summary: str
-    items_folded: int
-
-
-class ResponseExtension(WireModel):
     timings_ms: dict[str, float]
     """Where the turn's latency went, per stage (`streaming/timings.py`)."""
+    pair: PairObject | None = None
 
 
 class ResponseDoneEvent(ServerEvent):

@@ -1,5 +1,6 @@
 """What the routes share, built once by the lifespan (`server/app.py`) and kept in
-`app.state.services`: the backbone, the models beside it, and the counts that bound its use."""
+`app.state.services`: the backbone, the models beside it, the feedback store, and the counts
+that bound their use."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from voxgate.server.admission import RestAdmission
 from voxgate.server.client_secret_store import ClientSecretStore
 from voxgate.server.drain import Drain
 from voxgate.server.engine_watch import EngineWatch
+from voxgate.server.feedback_store import FeedbackStore
 from voxgate.server.settings import Settings
 from voxgate.streaming.config import SessionConfig, Transcription
 from voxgate.streaming.denoise import RNNoiseLibrary
@@ -28,6 +30,8 @@ class Services:
     client_secrets: ClientSecretStore
     voices: VoiceBook
     """The backbone's voices and the aliases clients may use for them."""
+    feedback: FeedbackStore
+    """Captured answers and people's feedback on them (off unless `feedback.enabled`)."""
     rnnoise: RNNoiseLibrary | None = None
     """The noise suppressor sessions run when they ask for `noise_reduction` (None: off)."""
     sessions: Slots = field(init=False)

@@ -305,6 +305,13 @@ def conversation_item(wire: WireItem, default_id: str) -> tuple[Item, str | None
     raise Unsupported("item.type", f"{wire.type!r} items")
 
 
+def candidates(params: ResponseParams | None) -> int:
+    """How many candidate answers a `response.create` asks for (`response.x_voxgate`)."""
+    if params is None or params.x_voxgate is None:
+        return 1
+    return params.x_voxgate.candidates
+
+
 def response_request(
     params: ResponseParams | None,
     session_tools: Sequence[ToolSpec],

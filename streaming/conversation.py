@@ -42,9 +42,16 @@ class Conversation:
         """What the conversation said before its oldest item still kept (compacted memory)."""
         self.window = ContextWindow()
         """Where this conversation's prompts start (the backbone moves it; see model.lm)."""
+        self._answers: dict[str, str] = {}
+        """The response that wrote each answer item still kept, by item id."""
 
-    def append(self, item: Item, after: str | None = None) -> str | None:
-        """Insert `item` (at the end, or after the item `after`); return its predecessor's id."""
+    def append(
+        self, item: Item, after: str | None = None, *, answer_of: str | None = None
+    ) -> str | None:
+        """Insert `item` (at the end, or after the item `after`); return its predecessor's id.
+        `answer_of`: the response that wrote it."""
+        if answer_of is not None:
+            self._answers[item.id] = answer_of
         index = len(self.items)
         if after is not None:
             index = 0 if after == "root" else self.index_of(after) + 1
@@ -77,6 +84,7 @@ class Conversation:
 
     def delete(self, item_id: str) -> None:
         del self.items[self.index_of(item_id, "item_id", "delete")]
+        self._answers.pop(item_id, None)
 
     def holds(self, item: Item) -> bool:
         return any(item is kept for kept in self.items)
@@ -139,10 +147,10 @@ class Conversation:
             )
         return item
 
-    @staticmethod
-    def truncate(item: Item, audio_end_ms: int) -> None:
+    def truncate(self, item: Item, audio_end_ms: int) -> str | None:
         """The user heard only `audio_end_ms` of this answer, so its transcript (and the context
-        of later turns) keeps only what was heard."""
+        of later turns) keeps only what was heard. Returns the id of the response that wrote
+        it (None: the client added it)."""
         if not 0 <= audio_end_ms <= item.audio_ms:
             raise SessionRejected(
                 "invalid_value",
@@ -153,6 +161,7 @@ class Conversation:
         item.audio_ms = audio_end_ms
         item.tokens = None  # what the model wrote is no longer what was said
         item.spoken = [(ms, off) for ms, off in item.spoken if ms < audio_end_ms]
+        return self._answers.get(item.id)
 
     def fold(self, summary: str, items: Sequence[Item]) -> list[Item]:
         """`items` are now told by `summary`: forget those still kept; return them."""
@@ -163,3 +172,5 @@ class Conversation:
 
     def _remove(self, gone: Sequence[Item]) -> None:
         self.items = [kept for kept in self.items if all(kept is not g for g in gone)]
+        for item in gone:
+            self._answers.pop(item.id, None)

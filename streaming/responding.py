@@ -1,60 +1,52 @@
-"""The conversation's responses: running them, streaming what the backbone says, stopping,
-holding and releasing their output, and folding what no longer fits into the summary.
+"""The conversation's responses: running them (`streaming/answering.py` streams what the
+backbone says), stopping, holding and releasing their output, and folding what no longer fits
+into the summary.
 
 One response at a time answers in the conversation (`Responder.running`); out-of-band ones
 (`conversation: "none"`) run beside it, bounded per session and over the server. A response
 is stopped by cancelling its task; the task then reports `response.done` itself. A held
 response keeps its events (`Response.held`) until it is released. Turn-taking hears when the
 conversation's response begins and stops, and when the client is told a response is done.
+
+With an `AnswerLog` (feedback capture on), each response is logged just before the client is
+told it is done: the context the backbone was given, what it said, how it ended, and its audio
+when the log keeps audio. A turn may then be answered by two candidates
+(`streaming/candidates.py`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from contextlib import aclosing
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Literal
 
 from voxgate.model.backbone import Backbone
 from voxgate.model.memory import SUMMARY_PRIORITY
-from voxgate.model.types import (
-    AudioChunk,
-    BackboneError,
-    ReasoningDelta,
-    ResponseEnd,
-    ResponseOptions,
-    Role,
-    TextDelta,
-    ToolCall,
-    Turn,
-    TurnTrace,
-)
+from voxgate.model.types import BackboneError, ResponseOptions, Role, ToolCall, Turn, TurnTrace
 from voxgate.model.voices import VoiceBook
-from voxgate.streaming import audio
-from voxgate.streaming.audio import AudioFormat, OutputEncoder
+from voxgate.streaming.answer_log import AnswerLog
+from voxgate.streaming.answer_notes import AnswerNotes
+from voxgate.streaming.answering import stream_answer
+from voxgate.streaming.candidates import Candidate, Pair, finished, remade
 from voxgate.streaming.config import SessionConfig, SessionLimits
 from voxgate.streaming.conversation import Conversation
 from voxgate.streaming.events import (
     CancelReason,
     ErrorReported,
-    FunctionCallArgumentsDelta,
     Item,
     ItemDeleted,
     ItemStatus,
     OutputAudioDelta,
     OutputItemFinished,
     OutputItemStarted,
-    OutputTextDelta,
-    ReasoningDeltaEvent,
     ReasoningDone,
     Response,
     ResponseFinished,
     ResponseStarted,
     ResponseStatus,
     SummaryUpdated,
-    remade_end,
     response_id,
 )
 from voxgate.streaming.outbox import Outbox
@@ -90,6 +82,7 @@ class Responder:
         report: Callable[[TurnInput], Awaitable[None]],
         silenced: Callable[[], None],
         out_of_band_slots: Slots,
+        answer_log: AnswerLog | None = None,
     ) -> None:
         self._backbone = backbone
         self._voices = voices
@@ -109,6 +102,11 @@ class Responder:
         """Out-of-band responses over the whole server (a session's own cap is in limits)."""
         self._out_of_band: dict[str, Running] = {}
         """Out-of-band responses of this session running now, by response id."""
+        self._reserved = 0
+        """Out-of-band slots taken for responses not started yet."""
+        self._notes = AnswerNotes(answer_log)
+        """What the answer log (if any) will be told of each response."""
+        self._closed = False
         self.running: Running | None = None
         """The conversation's response, until it stops."""
         self._held: Running | None = None
@@ -121,8 +119,10 @@ class Responder:
         return cap if wanted in (None, "inf") else min(int(wanted), cap)
 
     def take_out_of_band_slot(self) -> None:
+        """One more out-of-band response may start (`give_back_out_of_band_slot` if it does
+        not)."""
         mine = self._limits.max_out_of_band_responses
-        if len(self._out_of_band) >= mine:
+        if len(self._out_of_band) + self._reserved >= mine:
             raise SessionRejected(
                 "response_limit_reached",
                 f"this session already runs {mine} out-of-band responses; wait for one to end "
@@ -134,17 +134,62 @@ class Responder:
                 f"this server already runs its limit of {self._out_of_band_slots.limit} "
                 "out-of-band responses; try again shortly",
             )
+        self._reserved += 1
 
     def give_back_out_of_band_slot(self) -> None:
+        self._reserved -= 1
         self._out_of_band_slots.release()
+
+    def close(self) -> None:
+        """The session is closing: nothing new starts (its tasks are being cancelled)."""
+        self._closed = True
+        self.running = None
 
     # --- starting and stopping ------------------------------------------------------------
 
     async def start(
-        self, request: ResponseRequest, trace: TurnTrace, *, held: bool = False
+        self,
+        request: ResponseRequest,
+        trace: TurnTrace,
+        *,
+        held: bool = False,
+        candidate: Candidate | None = None,
     ) -> Running:
         """Start a response task; a `held` one says nothing until it is released (and is not
-        the conversation's response until then)."""
+        the conversation's response until then). An out-of-band one has its slot taken."""
+        running = self._launch(request, trace, held, candidate)
+        if request.in_conversation and not held:
+            await self._begin(running)
+        return running
+
+    async def start_candidates(self, request: ResponseRequest, trace: TurnTrace) -> None:
+        """Answer the turn twice (`streaming/candidates.py`); candidate 0 as `request` says,
+        candidate 1 out of band once candidate 0 is over. Takes candidate 1's slot."""
+        assert self._notes.log is not None, "candidates are for the answer log"
+        self.take_out_of_band_slot()
+        pair = Pair.asked(self._conversation, request.input_items)
+        try:
+            first = await self.start(request, trace, candidate=Candidate(pair, 0))
+        except BaseException:
+            self.give_back_out_of_band_slot()
+            raise
+        second = replace(request, in_conversation=False)
+
+        def start_second(task: asyncio.Task[None]) -> None:
+            if self._closed or (task.cancelled() and first.response.reason is None):
+                self.give_back_out_of_band_slot()  # the session is closing
+            else:
+                self._launch(second, TurnTrace(), False, Candidate(pair, 1))
+
+        first.task.add_done_callback(start_second)
+
+    def _launch(
+        self,
+        request: ResponseRequest,
+        trace: TurnTrace,
+        held: bool,
+        candidate: Candidate | None,
+    ) -> Running:
         config = self._config()
         audio_output = config.audio_output if request.audio_output is None else request.audio_output
         max_tokens = self.max_tokens(request.max_output_tokens or config.max_output_tokens)
@@ -160,12 +205,13 @@ class Responder:
             held=[] if held else None,
             provisional=request.provisional is not None,
         )
+        self._notes.started(response, candidate)
         running = Running(
-            response, self._outbox.spawn(self._run(response, request), name=response.id)
+            response,
+            self._outbox.spawn(self._run(response, request, candidate), name=response.id),
         )
-        if request.in_conversation and not held:
-            await self._begin(running)
-        elif not request.in_conversation:
+        if not request.in_conversation:
+            self._reserved -= 1  # its slot, taken before, is now held by the running task
             self._out_of_band[response.id] = running
 
             def done(_: asyncio.Task[None]) -> None:
@@ -216,6 +262,13 @@ class Responder:
         self._silenced()  # the client stops playing it now
         return running
 
+    async def discard(self, running: Running) -> None:
+        """Drop an early answer nobody will hear: it ends without a word to the client, and
+        nothing of it is logged."""
+        running.task.cancel()  # reason None
+        await asyncio.wait([running.task])
+        self._notes.forget(running.response)
+
     async def wait_cancelled(self, running: Running) -> None:
         # The task reports response.done itself; wait so events stay in order.
         await asyncio.wait([running.task])
@@ -256,7 +309,7 @@ class Responder:
         response.status = ResponseStatus.CANCELLED
         for item in response.items:
             item.status = ItemStatus.INCOMPLETE
-        response.held = [remade_end(e, response) for e in response.held or []]
+        response.held = [remade(e, response) for e in response.held or []]
         await self.release(response)
 
     async def release_held(self) -> None:
@@ -272,7 +325,7 @@ class Responder:
         response.provisional = False  # items it starts from now on join at once
         if response.items:
             # The answer was written before the turn was committed: it follows it now.
-            after = self._conversation.append(response.items[0])
+            after = self._conversation.append(response.items[0], answer_of=response.id)
             response.held = [
                 replace(e, previous_item_id=after) if isinstance(e, OutputItemStarted) else e
                 for e in response.held or []
@@ -283,6 +336,8 @@ class Responder:
 
     async def release(self, response: Response) -> None:
         """Send a response's held events, in order, and let the rest flow."""
+        if any(isinstance(e, ResponseFinished) for e in response.held or ()):
+            await self._notes.done(response)
         done = False
         while response.held:
             event = response.held.pop(0)
@@ -295,7 +350,9 @@ class Responder:
 
     # --- running ------------------------------------------------------------------------
 
-    async def _run(self, response: Response, request: ResponseRequest) -> None:
+    async def _run(
+        self, response: Response, request: ResponseRequest, candidate: Candidate | None
+    ) -> None:
         caused_by_request = False  # a failure the request itself caused (4xx, not 5xx)
         try:
             await self._outbox.emit(ResponseStarted(response))
@@ -304,6 +361,9 @@ class Responder:
                 await asyncio.wait(pending)
             conversation = self._conversation
             context = request.input_items if request.input_items is not None else conversation.items
+            summary = conversation.summary if request.input_items is None else ""
+            if candidate is not None:  # both candidates answer the pair's context
+                context, summary = candidate.pair.items, candidate.pair.summary
             if request.provisional is not None:
                 context = [*context, request.provisional]
             entries = [
@@ -321,17 +381,26 @@ class Responder:
                 max_output_tokens=response.max_output_tokens,
                 speed=config.speed,
                 window=conversation.window if request.input_items is None else None,
-                summary=conversation.summary if request.input_items is None else "",
+                summary=summary,
                 tools=request.tools if request.tools is not None else config.tools,
                 tool_choice=request.tool_choice or config.tool_choice,
                 reasoning_tokens=self._reasoning_budget(effort),
             )
-            await self._stream(response, [t for t, _ in entries], options)
+            if candidate is not None and candidate.index > 0 and self._notes.log is not None:
+                # Out of band and after the live answer: batch work for the engine.
+                options = replace(options, window=None, priority=self._notes.log.candidate_priority)
+            turns = [t for t, _ in entries]
+            spoken = self._notes.asked(response, options, turns)
+            outputs = self._backbone.respond(turns, options, response.trace)
+            await stream_answer(
+                outputs, response, self._outbox.emit, self._begin_item, self._limits, spoken
+            )
             if response.context_start and request.input_items is None:
                 # The oldest turns no longer fit: fold them into the summary, in the background.
                 self._fold([i for _, i in entries[: response.context_start]])
         except asyncio.CancelledError:
             if response.reason is None:
+                self._notes.forget(response)
                 raise  # the session is closing, or an early answer is dropped: nobody to tell
             asyncio.current_task().uncancel()  # type: ignore[union-attr]
             response.status = ResponseStatus.CANCELLED
@@ -347,6 +416,7 @@ class Responder:
 
     async def _finish(self, response: Response, caused_by_request: bool) -> None:
         emit = self._outbox.emit
+        candidate = self._notes.candidate(response)  # before its notes go with the log
         if response.reasoning and not response.reasoning_done:
             response.reasoning_done = True
             await emit(ReasoningDone(response))
@@ -362,9 +432,13 @@ class Responder:
             code, message = response.error
             kind = "invalid_request_error" if caused_by_request else "server_error"
             await emit(ErrorReported(code, message, type=kind))
-        await emit(ResponseFinished(response))
+        end = finished(response, candidate)  # the response as it ends, now
         if response.held is None:  # else the client hears of it when it is released
+            await self._notes.done(response)  # logged before the client is told
+            await emit(end)
             await self._report(ResponseDone(response.id))
+        else:
+            await emit(end)
 
     def _turn_of(self, item: Item, text: str) -> Turn:
         call = None
@@ -389,86 +463,11 @@ class Responder:
         """An output item starts: it joins the conversation (unless the answer is still
         speculative) and the client hears of it."""
         joins = response.in_conversation and not response.provisional
-        previous = self._conversation.append(item) if joins else None
+        previous = self._conversation.append(item, answer_of=response.id) if joins else None
         response.items.append(item)
         await self._outbox.emit(
             OutputItemStarted(response, item, len(response.items) - 1, previous)
         )
-
-    async def _stream(
-        self, response: Response, turns: Sequence[Turn], options: ResponseOptions
-    ) -> None:
-        emit = self._outbox.emit
-        fmt = AudioFormat(response.audio_format)
-        encoder = OutputEncoder(fmt)
-        chunk_ms = self._limits.output_chunk_ms
-        sent = 0  # samples of audio sent, at the output rate
-        item: Item | None = None  # the spoken (or written) answer, made at its first output
-        outputs = self._backbone.respond(turns, options, response.trace)
-        async with aclosing(outputs):
-            async for output in outputs:
-                if (
-                    response.reasoning
-                    and not response.reasoning_done
-                    and not isinstance(output, ReasoningDelta)
-                ):
-                    response.reasoning_done = True  # over: say so before the answer begins
-                    await emit(ReasoningDone(response))
-                if isinstance(output, TextDelta | AudioChunk) and item is None:
-                    item = Item(
-                        new_id("item"),
-                        Role.ASSISTANT,
-                        audio=response.audio,
-                        transcript="" if response.audio else None,
-                        status=ItemStatus.IN_PROGRESS,
-                    )
-                    await self._begin_item(response, item)
-                match output:
-                    case ReasoningDelta(text=text):
-                        response.reasoning += text
-                        await emit(ReasoningDeltaEvent(response, text))
-                    case ToolCall(call_id=call_id, name=name, arguments=arguments):
-                        call = Item(
-                            new_id("item"),
-                            Role.ASSISTANT,
-                            kind="function_call",
-                            call_id=call_id,
-                            name=name,
-                            status=ItemStatus.IN_PROGRESS,
-                        )
-                        await self._begin_item(response, call)
-                        call.arguments = arguments
-                        await emit(FunctionCallArgumentsDelta(response, call, arguments))
-                    case TextDelta(text=text) if item is not None:
-                        if response.audio:
-                            item.spoken.append((item.audio_ms, len(item.transcript or "")))
-                            item.transcript = (item.transcript or "") + text
-                        else:
-                            item.text += text
-                        await emit(OutputTextDelta(response, item, text))
-                    case AudioChunk() if item is not None:
-                        for piece in audio.iter_slices(encoder.encode(output), fmt, chunk_ms):
-                            sent += len(piece) // fmt.bytes_per_sample
-                            item.audio_ms = audio.samples_to_ms(sent, fmt.sample_rate)
-                            await emit(OutputAudioDelta(response, item, piece))
-                    case ResponseEnd():
-                        if item is not None and output.spoken_tokens is not None:
-                            item.tokens = output.spoken_tokens
-                        response.input_tokens = output.input_tokens
-                        response.output_tokens = output.output_tokens
-                        response.output_audio_tokens = output.output_audio_tokens
-                        response.context_start = output.context_start
-                        if output.finish_reason == "length":
-                            response.status = ResponseStatus.INCOMPLETE
-                            response.reason = "max_output_tokens"
-                        else:
-                            response.status = ResponseStatus.COMPLETED
-        if item is not None and response.audio and (tail := encoder.flush()):
-            sent += len(tail) // fmt.bytes_per_sample
-            item.audio_ms = audio.samples_to_ms(sent, fmt.sample_rate)
-            await emit(OutputAudioDelta(response, item, tail))
-        if response.status == ResponseStatus.IN_PROGRESS:
-            response.status = ResponseStatus.COMPLETED
 
     # --- compacted memory -----------------------------------------------------------------
 

@@ -21,7 +21,8 @@ Bounds (`SessionLimits`): every text a client hands over is capped in characters
 (`context_length_exceeded`, checked by the backbone in a thread when they are set), and
 out-of-band responses in number, per session and over the server (`response_limit_reached`).
 Each is refused before anything reaches the backbone. A session keeps nothing outside itself:
-its context window (`ContextWindow`) goes with it.
+its context window (`ContextWindow`) goes with it; with an `AnswerLog` (the server's feedback
+capture), it tells the log of each answer (`streaming/answer_log.py`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -38,6 +40,7 @@ import numpy as np
 from voxgate.model.backbone import Backbone
 from voxgate.model.types import BackboneError, UnknownVoiceError
 from voxgate.model.voices import VoiceBook
+from voxgate.streaming.answer_log import AnswerLog
 from voxgate.streaming.audio import AudioFormat, AudioFormatError, InputDecoder
 from voxgate.streaming.config import SessionConfig, SessionLimits
 from voxgate.streaming.conversation import Conversation, older_voices_kept
@@ -78,6 +81,19 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True, slots=True)
+class EdgeReply:
+    """The server edge's reply to a client event the session does not handle (an extension of
+    the protocol), queued so that it goes out in order with what the session says. The
+    session never looks inside `wire`: the edge made it, and sends it."""
+
+    wire: object
+
+
+Queued = SessionEvent | EdgeReply
+"""What the session's outbox holds."""
+
+
 class EventQueue:
     """The session's bounded outbox, which can also take back what is no longer worth sending.
 
@@ -86,24 +102,24 @@ class EventQueue:
 
     def __init__(self, maxsize: int) -> None:
         self._maxsize = maxsize
-        self._events: deque[SessionEvent] = deque()
+        self._events: deque[Queued] = deque()
         self._room = asyncio.Event()
         self._ready = asyncio.Event()
 
-    async def put(self, event: SessionEvent) -> None:
+    async def put(self, event: Queued) -> None:
         while len(self._events) >= self._maxsize:
             self._room.clear()
             await self._room.wait()
         self._events.append(event)
         self._ready.set()
 
-    async def get(self) -> SessionEvent:
+    async def get(self) -> Queued:
         while not self._events:
             self._ready.clear()
             await self._ready.wait()
         return self.get_nowait()
 
-    def get_nowait(self) -> SessionEvent:
+    def get_nowait(self) -> Queued:
         """The next event; `asyncio.QueueEmpty` if there is none."""
         if not self._events:
             raise asyncio.QueueEmpty
@@ -115,11 +131,13 @@ class EventQueue:
         return not self._events
 
     def purge(self, stale: Callable[[SessionEvent], bool]) -> list[SessionEvent]:
-        """Take back queued events for which `stale(event)` is true (in order); wake senders
-        waiting for room."""
-        taken = [event for event in self._events if stale(event)]
+        """Take back queued session events for which `stale(event)` is true (in order); wake
+        senders waiting for room."""
+        taken = [e for e in self._events if not isinstance(e, EdgeReply) and stale(e)]
         if taken:
-            self._events = deque(event for event in self._events if not stale(event))
+            self._events = deque(
+                e for e in self._events if isinstance(e, EdgeReply) or not stale(e)
+            )
             self._room.set()
         return taken
 
@@ -134,8 +152,11 @@ class RealtimeSession:
         out_of_band_slots: Slots | None = None,
         voices: VoiceBook | None = None,
         noise_suppressor: Callable[[], NoiseSuppressor] | None = None,
+        answer_log: AnswerLog | None = None,
     ) -> None:
         self._backbone = backbone
+        self._answer_log = answer_log
+        """Keeps this session's answers (None: none are kept)."""
         self._voices = voices or VoiceBook(backbone.voices)
         """The backbone's voices and their aliases: a session keeps the name its client chose."""
         self._limits = limits
@@ -168,6 +189,7 @@ class RealtimeSession:
             report=self._report,
             silenced=self._listener.stop_echo,
             out_of_band_slots=out_of_band_slots or Slots(limits.max_out_of_band_responses),
+            answer_log=answer_log,
         )
         self._turns = TurnTaker(
             backbone,
@@ -228,6 +250,10 @@ class RealtimeSession:
     async def report_error(self, error: ErrorReported) -> None:
         """Queue an error for the client in order with everything else the session says."""
         await self._emit(error)
+
+    async def reply(self, wire: object) -> None:
+        """Queue the server edge's own reply to a client event (`EdgeReply`)."""
+        await self.events.put(EdgeReply(wire))
 
     def _check_voice(self, voice: str, param: str) -> None:
         try:
@@ -314,8 +340,10 @@ class RealtimeSession:
         running = self._responder.running
         if running is not None and item in running.response.items:
             await self._responder.cancel("client_cancelled")
-        self._conversation.truncate(item, audio_end_ms)
+        written_by = self._conversation.truncate(item, audio_end_ms)
         await self._emit(ItemTruncated(item_id, audio_end_ms))
+        if written_by is not None and self._answer_log is not None:
+            await self._answer_log.truncated(written_by, audio_end_ms)
 
     async def delete_item(self, item_id: str) -> None:
         self._conversation.delete(item_id)
@@ -326,7 +354,16 @@ class RealtimeSession:
 
     # --- responses ------------------------------------------------------------------------
 
-    async def create_response(self, request: ResponseRequest) -> None:
+    async def create_response(self, request: ResponseRequest, candidates: int = 1) -> None:
+        """response.create; `candidates` 2: the turn is answered twice, for a person to prefer
+        one (`streaming/candidates.py`: only where answers are kept)."""
+        if candidates > 1 and self._answer_log is None:
+            raise SessionRejected(
+                "invalid_value",
+                "candidate answers are kept for feedback, and this server does not capture "
+                "answers (VOXGATE_FEEDBACK__ENABLED)",
+                "response.x_voxgate.candidates",
+            )
         running = self._responder.running
         if running is not None and request.in_conversation:
             raise SessionRejected(
@@ -358,7 +395,10 @@ class RealtimeSession:
         # A later response.create answers a turn left to it: its stages are timed on its trace.
         trace = self._turns.requested()
         try:
-            await self._responder.start(request, trace)
+            if candidates > 1:
+                await self._responder.start_candidates(request, trace)
+            else:
+                await self._responder.start(request, trace)
         except BaseException:
             if not request.in_conversation:
                 self._responder.give_back_out_of_band_slot()
@@ -442,7 +482,7 @@ class RealtimeSession:
 
     async def close(self) -> None:
         """Stop every task of this session (responses end without events)."""
-        self._responder.running = None
+        self._responder.close()
         for task in list(self._tasks):
             task.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -320,11 +320,9 @@ class TurnTaker:
         spec.words.cancel()
         await self._stop_early_answer(spec)
 
-    @staticmethod
-    async def _stop_early_answer(spec: _Speculation) -> None:
+    async def _stop_early_answer(self, spec: _Speculation) -> None:
         if spec.answer is not None:
-            spec.answer.task.cancel()  # reason None: it ends without a word to the client
-            await asyncio.wait([spec.answer.task])
+            await self._responder.discard(spec.answer)  # without a word to the client
 
     async def _adopt(self, spec: _Speculation, samples: np.ndarray) -> None:
         """The turn ended where it paused: commit it with the words heard early (its early

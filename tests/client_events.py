@@ -13,6 +13,7 @@ Events come out as the text of the WebSocket message (most are JSON, some are no
 from __future__ import annotations
 
 import base64
+import enum
 import json
 import types
 import typing
@@ -60,7 +61,7 @@ def for_annotation(annotation: Any, name: str = "") -> st.SearchStrategy[Json]:
     """Values of a field annotation, as JSON (what a client would write)."""
     if name == "audio":
         return audio_field()
-    if name in ("item_id", "previous_item_id", "response_id"):
+    if name in ("item_id", "previous_item_id", "response_id", "chosen_response_id", "pair_id"):
         return ITEM_IDS | st.text(max_size=30)
     origin = get_origin(annotation)
     if origin is Annotated:
@@ -87,6 +88,8 @@ def for_annotation(annotation: Any, name: str = "") -> st.SearchStrategy[Json]:
         return st.floats(allow_nan=False, allow_infinity=False) | st.floats(0, 2)
     if annotation is str:
         return st.text(max_size=60)
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        return st.sampled_from([member.value for member in annotation]) | st.text(max_size=10)
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return model(annotation)
     raise TypeError(f"no strategy for {annotation!r}")

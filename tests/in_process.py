@@ -1,5 +1,6 @@
-"""Helpers for tests that run the app in this process: the app over a fake backbone, a real
-uvicorn server on a free port, and microphone audio in the wire's default format."""
+"""Helpers for tests that run the app in this process: the app over a fake backbone (feedback
+capture off, or on with its database in a test's folder), a real uvicorn server on a free port,
+and microphone audio in the wire's default format."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import base64
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,6 +20,7 @@ from starlette.testclient import WebSocketTestSession
 from voxgate.model.artifacts import default_home
 from voxgate.model.types import INPUT_SAMPLE_RATE
 from voxgate.server.app import create_app
+from voxgate.server.feedback_settings import FeedbackSettings
 from voxgate.server.settings import Settings
 from voxgate.streaming import audio
 from voxgate.streaming.audio import AudioFormat, StreamResampler
@@ -74,3 +77,14 @@ def app_over(fake: FakeBackbone, **settings: Any) -> FastAPI:
         "api_key": None,
     }
     return create_app(Settings(**(defaults | settings)), backbone_factory=backbone_factory(fake))
+
+
+def feedback_on(folder: Path, **changes: Any) -> FeedbackSettings:
+    """Feedback capture on, its SQLite database and audio in `folder` (never in the models'
+    home, which `app_over` serves from); `changes` override any setting."""
+    fields = {
+        "enabled": True,
+        "database_url": f"sqlite:///{folder / 'feedback.sqlite3'}",
+        "audio_dir": folder / "audio",
+    }
+    return FeedbackSettings(**(fields | changes))

@@ -249,8 +249,8 @@ def test_gpu_image_starts_from_cuda() -> None:
 # --- the dashboard ----------------------------------------------------------------------------
 
 
-DASHBOARD_GRAPHS = 21
-DASHBOARD_QUERIES = 33
+DASHBOARD_GRAPHS = 22
+DASHBOARD_QUERIES = 37
 """What the dashboard has now: a panel or query lost (or never read) fails a test."""
 
 
@@ -334,7 +334,13 @@ def test_dashboard_shows_what_an_operator_needs() -> None:
         "vllm:num_requests_waiting",
         "vllm:kv_cache_usage_perc",
         "vllm:generation_tokens_total",
+        "voxgate_feedback_total",
+        "voxgate_feedback_preferences_total",
+        "voxgate_feedback_captures_dropped_total",
     } <= names
+    # The barge-in rate is per response, not per minute.
+    barge_ins = "sum(rate(voxgate_barge_ins_total[$__rate_interval])) / "
+    assert barge_ins + "sum(rate(voxgate_responses_total[$__rate_interval]))" in queries
 
 
 def test_dashboard_waterfall_stacks_the_parts_of_a_turn_in_order() -> None:

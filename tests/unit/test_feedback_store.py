@@ -4,6 +4,7 @@ all while feedback is off."""
 
 from __future__ import annotations
 
+import asyncio
 import wave
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import sqlalchemy as sa
 from feedback_data import AUDIO_RATE, CONTEXT, START, Clock, captured, tone
 
 from voxgate.model.types import Role
+from voxgate.server import app
 from voxgate.server.feedback_schema import (
     FeedbackDatabase,
     SchemaVersionMismatch,
@@ -365,6 +367,29 @@ async def test_without_a_retention_purge_keeps_everything(
         clock.advance(days=10_000)
         assert await store.purge() == Deleted()
         assert len(rows(store, responses)) == 1
+
+
+async def test_a_running_server_purges_at_start_and_every_round(
+    store: FeedbackStore, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server's retention task: it purges at once, then once a round (an hour)."""
+    await fill(store)
+    clock.advance(days=(store.settings.retention_days or 0) + 1)
+    rounds: list[Deleted] = []
+    purge = store.purge
+
+    async def counted() -> Deleted:
+        rounds.append(await purge())
+        if len(rounds) == 2:
+            raise asyncio.CancelledError  # two rounds seen: end the task
+        return rounds[-1]
+
+    monkeypatch.setattr(store, "purge", counted)
+    monkeypatch.setattr(app, "RETENTION_EVERY_S", 0.01)
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(app._keep_retention(store), timeout=10)
+    assert rounds == [Deleted(responses=3, feedback=2, pairs=1, audio_files=3), Deleted()]
+    assert rows(store, responses) == []
 
 
 # --- off, and the schema ----------------------------------------------------------------------
