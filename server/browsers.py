@@ -52,7 +52,7 @@ def install(app: FastAPI, settings: Settings) -> None:
             allow_origins=origins,
             allow_methods=["GET", "POST"],
             allow_headers=["*"],
-            expose_headers=["Retry-After", "X-Voxgate-Instructions"],
+            expose_headers=["Retry-After", "X-Voxgate-Instructions", "X-Voxgate-Response-Id"],
             max_age=600,
         )
     app.add_middleware(

@@ -10,6 +10,10 @@ size cap and validated (`server/rest_bodies.py`), then a slot of `rest.max_concu
 (a streamed answer holds its slot to its last byte). Every failure is OpenAI's error body
 (`RestError`), also inside an SSE stream (an `error` event), whatever raised it
 (`server/rest_errors.py`).
+
+With feedback captured, a speech answer names its id in the feedback store
+(`X-Voxgate-Response-Id`), and `x_voxgate.candidates: 2` answers two candidates in one JSON
+object (`server/serving_speech.py`); both are rated through `server/feedback_routes.py`.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from voxgate.server.auth import API_KEY
 from voxgate.server.errors import RestError
 from voxgate.server.openapi_schemas import (
     ERROR_RESPONSES,
+    inline_refs,
     json_request_body,
     multipart_request_body,
 )
@@ -51,6 +56,7 @@ from voxgate.server.rest_requests import (
     UploadForm,
 )
 from voxgate.server.services import Services
+from voxgate.server.serving_speech import SpeechCandidates
 from voxgate.server.serving_transcription import TranscriptionJob
 from voxgate.server.transcripts import (
     TranscriptFormat,
@@ -63,6 +69,11 @@ from voxgate.server.transcripts import (
 
 log = logging.getLogger(__name__)
 router = APIRouter(dependencies=[Depends(API_KEY)])
+
+INSTRUCTIONS_HEADER = "X-Voxgate-Instructions"
+"""Whether a speech answer followed the request's instructions (`followed` or `ignored`)."""
+RESPONSE_ID_HEADER = "X-Voxgate-Response-Id"
+"""A speech answer's id in the feedback store (only when the server captures feedback)."""
 
 BodyT = TypeVar("BodyT", bound=Body)
 T = TypeVar("T")
@@ -131,14 +142,32 @@ async def create_description(request: Request) -> Response:
     openapi_extra=json_request_body(SpeechRequest),
     responses={
         200: {
-            "description": "Audio in `response_format`, streamed; or SSE with `stream_format=sse`",
-            "content": {f.media_type: {} for f in SpeechFormat} | {"text/event-stream": {}},
+            "description": (
+                "Audio in `response_format`, streamed; or SSE with `stream_format=sse`; or, with "
+                "`x_voxgate.candidates: 2`, both candidates in one JSON object"
+            ),
+            "headers": {
+                RESPONSE_ID_HEADER: {
+                    "description": (
+                        "The answer's id in the feedback store, to rate it with "
+                        "`POST /v1/feedback` (only when the server captures feedback)"
+                    ),
+                    "schema": {"type": "string"},
+                }
+            },
+            "content": {f.media_type: {} for f in SpeechFormat}
+            | {
+                "text/event-stream": {},
+                "application/json": {"schema": inline_refs(SpeechCandidates.model_json_schema())},
+            },
         },
         **ERROR_RESPONSES,
     },
 )
 async def create_speech(request: Request) -> Response:
-    """Speak a text (OpenAI's `audio.speech.create`)."""
+    """Speak a text (OpenAI's `audio.speech.create`). With feedback captured, the answer's id
+    is in the `X-Voxgate-Response-Id` header (and SSE's `speech.audio.done` event); voxgate's
+    `x_voxgate.candidates: 2` answers two candidates to compare instead."""
     return await _serve(request, read_speech, _speech)
 
 
@@ -295,15 +324,35 @@ async def _description(
 
 async def _speech(request: Request, services: Services, body: SpeechBody) -> Response:
     speech = body.speech
+    if speech.candidates > 1:
+        return await _speech_candidates(request, services, speech)
     spoken = await serving_speech.speak(speech, services)
     headers = {}
     if spoken.instructions is not None:
-        headers["X-Voxgate-Instructions"] = spoken.instructions
+        headers[INSTRUCTIONS_HEADER] = spoken.instructions
+    if spoken.response_id is not None:
+        headers[RESPONSE_ID_HEADER] = spoken.response_id
     if speech.stream_format == "sse":
         events = spoken.events(services.settings.rest.retry_after_s)
         return ReleasingStream(events, media_type="text/event-stream", headers=headers)
     media_type = speech.response_format.media_type
     return ReleasingStream(spoken.audio, media_type=media_type, headers=headers)
+
+
+async def _speech_candidates(
+    request: Request, services: Services, speech: SpeechRequest
+) -> Response:
+    """Both candidates in one JSON answer, or 499 once the client has hung up."""
+    spoken = serving_speech.speak_candidates(speech, services)
+    if (done := await _unless_disconnected(request, spoken)) is None:
+        log.info("speech candidates abandoned by their client")
+        return Response(status_code=499)
+    # The audio is base64 in the JSON: megabytes to serialise, off the event loop.
+    content = await asyncio.to_thread(done.result().model_dump_json)
+    headers = {}
+    if (instructions := serving_speech.instructions_outcome(speech, services.backbone)) is not None:
+        headers[INSTRUCTIONS_HEADER] = instructions
+    return Response(content, media_type="application/json", headers=headers)
 
 
 async def _completed(request: Request, job: TranscriptionJob) -> Response:

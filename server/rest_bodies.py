@@ -2,8 +2,8 @@
 the multipart upload or the speech JSON, each under its size cap (413 as soon as it passes).
 
 What only one endpoint refuses (a streamed translation, a prompt the backbone cannot take, a
-text over `rest.max_text_chars`, an unknown voice) is refused here too, so nothing malformed
-reaches the engine.
+text over `rest.max_text_chars`, an unknown voice, speech candidates while feedback is off or
+with SSE) is refused here too, so nothing malformed reaches the engine.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from voxgate.server.services import Services
 FORM_FIELDS_BYTES = 64 << 10
 """Room for the multipart fields and boundaries beside the file, within the body cap."""
 MAX_FORM_FIELDS = 32
+CANDIDATES_PARAM = "x_voxgate.candidates"
 _LIST_FIELDS = frozenset({"timestamp_granularities[]", "timestamp_granularities"})
 """Form fields that may come more than once, each time one item of a list."""
 
@@ -95,11 +96,34 @@ async def read_speech(request: Request, services: Services) -> SpeechBody:
             )
     if not speech.input.strip():
         raise RestError(400, "invalid_value", "`input` holds nothing to say", "input")
+    _check_candidates(speech, services)
     try:
         voice = services.voices.resolve(speech.voice)  # an alias speaks as its voice
     except UnknownVoiceError as e:
         raise RestError(400, "unknown_voice", str(e), "voice") from e
     return SpeechBody(speech.model_copy(update={"voice": voice}))
+
+
+def _check_candidates(speech: SpeechRequest, services: Services) -> None:
+    """Candidates are feedback: only where it is captured, and answered whole (not SSE)."""
+    if speech.candidates == 1:
+        return
+    if not services.feedback.enabled:
+        raise RestError(
+            400,
+            "invalid_value",
+            "candidates are compared through the feedback store, which is off on this server "
+            "(VOXGATE_FEEDBACK__ENABLED); leave `x_voxgate.candidates` out or set it to 1",
+            CANDIDATES_PARAM,
+        )
+    if speech.stream_format == "sse":
+        raise RestError(
+            400,
+            "invalid_value",
+            "candidates are answered whole, as one JSON object: they cannot be streamed with "
+            '`stream_format: "sse"` (leave `stream_format` out)',
+            CANDIDATES_PARAM,
+        )
 
 
 def _check_transcription(form: TranscriptionForm, backbone: Backbone) -> None:

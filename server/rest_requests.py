@@ -5,6 +5,9 @@ The `model` field takes this server's own model id (`voxgate-<backbone>`, see /v
 one of OpenAI's model names, all served by the one backbone: `whisper-1`, `gpt-4o-transcribe`,
 `gpt-4o-mini-transcribe` (...) for transcriptions, translations and descriptions, `tts-1`,
 `tts-1-hd`, `gpt-4o-mini-tts` (...) for speech. Anything else is 404 `model_not_found`.
+
+voxgate's own fields of a request sit under `x_voxgate` (`SpeechExtension`), as in the
+realtime protocol.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ TRANSCRIPTION_MODELS = (
 )
 """OpenAI's transcription model names (translations and descriptions take them too); each is
 served by this server's backbone."""
+MAX_SPEECH_CANDIDATES = 2
+"""Most candidate answers of one speech request (`x_voxgate.candidates`): a preference pair."""
 SPEECH_MODELS = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts", "gpt-4o-mini-tts-2025-12-15")
 """OpenAI's speech model names; each is served by this server's backbone."""
 
@@ -81,6 +86,19 @@ class DescriptionForm(UploadForm):
     """`json`: `{"text": ...}`; `text`: the description alone."""
 
 
+class SpeechExtension(BaseModel):
+    """voxgate's fields of a speech request, `x_voxgate`."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    candidates: int = Field(1, ge=1, le=MAX_SPEECH_CANDIDATES, strict=True)
+    """2: speak the text twice, as two candidates to compare, and answer both in one JSON
+    object (`speech.candidates`, base64 audio in `response_format`) instead of streaming;
+    say which is preferred with `POST /v1/feedback/preferences`. The second is synthesised
+    after the first, at a lower priority. Only on a server that captures feedback
+    (`VOXGATE_FEEDBACK__ENABLED`), and not with `stream_format: "sse"`."""
+
+
 class SpeechRequest(BaseModel):
     """The JSON body of `/v1/audio/speech`, with OpenAI's field names."""
 
@@ -100,3 +118,9 @@ class SpeechRequest(BaseModel):
     stream_format: Literal["audio", "sse"] = "audio"
     """`audio`: the encoded audio as chunked bytes; `sse`: `speech.audio.delta` events with
     base64 pieces of it, then `speech.audio.done`."""
+    x_voxgate: SpeechExtension | None = None
+    """voxgate's extension (candidates to compare)."""
+
+    @property
+    def candidates(self) -> int:
+        return self.x_voxgate.candidates if self.x_voxgate is not None else 1

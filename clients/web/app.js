@@ -35,6 +35,13 @@
 // p50 of the page's turn latency over the conversation is shown with the legend. The level
 // meter shows the microphone's RMS as the page captures it; the VAD indicator beside it shows
 // what the server's VAD hears (`speech_started` / `speech_stopped`).
+//
+// A message can also be typed: it goes as a user message (`conversation.item.create`) and the
+// page asks for its answer (`response.create`). On a server that captures answers for
+// feedback, feedback.js adds what is needed to rate them: a notice, thumbs on each answer, and
+// a view that compares two candidate answers.
+
+import { Feedback } from "/web/feedback.js";
 
 const WIRE_RATE = 24000;
 const FRAME_MS = 20;
@@ -100,6 +107,7 @@ const stats = {
   assistantTranscripts: [],
   // {responseId, status, latencyMs, latencySource, serverLatencyMs, playbackStartMs, timingsMs}
   turns: [],
+  typedMessages: [],
   latencyP50Ms: null, // of the page's turn latency, over the turns above
   serverLatencyP50Ms: null,
   inputLevelDb: null, // the microphone's last 20 ms frame, dBFS
@@ -326,8 +334,11 @@ class Connection {
     await this.audio.resume();
   }
 
+  // Whether the event went out (false: not connected).
   send(event) {
-    if (this.ws && this.ws.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify(event));
+    if (!this.ws || this.ws.readyState !== WebSocket.OPEN) return false;
+    this.ws.send(JSON.stringify(event));
+    return true;
   }
 
   close() {
@@ -351,6 +362,9 @@ class Connection {
     $("connect").textContent = "Connect";
     $("interrupt").disabled = true;
     $("apply").disabled = true;
+    $("message").disabled = true;
+    $("send").disabled = true;
+    feedback.detach();
     conn = null;
   }
 
@@ -469,6 +483,7 @@ class Connection {
 
   onEvent(event) {
     const now = performance.now();
+    if (feedback.onEvent(event)) return; // a candidate answer's, or feedback's own
     switch (event.type) {
       case "session.created":
       case "session.updated":
@@ -481,8 +496,21 @@ class Connection {
           setStatus("connected", "connected: speak");
           $("interrupt").disabled = false;
           $("apply").disabled = false;
+          $("message").disabled = false;
+          $("send").disabled = false;
+          feedback.attach(this);
+        }
+        feedback.configure(event.session);
+        break;
+      case "conversation.item.added": {
+        // A typed message (spoken ones are shown from their transcription).
+        const part = event.item.role === "user" ? event.item.content?.[0] : null;
+        if (part?.type === "input_text") {
+          setText(bubble(event.item.id, "user"), part.text);
+          keep(stats.typedMessages, part.text);
         }
         break;
+      }
       case "input_audio_buffer.speech_started": {
         stats.serverVad.speechStarted += 1;
         showServerVad("speech");
@@ -793,6 +821,16 @@ $("connect").addEventListener("click", async () => {
 
 $("interrupt").addEventListener("click", () => conn?.interrupt("button"));
 
+$("say").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const text = $("message").value.trim();
+  if (!conn?.session || !text) return;
+  const content = [{ type: "input_text", text }];
+  conn.send({ type: "conversation.item.create", item: { type: "message", role: "user", content } });
+  feedback.requestAnswer();
+  $("message").value = "";
+});
+
 $("settings").addEventListener("submit", (event) => {
   event.preventDefault();
   if (!conn?.session) return;
@@ -808,5 +846,12 @@ $("settings").addEventListener("submit", (event) => {
   conn.send({ type: "session.update", session });
 });
 
+const feedback = new Feedback({
+  stats,
+  keep,
+  decode: floatsFromBase64Pcm16,
+  bubbleOf: (itemId) => bubbles.get(itemId),
+  sampleRate: WIRE_RATE,
+});
 showLegend();
 probeServer();

@@ -1,27 +1,20 @@
 """The browser client (`clients/web/`) in headless Chromium, against the real cascade server.
 
-Debian's `chromium` runs headless, driven by Playwright (the Python package, pointed at that
-binary: no browser is downloaded). Its fake microphone plays a WAV file of Piper speech, so the
-page captures real speech through its AudioWorklet, streams it to `/v1/realtime`, and gets the
-spoken answer back. The server has an API key, so the test does what an app's backend does: it
-mints a client secret with the key (the official SDK) and gives it to the page (`/?token=`).
+Debian's `chromium` runs headless, driven by Playwright (`browser_page.py`). Its fake
+microphone plays a WAV file of Piper speech, so the page captures real speech through its
+AudioWorklet, streams it to `/v1/realtime`, and gets the spoken answer back. The server has an
+API key, so the test does what an app's backend does: it mints a client secret with the key
+(the official SDK) and gives it to the page (`/?token=`).
 
 A screenshot of the page at the end (or at a failure) is saved under `$VOXGATE_ARTIFACTS`
-(default `artifacts/` in the repository) and its path printed.
-
-Nothing is installed here: without Chromium or Playwright the test fails with the command that
-installs them (`deploy/install.sh --test` does, as root).
+(default `artifacts/` in the repository) and its path printed. Feedback in the page (thumbs,
+compared answers) is tested in `test_browser_feedback.py`.
 """
 
 from __future__ import annotations
 
-import base64
-import os
-import shutil
 import statistics
 import wave
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +22,7 @@ import numpy as np
 import pytest
 import soxr
 from audio_checks import words
+from browser_page import SCRIPTED_MIC, chromium, save_screenshot, say
 from openai import OpenAI
 
 from voxgate.model.types import INPUT_SAMPLE_RATE
@@ -43,19 +37,6 @@ TRAILING_SILENCE_S = 30.0
 """Chromium loops the file (and not every build honours `%noloop`): the question, then
 silence longer than the test, so the page hears it once."""
 ANSWER_TIMEOUT_MS = 240_000
-CHROMIUM_FLAGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--autoplay-policy=no-user-gesture-required",
-    "--use-fake-ui-for-media-stream",
-    "--use-fake-device-for-media-stream",
-]
-INSTALL = "deploy/install.sh --test (as root), or: apt-get install -y chromium"
 SERVER_STAGES = (
     "end_of_turn_wait",
     "asr",
@@ -104,20 +85,6 @@ WATERFALL = """(responseId) => {
 }"""
 
 
-def _chromium() -> str:
-    path = os.environ.get("VOXGATE_CHROMIUM") or shutil.which("chromium")
-    if path is None or not Path(path).exists():
-        pytest.fail(f"Debian's chromium is not installed; install it with: {INSTALL}")
-    return path
-
-
-def artifacts_dir() -> Path:
-    default = Path(__file__).resolve().parents[2] / "artifacts"
-    path = Path(os.environ.get("VOXGATE_ARTIFACTS", default))
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
 def mic_file(path: Path, *parts: np.ndarray | float) -> Path:
     """A 48 kHz mono pcm16 WAV for Chromium's fake microphone: 16 kHz speech (arrays, each
     normalised to a peak of 0.7) and seconds of silence (numbers), in order."""
@@ -141,30 +108,6 @@ def fake_mic(speak, tmp_path: Path) -> Path:
     return mic_file(
         tmp_path / "question.wav", LEADING_SILENCE_S, speak(QUESTION), TRAILING_SILENCE_S
     )
-
-
-@contextmanager
-def chromium(*args: str) -> Iterator[Any]:
-    """Debian's Chromium, headless, driven by Playwright."""
-    executable = _chromium()
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.fail(f"the Python package playwright is not installed; install it with: {INSTALL}")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=executable, headless=True, args=[*CHROMIUM_FLAGS, *args]
-        )
-        try:
-            yield browser
-        finally:
-            browser.close()
-
-
-def save_screenshot(page: Any, name: str) -> None:
-    path = artifacts_dir() / name
-    page.screenshot(path=str(path), full_page=True)
-    print(f"\nscreenshot of the browser client: {path}")
 
 
 def test_the_page_talks_and_listens(server, fake_mic: Path) -> None:
@@ -443,36 +386,6 @@ def test_the_audio_worklet_resamples_and_buffers() -> None:
 
 
 INTERJECTION = "Wait. What about Germany?"
-SCRIPTED_MIC = """
-// The page's microphone, played on cue: getUserMedia answers with a stream that carries
-// silence, and `window.say(base64 pcm16, rate)` speaks into it. The page's own path (its
-// AudioWorklet capture, resampling, appends) is unchanged.
-navigator.mediaDevices.getUserMedia = async () => {
-  const context = new AudioContext();
-  const mic = context.createMediaStreamDestination();
-  const hum = context.createConstantSource();  // keeps the track running between utterances
-  hum.offset.value = 0;
-  hum.connect(mic);
-  hum.start();
-  window.say = (data, rate) => {
-    const bytes = Uint8Array.from(atob(data), (c) => c.charCodeAt(0));
-    const pcm = new Int16Array(bytes.buffer);
-    const buffer = context.createBuffer(1, pcm.length, rate);
-    buffer.copyToChannel(Float32Array.from(pcm, (v) => v / 32768), 0);
-    const source = context.createBufferSource();
-    source.buffer = buffer;
-    source.connect(mic);
-    source.start();
-  };
-  await context.resume();
-  return mic.stream;
-};
-"""
-
-
-def say(page: Any, speech: np.ndarray) -> None:
-    pcm = (np.clip(0.7 * speech / np.abs(speech).max(), -1, 1) * 32767).astype("<i2")
-    page.evaluate("([data, rate]) => say(data, rate)", [base64.b64encode(pcm).decode(), 16000])
 
 
 def test_speaking_interrupts_the_answer(server, speak) -> None:

@@ -3,15 +3,21 @@
 Every documented HTTP operation gets a bounded number of generated requests, valid and invalid
 (random files, out-of-range numbers, wrong types, unknown fields); none may get a 5xx. The
 examples are derandomised, so a run is reproducible, and kept few, so the test stays quick.
+Feedback capture is on (its SQLite database in a temporary folder), so the feedback routes and
+speech candidates do their work instead of refusing it.
 """
 
 from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import schemathesis
 from fakes import FakeBackbone, backbone_factory
 from hypothesis import HealthCheck, settings
-from in_process import TEST_HOSTS
+from in_process import TEST_HOSTS, feedback_on
 from schemathesis.checks import not_a_server_error
 from schemathesis.generation.modes import GenerationMode
 
@@ -23,6 +29,9 @@ pytestmark = pytest.mark.timeout(120)
 
 MAX_EXAMPLES = 12
 """Per operation and generation mode."""
+FEEDBACK_FOLDER = tempfile.TemporaryDirectory(prefix="voxgate-fuzz-")
+"""The feedback database's folder: made at import (so is the app, for schemathesis), removed
+once the module's tests are done."""
 
 APP = create_app(
     Settings(
@@ -32,11 +41,18 @@ APP = create_app(
         api_key=None,
         # Small limits, so that generated bodies also run into them.
         rest=RestSettings(max_upload_bytes=64 << 10, max_text_chars=200, max_audio_seconds=5),
+        feedback=feedback_on(Path(FEEDBACK_FOLDER.name), audio=True),
     ),
     backbone_factory=backbone_factory(FakeBackbone()),
 )
 SCHEMA = schemathesis.openapi.from_asgi("/openapi.json", APP)
 SCHEMA.config.generation.update(modes=[GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _remove_feedback_folder() -> Iterator[None]:
+    yield
+    FEEDBACK_FOLDER.cleanup()
 
 
 @SCHEMA.parametrize()

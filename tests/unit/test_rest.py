@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
-import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -27,6 +26,7 @@ from openai import AsyncOpenAI, BadRequestError, NotFoundError
 from openai.types.audio import Transcription, TranscriptionVerbose, Translation, TranslationVerbose
 from openai.types.audio.transcription_stream_event import TranscriptionStreamEvent
 from pydantic import SecretStr
+from rest_calls import FAKE_PIECE_S, assert_error, decoded, speech, sse_events, until
 
 from voxgate.model.cascade import CascadeBackbone, CascadeConfig
 from voxgate.model.types import (
@@ -40,7 +40,7 @@ from voxgate.model.types import (
     TranslationUnsupported,
 )
 from voxgate.model.voices import OPENAI_VOICES
-from voxgate.server.audio_files import OUTPUT_SAMPLE_RATE, decode_upload
+from voxgate.server.audio_files import OUTPUT_SAMPLE_RATE
 from voxgate.server.settings import RestSettings
 
 pytestmark = pytest.mark.timeout(60)
@@ -48,8 +48,6 @@ pytestmark = pytest.mark.timeout(60)
 STREAM_EVENT = pydantic.TypeAdapter(TranscriptionStreamEvent)
 TRANSCRIPTIONS, TRANSLATIONS = "/v1/audio/transcriptions", "/v1/audio/translations"
 DESCRIPTIONS = "/v1/audio/descriptions"
-FAKE_PIECE_S = 0.3
-"""Audio the fake synthesises per call (3 chunks of 0.1 s)."""
 
 
 def app_for(fake: FakeBackbone, **overrides: Any) -> FastAPI:
@@ -106,27 +104,6 @@ def translate(client: TestClient, file: bytes | None, **fields: Any) -> httpx.Re
 
 def describe(client: TestClient, file: bytes | None, **fields: Any) -> httpx.Response:
     return upload(client, DESCRIPTIONS, file, **fields)
-
-
-def speech(client: TestClient, **body: Any) -> httpx.Response:
-    return client.post(
-        "/v1/audio/speech", json={"model": "tts-1", "voice": "joe", "input": "Hi there."} | body
-    )
-
-
-def assert_error(response: httpx.Response, status: int, code: str, param: str | None = None):
-    assert response.status_code == status, response.text
-    error = response.json()["error"]
-    assert set(error) == {"message", "type", "param", "code"}
-    assert (error["code"], error["param"]) == (code, param), error
-    assert error["message"]
-    return error
-
-
-def sse_events(text: str) -> list[dict[str, Any]]:
-    lines = [line for line in text.split("\n\n") if line.strip()]
-    assert all(line.startswith("data: ") for line in lines), text
-    return [json.loads(line.removeprefix("data: ")) for line in lines]
 
 
 # --- transcriptions ---------------------------------------------------------------------------
@@ -639,12 +616,6 @@ def test_descriptions_are_documented_as_voxgates(client) -> None:
 # --- speech -----------------------------------------------------------------------------------
 
 
-def decoded(data: bytes, fmt: str) -> np.ndarray:
-    if fmt == "pcm":
-        return np.frombuffer(data, "<i2").astype(np.float32) / 32768
-    return decode_upload(io.BytesIO(data), max_seconds=60)
-
-
 @pytest.mark.parametrize(
     ("fmt", "media_type"),
     [
@@ -942,14 +913,6 @@ async def test_over_capacity_is_429_with_retry_after(fake, hello_wav) -> None:
 
 
 # --- a real server: streaming and the official SDK --------------------------------------------
-
-
-async def until(condition, timeout_s: float = 10.0) -> None:
-    """Wait for a condition another task makes true (bounded; the time is not asserted)."""
-    async with asyncio.timeout(timeout_s):
-        # The server's slot is released by a task of uvicorn's: there is no event to wait on.
-        while not condition():  # noqa: ASYNC110
-            await asyncio.sleep(0.01)
 
 
 async def test_first_audio_leaves_before_the_whole_text_is_synthesised(fake) -> None:
