@@ -223,7 +223,12 @@ def _feedback_export(
 ) -> int:
     from pathlib import Path
 
-    from voxgate.server.feedback_export import ExportFolderInUse, ExportFormat, export
+    from voxgate.server.feedback_export import (
+        ExportFolderInUse,
+        ExportFormat,
+        NothingToExport,
+        export,
+    )
     from voxgate.server.feedback_schema import FeedbackDatabase
 
     database = FeedbackDatabase.open(stored, home)
@@ -232,6 +237,9 @@ def _feedback_export(
     except ExportFolderInUse as e:
         print(f"{command}: {e}", file=sys.stderr)
         return 2
+    except NothingToExport as e:
+        print(f"{command}: {e}", file=sys.stderr)
+        return 1
     finally:
         database.close()
     print(f"{exported.rows} rows written to {exported.data_file}")

@@ -122,6 +122,18 @@ class ExportFolderInUse(ValueError):
     """The output folder holds files that are not an earlier export's."""
 
 
+class NothingToExport(Exception):
+    """The store has no row of the format yet: no files are written (`datasets` cannot load a
+    split with no rows)."""
+
+
+_EMPTY = {
+    "dpo": "no pair has a preferred candidate yet",
+    "kto": "no answer is rated up or down yet (3 stars are left out)",
+    "ratings": "no answer is rated yet",
+}
+
+
 def export(database: FeedbackDatabase, format: ExportFormat, out: Path) -> Exported:
     """Write `format`'s rows of `database` to `out` (see the module docstring)."""
     out.mkdir(parents=True, exist_ok=True)
@@ -136,6 +148,9 @@ def export(database: FeedbackDatabase, format: ExportFormat, out: Path) -> Expor
         for row in _ROWS[format](connection, database.audio_dir.resolve()):
             data.write(json.dumps(row, ensure_ascii=False) + "\n")
             rows += 1
+    if rows == 0:
+        partial.unlink()
+        raise NothingToExport(f"nothing to export as {format}: {_EMPTY[format]}")
     os.replace(partial, out / DATA_FILE)
     (out / CARD_FILE).write_text(dataset_card(format, rows), encoding="utf-8")
     return Exported(rows, out / DATA_FILE)

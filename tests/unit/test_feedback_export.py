@@ -20,6 +20,7 @@ from voxgate.server.feedback_export import (
     DATA_FILE,
     ExportFolderInUse,
     ExportFormat,
+    NothingToExport,
     export,
     kto_label,
 )
@@ -210,12 +211,14 @@ async def test_ratings(store: FeedbackStore, tmp_path: Path) -> None:
     assert [{key: row[key] for key in rows[0]} for row in as_json] == rows
 
 
-async def test_an_empty_store_exports_no_rows(store: FeedbackStore, tmp_path: Path) -> None:
+async def test_an_empty_store_exports_no_files(store: FeedbackStore, tmp_path: Path) -> None:
+    # An empty split is one `datasets.load_dataset` refuses ("corresponds to no data"): the
+    # export says why there is nothing instead of writing files that do not load.
     assert store.database is not None
     for format in ExportFormat:
-        exported = export(store.database, format, tmp_path / format)
-        assert exported.rows == 0
-        assert exported.data_file.read_text() == ""
+        with pytest.raises(NothingToExport, match=f"nothing to export as {format}"):
+            export(store.database, format, tmp_path / format)
+        assert list((tmp_path / format).iterdir()) == []
 
 
 async def test_the_output_folder_is_the_exports_own(store: FeedbackStore, tmp_path: Path) -> None:
@@ -269,10 +272,13 @@ async def test_the_commands(
     # `store` is what a server wrote (its settings are the environment's, feedback on); the
     # commands work on it with feedback off in the environment. They run `asyncio.run`: in a
     # thread, as from a shell.
-    await fill(store)
 
     async def voxgate(*argv: str) -> int:
         return await asyncio.to_thread(main, ["feedback", *argv])
+
+    assert await voxgate("export", "--format", "dpo", "--out", str(tmp_path / "none")) == 1
+    assert "no pair has a preferred candidate yet" in capsys.readouterr().err
+    await fill(store)
 
     dpo = str(tmp_path / "dpo")
     assert await voxgate("export", "--format", "dpo", "--out", dpo) == 0
