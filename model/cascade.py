@@ -126,7 +126,10 @@ class CascadeBackbone:
         fetch_missing: bool,
         stages: StartupStages = UNREPORTED,
     ) -> AsyncIterator[CascadeBackbone]:
-        engine_config = engine_config.for_backbone("cascade", config.context_tokens, "float32")
+        engine_config = engine_config.for_backbone(
+            "cascade", config.context_tokens, smollm2.engine_dtype(), reader_spin_s=0.0
+        )
+        log.info("the LM runs in %s", engine_config.dtype)
         stages.begin(StartupStage.VERIFYING_MODELS)
         await asyncio.to_thread(ensure_artifacts, home, fetch_missing)
         lm_dir = smollm2.hf_directory(home)

@@ -13,6 +13,7 @@ map those to the protocol's error shapes and never see a vLLM type.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -24,6 +25,8 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter
 from prometheus_client.core import GaugeMetricFamily
 from pydantic import BaseModel, Field
 
+from voxgate.model.engine_logs import CAST_ENV
+from voxgate.model.engine_waiting import SPIN_ENV
 from voxgate.model.types import BackboneError, EngineUnavailable, RequestRejected
 
 if TYPE_CHECKING:
@@ -51,11 +54,17 @@ class EngineConfig(BaseModel):
     """Longest prompt + answer in tokens. None: the backbone's context budget (cascade
     `context_tokens`, stepaudio2 `context_tokens`), which must fit inside it when set."""
     dtype: Literal["float32", "bfloat16", "float16", "auto"] | None = None
-    """None: the backbone's choice. The cascade runs float32 (bf16 prefill is ~4x slower on
-    AVX2-only CPUs); Step-Audio-2 runs "auto", the checkpoint's own dtype (bfloat16 for the
-    published 8B weights, which do not fit in RAM as float32)."""
+    """None: the backbone's choice. The cascade runs bfloat16 on a CPU with AVX512-BF16 and
+    float32 elsewhere (`smollm2.engine_dtype`: bf16 prefill is ~4x slower on AVX2-only CPUs);
+    Step-Audio-2 runs "auto", the checkpoint's own dtype (bfloat16 for the published 8B
+    weights, which do not fit in RAM as float32)."""
     enforce_eager: bool = True
     """Skip torch.compile: it starts faster and gains nothing for small models on CPU."""
+    reader_spin_s: float | None = Field(None, ge=0, le=10)
+    """Seconds vLLM's processes busy-wait for each other's next message before they sleep
+    (model/engine_waiting.py). None: vLLM's own (1 s), right where each process has a core of
+    its own (a GPU host); the cascade sets 0, as a spinning EngineCore takes the second of two
+    CPU cores from Whisper and Piper."""
     cpu_threads_bind: str | None = None
     """VLLM_CPU_OMP_THREADS_BIND for the worker (e.g. "0-1"); None leaves vLLM's choice."""
     log_stats: bool = True
@@ -68,7 +77,9 @@ class EngineConfig(BaseModel):
     pipeline_parallel_size: int = Field(1, ge=1)
     """GPUs one engine splits the layers over in stages (vLLM's pipeline parallelism)."""
 
-    def for_backbone(self, name: str, context_tokens: int, dtype: str) -> EngineConfig:
+    def for_backbone(
+        self, name: str, context_tokens: int, dtype: str, reader_spin_s: float | None = None
+    ) -> EngineConfig:
         """These settings with the backbone's defaults filled in; a `max_model_len` set below
         the backbone's context budget is refused (every turn would fail at the engine)."""
         if self.max_model_len is not None and self.max_model_len < context_tokens:
@@ -80,8 +91,24 @@ class EngineConfig(BaseModel):
             update={
                 "max_model_len": self.max_model_len or context_tokens,
                 "dtype": self.dtype or dtype,
+                "reader_spin_s": (
+                    self.reader_spin_s if self.reader_spin_s is not None else reader_spin_s
+                ),
             }
         )
+
+
+def _intended_cast(model_dir: Path, dtype: str | None) -> str | None:
+    """`<checkpoint dtype>-><engine dtype>` when the engine runs the weights in another dtype
+    than the checkpoint's (model/engine_logs.py quiets vLLM's per-tensor warnings for it)."""
+    try:
+        stored = json.loads((model_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    saved = stored.get("dtype") or stored.get("torch_dtype")
+    if not isinstance(saved, str) or dtype in (None, "auto", saved):
+        return None
+    return f"{saved}->{dtype}"
 
 
 async def _built_off_the_loop(build: Callable[[Any], AsyncLLM], args: Any) -> AsyncLLM:
@@ -120,6 +147,16 @@ class EngineHost:
     ) -> AsyncIterator[EngineHost]:
         """Start the engine; `engine_args` are backbone-specific `AsyncEngineArgs` fields
         (e.g. `limit_mm_per_prompt`, `speculative_config`)."""
+        if config.reader_spin_s is not None:
+            # Read by the vLLM plugin in each process the engine starts (they inherit it).
+            os.environ[SPIN_ENV] = str(config.reader_spin_s)
+        else:
+            os.environ.pop(SPIN_ENV, None)
+        cast = _intended_cast(model_dir, config.dtype)
+        if cast is not None:
+            os.environ[CAST_ENV] = cast
+        else:
+            os.environ.pop(CAST_ENV, None)
         if config.cpu_threads_bind is not None:
             # Read by the engine's worker process, which inherits this environment.
             os.environ["VLLM_CPU_OMP_THREADS_BIND"] = config.cpu_threads_bind
