@@ -113,6 +113,22 @@ def piper_clips(voice_path: Path) -> list[Clip]:
     return clips
 
 
+def add_speech_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--speech`, `--source` and `--piper-voice`, which `load_speech` reads."""
+    parser.add_argument(
+        "--speech",
+        default=str(POCKETSPHINX_DATA),
+        help="a folder of recorded questions (audio files; .raw = 16 kHz s16le mono)",
+    )
+    parser.add_argument(
+        "--source",
+        choices=("auto", "recorded", "piper"),
+        default="auto",
+        help="auto: recorded speech if found, else Piper",
+    )
+    parser.add_argument("--piper-voice", default=str(default_piper_voice()))
+
+
 def load_speech(args: argparse.Namespace) -> tuple[list[Clip], str]:
     """The clips of `--source`, `--speech` and `--piper-voice`, and a line that says where they
     came from."""

@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from common import FAILURES, POCKETSPHINX_DATA, Clip, default_piper_voice, load_speech, summary
+from common import FAILURES, Clip, add_speech_arguments, load_speech, summary
 from openai import AsyncOpenAI, OpenAIError
 
 from voxgate.clients.realtime_client import (
@@ -489,18 +489,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--gap-s", type=float, default=1.0, help="pause after every session (default 1 s)"
     )
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for each step")
-    parser.add_argument(
-        "--speech",
-        default=str(POCKETSPHINX_DATA),
-        help="a folder of recorded questions (audio files; .raw = 16 kHz s16le mono)",
-    )
-    parser.add_argument(
-        "--source",
-        choices=("auto", "recorded", "piper"),
-        default="auto",
-        help="auto: recorded speech if found, else Piper",
-    )
-    parser.add_argument("--piper-voice", default=str(default_piper_voice()))
+    add_speech_arguments(parser)
     parser.add_argument(
         "--json",
         nargs="?",

@@ -32,11 +32,10 @@ from typing import Any
 
 from common import (
     FAILURES,
-    POCKETSPHINX_DATA,
     STAGES,
     Clip,
     TurnRecord,
-    default_piper_voice,
+    add_speech_arguments,
     load_speech,
     one_turn,
     progress_line,
@@ -155,18 +154,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--session-turns", type=int, default=5, help="turns per connection before a fresh one"
     )
-    parser.add_argument(
-        "--speech",
-        default=str(POCKETSPHINX_DATA),
-        help="a folder of recorded questions (audio files; .raw = 16 kHz s16le mono)",
-    )
-    parser.add_argument(
-        "--source",
-        choices=("auto", "recorded", "piper"),
-        default="auto",
-        help="auto: recorded speech if found, else Piper",
-    )
-    parser.add_argument("--piper-voice", default=str(default_piper_voice()))
+    add_speech_arguments(parser)
     parser.add_argument("--api-key", default=os.environ.get("VOXGATE_API_KEY"))
     parser.add_argument("--instructions", help="session instructions (default: the server's)")
     parser.add_argument(
