@@ -126,7 +126,10 @@ def test_thumbs_and_a_compared_pair(
     assert [(r["response_id"], r["rating"], r["regime"]) for r in ratings] == [
         (rated["responseId"], 1, "realtime")
     ]
-    assert {"capital", "france"} <= set(words(ratings[0]["prompt"][-1]["content"]))
+    # The rated answer's prompt ends with the user's turn as the server heard it (what it told
+    # the page). Whether Whisper heard "France" is test_browser.py's business, not the store's.
+    heard = [words(text) for text in stats["userTranscripts"]]
+    assert words(ratings[0]["prompt"][-1]["content"]) in heard, (ratings[0]["prompt"], heard)
     (pair,) = stats["feedback"]["pairs"]
     (preferred,) = exported(capture_env, "dpo", tmp_path / "dpo")
     assert preferred["pair_id"] == pair["pairId"]
