@@ -67,6 +67,19 @@ def chromium(*args: str) -> Iterator[Any]:
             browser.close()
 
 
+def watch_problems(page: Any) -> list[str]:
+    """The page's uncaught errors and console errors, appended as they happen."""
+    problems: list[str] = []
+    page.on("pageerror", lambda error: problems.append(f"uncaught: {error}"))
+    page.on(
+        "console",
+        lambda message: problems.append(f"console: {message.text}")
+        if message.type == "error"
+        else None,
+    )
+    return problems
+
+
 def save_screenshot(page: Any, name: str) -> None:
     path = artifacts_dir() / name
     page.screenshot(path=str(path), full_page=True)

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import soxr
 from audio_checks import words
-from browser_page import SCRIPTED_MIC, chromium, save_screenshot, say
+from browser_page import SCRIPTED_MIC, chromium, save_screenshot, say, watch_problems
 from openai import OpenAI
 
 from voxgate.model.types import INPUT_SAMPLE_RATE
@@ -121,15 +121,8 @@ def test_the_page_talks_and_listens(server, fake_mic: Path) -> None:
 
 
 def converse(page: Any, server: Any) -> None:
-    problems: list[str] = []
     page.add_init_script(WATCH_INDICATORS)
-    page.on("pageerror", lambda error: problems.append(f"uncaught: {error}"))
-    page.on(
-        "console",
-        lambda message: problems.append(f"console: {message.text}")
-        if message.type == "error"
-        else None,
-    )
+    problems = watch_problems(page)
     sdk = OpenAI(base_url=f"{server.base_url}/v1", api_key=server.api_key)
 
     # A secret handed over in the address: the page takes it, and takes it out of the address.

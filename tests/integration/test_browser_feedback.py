@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 from audio_checks import words
-from browser_page import SCRIPTED_MIC, chromium, save_screenshot, say
+from browser_page import SCRIPTED_MIC, chromium, save_screenshot, say, watch_problems
 from engine_server import RunningServer, launch
 from openai import OpenAI
 
@@ -87,18 +87,6 @@ def open_page(browser: Any, server: RunningServer) -> tuple[Any, list[str]]:
     page.click("#connect")
     page.wait_for_function("voxgateStats.state === 'connected'", timeout=30_000)
     return page, problems
-
-
-def watch_problems(page: Any) -> list[str]:
-    problems: list[str] = []
-    page.on("pageerror", lambda error: problems.append(f"uncaught: {error}"))
-    page.on(
-        "console",
-        lambda message: problems.append(f"console: {message.text}")
-        if message.type == "error"
-        else None,
-    )
-    return problems
 
 
 def test_thumbs_and_a_compared_pair(
